@@ -1,0 +1,45 @@
+# The verbs a person types. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIPELINE_HOME ?= $(CURDIR)/.pipeline_home
+
+.PHONY: help install run test bench lint lock clean
+
+help: ## List every target with what it does
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-9s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@echo "Setting up $(VENV) with the pinned stack (a few minutes the first time)..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --upgrade pip
+	@# torch first and alone: pip takes the local CPU wheel here (a CUDA wheel on GPU hosts).
+	@$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	@$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned stack (only when pins change)
+
+run: $(STAMP) ## Run the pipeline through Airflow on embedded defaults (demo window 2013-01-01..03-31)
+	@$(BIN)/python -m pipelines run
+
+test: $(STAMP) ## Run the whole test suite (unit, data, dags, integration, e2e)
+	@$(BIN)/python -m pytest
+
+bench: $(STAMP) ## Measure ingestion and validation throughput; writes $PIPELINE_HOME/bench/results.json
+	@$(BIN)/python -m pipelines bench
+
+lint: $(STAMP) ## ruff (with Airflow's AIR rules) and mypy on pipelines/
+	@$(BIN)/ruff check .
+	@$(BIN)/mypy
+
+lock: $(STAMP) ## Re-pin constraints.txt from the current environment
+	@{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
+
+clean: ## Delete everything the embedded profile wrote ($PIPELINE_HOME)
+	rm -rf "$(PIPELINE_HOME)"

@@ -1,0 +1,107 @@
+"""
+### flights_ingest: the daily flight and weather feed, landed, typed and validated
+
+One run per day of 2013 (the simulated airline feed's year), catchup on; each run handles the partition of its
+logical date. A manual trigger can load a whole window in one run: set **start_date** and **end_date**.
+
+1. `land_feed`: the source drops the day's flights and weather CSVs into `landing/` (as an airline feed would).
+2. `ingest_feed`: landing CSV -> typed Parquet in `raw/` (atomic overwrite; unreadable fields are flagged, never lost).
+3. `validate_partitions`: Great Expectations checkpoints `flights` and `weather`; Data Docs rebuilt.
+4. `promote_partitions`: passing and warned partitions -> `validated/` (publishes the validated Assets);
+   any critical failure -> `quarantine/` with the validation result, and `validated/` keeps what it had.
+5. `check_quarantine`: fails the run, naming every failed expectation and its counts, when anything was quarantined.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+VALIDATED_FLIGHTS = Asset(name="validated_flights", uri="file:///lake/validated/flights")
+VALIDATED_WEATHER = Asset(name="validated_weather", uri="file:///lake/validated/weather")
+
+
+def _run_window() -> tuple[list, str]:
+    """Partition dates of this run (params, else the logical date) and its run key."""
+    from pipelines.steps import partition_dates
+
+    context = get_current_context()
+    params = context["params"]
+    logical = context["logical_date"] or context["dag_run"].run_after
+    days = partition_dates(logical.date(), params.get("start_date"), params.get("end_date"))
+    run_key = f"{context['dag'].dag_id}/{logical.isoformat()}/{context['run_id']}"
+    return days, run_key
+
+
+@dag(
+    dag_id="flights_ingest",
+    doc_md=__doc__,
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=datetime(2013, 1, 1),
+    end_date=datetime(2013, 12, 31),
+    catchup=True,
+    max_active_runs=2,
+    default_args={"owner": "data-platform", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    tags=["ingestion", "validation", "flights"],
+    params={
+        "start_date": Param(None, type=["null", "string"], format="date", title="Start date",
+                            description="First partition of a manual window (YYYY-MM-DD). Empty: the logical date."),
+        "end_date": Param(None, type=["null", "string"], format="date", title="End date",
+                          description="Last partition of a manual window, inclusive. Empty: same as start date."),
+    },
+)
+def flights_ingest() -> None:
+    @task
+    def land_feed() -> dict:
+        from pipelines.steps import land_feed
+
+        days, _ = _run_window()
+        return land_feed(days)
+
+    @task
+    def ingest_feed() -> dict:
+        from pipelines.steps import ingest_feed
+
+        days, _ = _run_window()
+        return ingest_feed(days)
+
+    @task
+    def validate_partitions() -> dict:
+        from pipelines.steps import validate_partitions
+
+        days, run_key = _run_window()
+        return validate_partitions(days, run_key=run_key)
+
+    @task(outlets=[VALIDATED_FLIGHTS, VALIDATED_WEATHER])
+    def promote_partitions() -> dict:
+        from pipelines.steps import promote_partitions
+
+        days, run_key = _run_window()
+        result = promote_partitions(days)
+        events = get_current_context()["outlet_events"]
+        for asset, table in ((VALIDATED_FLIGHTS, "flights"), (VALIDATED_WEATHER, "weather")):
+            dates = sorted(key.split("/")[1] for key in result["validated"] if key.startswith(f"{table}/"))
+            events[asset].extra = {"dates": dates, "run_key": run_key}
+        return result
+
+    @task(retries=0)
+    def check_quarantine(promotion: dict) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines.steps import QuarantineError, check_quarantine
+
+        try:
+            check_quarantine(promotion)
+        except QuarantineError as error:  # data, not infrastructure: retrying cannot help
+            raise AirflowFailException(str(error)) from error
+
+    landed = land_feed()
+    ingested = ingest_feed()
+    validated = validate_partitions()
+    promoted = promote_partitions()
+    landed >> ingested >> validated >> promoted
+    check_quarantine(promoted)
+
+
+flights_ingest()

@@ -1,0 +1,144 @@
+"""Command line for every step, without Airflow: ``python -m pipelines <step> --date D`` or ``--start S --end E``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _window(args: argparse.Namespace) -> list[date]:
+    from pipelines.steps import date_range
+
+    if args.date:
+        if args.start or args.end:
+            raise SystemExit("give either --date or --start/--end, not both")
+        return [args.date]
+    if not (args.start and args.end):
+        raise SystemExit("give --date YYYY-MM-DD, or both --start and --end")
+    return date_range(args.start, args.end)
+
+
+def _land(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.steps import land_feed
+
+    days = _window(args)
+    if not args.corrupt:
+        return land_feed(days)
+    from pipelines.corruption import corrupt
+    from pipelines.lake import open_lake
+    from pipelines.settings import get_settings
+    from pipelines.source import feed_csv, land_file
+
+    lake = open_lake(get_settings())
+    keys = [land_file(lake, args.table, day, corrupt(args.corrupt, feed_csv(args.table, day))) for day in days]
+    return {"corrupt": args.corrupt, "landed": keys}
+
+
+def _ingest(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.steps import ingest_feed
+
+    return ingest_feed(_window(args))
+
+
+def _validate(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.steps import validate_partitions
+
+    return validate_partitions(_window(args), run_key=args.run_key)
+
+
+def _promote(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.steps import check_quarantine, promote_partitions
+
+    result = promote_partitions(_window(args))
+    check_quarantine(result)
+    return result
+
+
+def _summary(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.summary import format_summary, summarize
+
+    summary = summarize(_window(args))
+    print(format_summary(summary))  # noqa: T201 - the command's output
+    return summary
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.demo import run_demo
+
+    return run_demo(args.start, args.end)
+
+
+def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.bench import run_benchmarks
+
+    return run_benchmarks(args.start, args.end)
+
+
+def _iso(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages too")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], Any], help_text: str,
+                window: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if window:
+            p.add_argument("--date", type=_iso, help="one partition date")
+            p.add_argument("--start", type=_iso, help="first date of a window")
+            p.add_argument("--end", type=_iso, help="last date of a window (inclusive)")
+        p.set_defaults(handler=handler)
+        return p
+
+    land = command("land", _land, "Source: drop the day's flights and weather CSVs into landing/")
+    land.add_argument("--corrupt", help="land a known-broken flights file instead (see pipelines/corruption.py)")
+    land.add_argument("--table", default="flights", choices=("flights", "weather"), help="table to corrupt")
+    command("ingest", _ingest, "Landing CSV -> typed Parquet in raw/ (atomic overwrite)")
+    validate = command("validate", _validate, "Run the GX checkpoints on raw partitions and write verdicts")
+    validate.add_argument("--run-key", help="run key recorded in the verdicts and GX results")
+    command("promote", _promote, "Promote to validated/ or quarantine each partition by its verdict")
+    command("summary", _summary, "Print what the lake holds for a window")
+    for name, handler, text in (("run", _run, "Run the flights_ingest DAG through Airflow over a window"),
+                                ("bench", _bench, "Benchmark ingestion and validation; write bench/results.json")):
+        p = command(name, handler, text, window=False)
+        p.add_argument("--start", type=_iso, help="first date (default: the demo window)")
+        p.add_argument("--end", type=_iso, help="last date (default: the demo window)")
+    return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if not verbose:
+        for noisy in ("great_expectations", "botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        result = args.handler(args)
+    except Exception as error:  # one clear line for a person; the traceback only with --verbose
+        if args.verbose:
+            log.exception("%s failed", args.command)
+        else:
+            log.error("%s failed: %s", args.command, error)
+        return 1
+    if args.command not in ("summary", "run", "bench"):
+        json.dump(result, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,108 @@
+"""``make run``: the pipeline through Airflow on embedded defaults, told to a person.
+
+Runs ``airflow dags test`` (a real DAG run in Airflow's SQLite metadata database, tasks executed by Airflow) with
+the window as the run's params. Airflow's own output goes to a log file; the terminal shows one line per stage
+and the summary. This module starts Airflow as a subprocess and never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.summary import format_summary, summarize
+
+log = logging.getLogger(__name__)
+
+# Airflow's console line: "<timestamp> [level    ] message    [logger] loc=file:line ..."
+_LOG_LINE = re.compile(r"^\S+ \[(?P<level>\w+)\s*\] (?P<message>.*?)\s+\[(?P<logger>[\w.]+)\]( loc=\S+)?")
+_EXCEPTION = re.compile(r"^[\w.]*(Error|Exception): ")
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Environment for Airflow's embedded profile: SQLite metadata and logs under the home folder."""
+    airflow_home = settings.pipeline_home / "airflow"
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update({
+        "PIPELINE_HOME": str(settings.pipeline_home),
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "GX_ANALYTICS_ENABLED": "false",
+    })
+    return env
+
+
+def _airflow(args: list[str], env: dict[str, str], log_file: Path, show: bool = False) -> int:
+    """Run an airflow CLI command, its whole output appended to ``log_file``."""
+    command = [str(Path(sys.executable).parent / "airflow"), *args]
+    with log_file.open("a") as sink:
+        sink.write(f"\n$ {' '.join(command)}\n")
+        sink.flush()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   cwd=PROJECT_ROOT)
+        assert process.stdout is not None
+        for line in process.stdout:
+            sink.write(line)
+            if show and (shown := _for_person(line)):
+                print(f"  {shown}", flush=True)  # noqa: T201 - progress for the person at the terminal
+        return process.wait()
+
+
+def _for_person(line: str) -> str | None:
+    """The few lines of Airflow's output a person wants: task starts, our steps' messages, errors."""
+    if _EXCEPTION.match(line):
+        return f"error: {line.strip()[:300]}"
+    match = _LOG_LINE.match(line)
+    if not match:
+        return None
+    message, logger = match["message"], match["logger"]
+    if message.startswith("[DAG TEST] starting task_id="):
+        return "task " + message.split("=", 1)[1].split()[0]
+    if logger.startswith("pipelines.") and match["level"] in ("info", "warning", "error"):
+        return "  " + message
+    return None
+
+
+def run_demo(start: date | None = None, end: date | None = None) -> dict[str, Any]:
+    settings = get_settings()
+    start, end = start or settings.demo_start, end or settings.demo_end
+    env = airflow_env(settings)
+    logs = settings.pipeline_home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / f"make-run-{datetime.now():%Y%m%dT%H%M%S}.log"
+    say = lambda text: print(text, flush=True)  # noqa: E731, T201 - the command's output
+
+    say(f"Pipeline home: {settings.pipeline_home}   (full logs: {log_file})")
+    started = time.perf_counter()
+    say("[1/2] Preparing Airflow's metadata database (SQLite)...")
+    if _airflow(["db", "migrate"], env, log_file) != 0:
+        raise RuntimeError(f"airflow db migrate failed; see {log_file}")
+    say(f"[2/2] Running DAG flights_ingest through Airflow for {start} .. {end}...")
+    conf = json.dumps({"start_date": start.isoformat(), "end_date": end.isoformat()})
+    code = _airflow(["dags", "test", "flights_ingest", end.isoformat(), "-c", conf], env, log_file, show=True)
+    elapsed = time.perf_counter() - started
+
+    from pipelines.steps import date_range
+
+    summary = summarize(date_range(start, end), settings)
+    say("")
+    say(format_summary(summary))
+    say(f"  Airflow log: {log_file}")
+    say(f"Finished in {elapsed:.0f}s: DAG run {'succeeded' if code == 0 else 'FAILED (see the log above)'}.")
+    if code != 0:
+        raise RuntimeError(f"the flights_ingest run failed; see {log_file}")
+    return summary
