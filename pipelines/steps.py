@@ -86,11 +86,13 @@ def validate_partitions(days: Iterable[date], settings: Settings | None = None,
     days = list(days)
     started = time.perf_counter()
     counts = {"passed": 0, "warned": 0, "quarantined": 0}
+    result_ids: list[object] = []
     for i, day in enumerate(days, 1):
         for table in FEED_TABLES:
-            counts[validate_partition(lake, settings, table, day, run_key=run_key).status] += 1
+            counts[validate_partition(lake, settings, table, day, run_key=run_key, result_ids=result_ids).status] += 1
         _progress("validate_partitions", i, len(days), started)
-    docs = build_data_docs(settings)
+    # Only this run's pages are rendered: rebuilding every stored result would grow with each run.
+    docs = build_data_docs(settings, result_ids)
     return counts | {"data_docs": str(docs), "seconds": round(time.perf_counter() - started, 2)}
 
 

@@ -171,8 +171,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def validate_partition(lake: Lake, settings: Settings, table: str, day: date, run_key: str | None = None) -> Verdict:
-    """Run the table's checkpoint on the raw partition and write the verdict beside it."""
+def validate_partition(lake: Lake, settings: Settings, table: str, day: date, run_key: str | None = None,
+                       result_ids: list[Any] | None = None) -> Verdict:
+    """Run the table's checkpoint on the raw partition and write the verdict beside it.
+
+    The GX result's identifier is appended to ``result_ids`` when given, so Data Docs can be built for just
+    these results.
+    """
     table_schema(table)  # fail early on an unknown table name
     source = raw_key(table, day)
     if not lake.exists(source):
@@ -187,6 +192,8 @@ def validate_partition(lake: Lake, settings: Settings, table: str, day: date, ru
     run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=_parameters(lake, day),
                          run_id=RunIdentifier(run_name=run_name))
     (identifier, suite_result), = run.run_results.items()
+    if result_ids is not None:
+        result_ids.append(identifier)
     failures = [_failure(r) for r in suite_result.results if not r.success]
     status: Status = "passed"
     if any(f.severity == "critical" for f in failures):
@@ -238,6 +245,7 @@ def _extra_columns(verdict: Verdict) -> list[str]:
     return []
 
 
-def build_data_docs(settings: Settings) -> Path:
-    gx_context(settings).build_data_docs()
+def build_data_docs(settings: Settings, result_ids: list[Any] | None = None) -> Path:
+    """Render Data Docs pages for ``result_ids`` (all stored results when None) and rebuild the index."""
+    gx_context(settings).build_data_docs(resource_identifiers=result_ids or None)
     return settings.data_docs_index

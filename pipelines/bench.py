@@ -1,0 +1,88 @@
+"""``make bench``: throughput of the pipeline's stages, printed as a table and merged into ``results.json``.
+
+Runs the steps directly (no Airflow) on a scratch home under ``$PIPELINE_HOME/bench/work`` so the user's lake is
+untouched. Later issues add their own sections to the same results file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import Settings, get_settings
+
+
+def _timed(step: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = step(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def bench_ingestion(settings: Settings, start: date, end: date) -> dict[str, Any]:
+    from pipelines.steps import date_range, ingest_feed, land_feed, promote_partitions, validate_partitions
+    from pipelines.validation import gx_context
+
+    days = date_range(start, end)
+    _, land_s = _timed(land_feed, days, settings)
+    ingested, ingest_s = _timed(ingest_feed, days, settings)
+    rows = sum(ingested["rows"].values())
+    # GX loads its project once per process (~3 s); measured apart so the per-row figure is the steady state.
+    _, context_s = _timed(gx_context, settings)
+    validated, validate_s = _timed(validate_partitions, days, settings)
+    _, promote_s = _timed(promote_partitions, days, settings)
+    partitions = len(days) * len(ingested["rows"])
+    return {
+        "window": f"{start}..{end}",
+        "days": len(days),
+        "partitions": partitions,
+        "rows": rows,
+        "land_seconds": round(land_s, 2),
+        "ingest_seconds": round(ingest_s, 2),
+        "ingest_rows_per_s": round(rows / ingest_s),
+        "gx_context_seconds": round(context_s, 2),
+        "validate_seconds": round(validate_s, 2),
+        "validate_rows_per_s": round(rows / validate_s),
+        "validate_partitions_per_s": round(partitions / validate_s, 1),
+        "promote_seconds": round(promote_s, 2),
+        "outcomes": {k: validated[k] for k in ("passed", "warned", "quarantined")},
+    }
+
+
+def _write_results(path: Path, section: str, figures: dict[str, Any]) -> None:
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[section] = figures | {
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=True))
+
+
+def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[str, Any]:
+    settings = get_settings()
+    start, end = start or settings.demo_start, end or settings.demo_end
+    bench_dir = settings.pipeline_home / "bench"
+    work = bench_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    scratch = Settings(pipeline_home=work, gx_root=settings.gx_root)
+
+    figures = bench_ingestion(scratch, start, end)
+    results_file = bench_dir / "results.json"
+    _write_results(results_file, "ingestion", figures)
+
+    say = print  # noqa: T201 - the command's output
+    say(f"Ingestion and validation, {figures['window']} ({figures['partitions']} partitions, {figures['rows']:,} rows)")
+    say(f"  {'stage':<12}{'seconds':>10}{'rows/s':>12}")
+    say(f"  {'land':<12}{figures['land_seconds']:>10}{'':>12}")
+    say(f"  {'ingest':<12}{figures['ingest_seconds']:>10}{figures['ingest_rows_per_s']:>12,}")
+    say(f"  {'validate':<12}{figures['validate_seconds']:>10}{figures['validate_rows_per_s']:>12,}")
+    say(f"  {'promote':<12}{figures['promote_seconds']:>10}{'':>12}")
+    say(f"  (GX project load, once per process: {figures['gx_context_seconds']}s; outcomes {figures['outcomes']})")
+    say(f"Results written to {results_file}")
+    return figures

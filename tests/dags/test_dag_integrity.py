@@ -1,0 +1,175 @@
+"""Every DAG file parses as the dag-processor parses it and follows the house rules; flights_ingest is wired as
+its documentation says.
+
+Airflow is imported inside the fixtures, after AIRFLOW_HOME points at a throwaway folder: importing Airflow
+creates folders in its home, and nothing here may touch ``~/airflow``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.demo import airflow_env
+from pipelines.settings import PROJECT_ROOT, Settings
+
+DAGS_DIR = PROJECT_ROOT / "dags"
+# Files starting with "_" are helpers; every other .py in dags/ is a DAG file named after its DAG.
+DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+FLIGHTS_INGEST_CHAIN = ["land_feed", "ingest_feed", "validate_partitions", "promote_partitions", "check_quarantine"]
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The embedded Airflow environment (pipelines.demo.airflow_env) on a throwaway home, for this module."""
+    settings = Settings(pipeline_home=tmp_path_factory.mktemp("dag_integrity") / "home")
+    env = airflow_env(settings)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            if os.environ.get(name) != value:
+                patch.setenv(name, value)
+        yield Path(env["AIRFLOW_HOME"])
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_home: Path) -> Any:
+    """The whole DAG folder, parsed with every warning recorded (DeprecationWarning included)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        return DagBag(dag_folder=str(DAGS_DIR))
+
+
+def _dag(dagbag: Any, path: Path) -> Any:
+    assert path.stem in dagbag.dags, f"{path.name} defines no DAG with dag_id {path.stem!r}: {sorted(dagbag.dags)}"
+    return dagbag.dags[path.stem]
+
+
+@pytest.fixture(scope="module")
+def flights_ingest(dagbag: Any) -> Any:
+    return _dag(dagbag, DAGS_DIR / "flights_ingest.py")
+
+
+def test_dag_folder_holds_dag_files() -> None:
+    """Guard against the parametrized tests below passing on an empty list."""
+    assert "flights_ingest.py" in {p.name for p in DAG_FILES}
+
+
+def test_every_dag_file_imports_without_errors(dagbag: Any) -> None:
+    """Import errors (cycles included: the DagBag reports them here, not as exceptions)."""
+    assert dagbag.import_errors == {}
+
+
+def test_every_dag_file_imports_without_warnings(dagbag: Any) -> None:
+    assert dagbag.captured_warnings == {}
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
+def test_dag_file_defines_one_dag_named_after_the_file(dagbag: Any, path: Path) -> None:
+    defined = sorted(dag.dag_id for dag in dagbag.dags.values() if Path(dag.fileloc).resolve() == path.resolve())
+    assert defined == [path.stem]
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
+def test_dag_file_has_no_runtime_varying_values(airflow_home: Path, path: Path) -> None:
+    """The dag-processor's static check: no datetime.now() and the like in DAG or task arguments."""
+    from airflow.utils.dag_version_inflation_checker import check_dag_file_stability
+
+    result = check_dag_file_stability(str(path))
+    assert result.warnings == {}, result.format_warnings()
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
+def test_dag_has_tags_docs_owner_and_retries(dagbag: Any, path: Path) -> None:
+    dag = _dag(dagbag, path)
+    owner = dag.default_args.get("owner")
+
+    assert dag.tags, "tags let people filter the UI"
+    assert dag.doc_md and dag.doc_md.strip(), "doc_md is what the UI shows on the DAG page"
+    assert owner and owner != "airflow", f"default_args needs a real owner, not {owner!r}"
+    assert isinstance(dag.default_args.get("retries"), int), "default_args must set retries explicitly"
+    assert {task.task_id: task.owner for task in dag.tasks} == {task.task_id: owner for task in dag.tasks}
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
+def test_dag_has_no_cycles(dagbag: Any, path: Path) -> None:
+    _dag(dagbag, path).check_cycle()
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
+def test_dag_serializes_as_the_dag_processor_does(dagbag: Any, path: Path) -> None:
+    """to_dict validates against Airflow's JSON schema; the round trip keeps the DAG and its tasks."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = _dag(dagbag, path)
+    restored = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+
+    assert restored.dag_id == dag.dag_id
+    assert sorted(restored.task_ids) == sorted(dag.task_ids)
+
+
+def test_flights_ingest_runs_daily_over_2013_with_catchup(flights_ingest: Any) -> None:
+    assert flights_ingest.catchup is True
+    assert flights_ingest.start_date == datetime(2013, 1, 1, tzinfo=UTC)
+    assert flights_ingest.end_date == datetime(2013, 12, 31, tzinfo=UTC)
+
+
+def test_flights_ingest_schedule_is_one_run_per_utc_day(flights_ingest: Any) -> None:
+    """Read through the serialized timetable, the one the scheduler uses."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(flights_ingest))
+    infos = list(serialized.iter_dagrun_infos_between(datetime(2013, 1, 1, tzinfo=UTC),
+                                                      datetime(2013, 1, 4, tzinfo=UTC)))
+
+    days = [datetime(2013, 1, d, tzinfo=UTC) for d in (1, 2, 3, 4)]
+    assert [(info.data_interval.start, info.data_interval.end) for info in infos] == [
+        (day, day + timedelta(days=1)) for day in days
+    ]
+
+
+def test_flights_ingest_window_params_are_documented_dates(flights_ingest: Any) -> None:
+    """start_date/end_date: described, empty by default (a scheduled run takes its logical date), dates only."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    for name in ("start_date", "end_date"):
+        assert name in flights_ingest.params, f"missing param {name}"
+        param = flights_ingest.params.get_param(name)
+        assert param.description and param.description.strip()
+        assert param.value is None
+        assert param.resolve("2013-01-02") == "2013-01-02"
+        with pytest.raises(ParamValidationError):
+            param.resolve("2013-13-45")
+
+
+def test_flights_ingest_tasks_form_one_chain_in_documented_order(flights_ingest: Any) -> None:
+    assert sorted(flights_ingest.task_ids) == sorted(FLIGHTS_INGEST_CHAIN)
+    edges = {task.task_id: (task.upstream_task_ids, task.downstream_task_ids) for task in flights_ingest.tasks}
+    for i, task_id in enumerate(FLIGHTS_INGEST_CHAIN):
+        upstream = set(FLIGHTS_INGEST_CHAIN[i - 1:i]) if i else set()
+        downstream = set(FLIGHTS_INGEST_CHAIN[i + 1:i + 2])
+        assert edges[task_id] == (upstream, downstream), task_id
+
+
+def test_flights_ingest_publishes_validated_assets_from_promotion_only(flights_ingest: Any) -> None:
+    from airflow.sdk import Asset
+
+    outlets = {
+        task.task_id: sorted(a.name for a in task.outlets if isinstance(a, Asset)) for task in flights_ingest.tasks
+    }
+    assert outlets.pop("promote_partitions") == ["validated_flights", "validated_weather"]
+    assert all(not names for names in outlets.values()), outlets
+
+
+def test_flights_ingest_does_not_retry_a_quarantine(flights_ingest: Any) -> None:
+    """Bad data is not a transient failure: check_quarantine fails at once, the other tasks retry."""
+    assert flights_ingest.get_task("check_quarantine").retries == 0
+    assert flights_ingest.get_task("land_feed").retries >= 1
