@@ -11,7 +11,7 @@ import os
 import platform
 import shutil
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ def bench_ingestion(settings: Settings, start: date, end: date) -> dict[str, Any
 def _write_results(path: Path, section: str, figures: dict[str, Any]) -> None:
     results = json.loads(path.read_text()) if path.exists() else {}
     results[section] = figures | {
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)

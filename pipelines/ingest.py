@@ -8,6 +8,7 @@ flagged the same way; unknown columns are kept as text. Validation then decides 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from dataclasses import dataclass
 from datetime import date
@@ -44,14 +45,50 @@ def raw_key(table: str, day: date) -> str:
     return partition_key("raw", table, day, "data.parquet")
 
 
-def _decode(content: bytes) -> tuple[list[str], set[int]]:
-    """Lines of the file and the indexes of lines that held bytes which are not UTF-8."""
+def _decode(content: bytes) -> str:
+    """The file as text; bytes that are not UTF-8 become U+FFFD (flagged per record later)."""
     try:
-        lines = content.decode("utf-8-sig").splitlines()
+        return content.decode("utf-8-sig")
     except UnicodeDecodeError:
-        lines = content.decode("utf-8", errors="replace").splitlines()
-    # NUL bytes decode "fine" but only appear when a UTF-16 (or binary) file was sent as text.
-    return lines, {i for i, line in enumerate(lines) if "\ufffd" in line or "\x00" in line}
+        return content.decode("utf-8-sig", errors="replace")
+
+
+# U+FFFD marks bytes that were not UTF-8; NUL bytes decode "fine" but only appear when a UTF-16 (or binary) file
+# was sent as text.
+_UNDECODABLE = ("\ufffd", "\x00")
+
+
+def _records(text: str) -> list[list[str]]:
+    """CSV records, blank lines skipped; a record the csv module rejects (e.g. an unclosed quote) becomes one
+    bad field, so the rest of the file is still read."""
+    # newline="" so only real line endings split records (not form feeds or U+2028 inside a field).
+    reader = csv.reader(io.StringIO(text, newline=""))
+    records: list[list[str]] = []
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return records
+        except csv.Error as error:
+            record = [f"<csv error: {error}>"]
+        if record:
+            records.append(record)
+
+
+def _column_names(header: list[str]) -> list[str]:
+    """Header names made unique (``a``, ``a.1``, ...) without colliding with any name the file already uses or
+    with ``_parse_errors``, so no column silently shadows another."""
+    originals = set(header)
+    used = {PARSE_ERRORS}
+    names: list[str] = []
+    for name in header:
+        candidate, n = name, 0
+        while candidate in used or (candidate != name and candidate in originals):
+            n += 1
+            candidate = f"{name}.{n}"
+        used.add(candidate)
+        names.append(candidate)
+    return names
 
 
 def _coerce(values: pd.Series, kind: Kind) -> pd.Series:
@@ -68,8 +105,7 @@ def _coerce(values: pd.Series, kind: Kind) -> pd.Series:
 
 def parse_feed_csv(content: bytes, schema: TableSchema) -> pd.DataFrame:
     """Parse feed bytes into a frame typed by ``schema`` plus ``_parse_errors``; never raises on bad content."""
-    lines, bad_lines = _decode(content)
-    records = list(csv.reader(lines))
+    records = _records(_decode(content))
     header = [name.strip() for name in records[0]] if records else []
     width = len(header)
     body = records[1:]
@@ -79,16 +115,10 @@ def parse_feed_csv(content: bytes, schema: TableSchema) -> pd.DataFrame:
         if len(record) != width:
             errors[i].append(FIELD_COUNT)
             record = (record + [""] * width)[:width]
-        if i + 1 in bad_lines:
+        if any(mark in field for field in record for mark in _UNDECODABLE):
             errors[i].append(ENCODING)
         cells.append(record)
-
-    # Repeated header names are kept apart so no column silently shadows another.
-    seen: dict[str, int] = {}
-    names = []
-    for name in header:
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name}.{seen[name] - 1}")
+    names = _column_names(header)
 
     text = pd.DataFrame(cells, columns=names, dtype=object)
     frame = pd.DataFrame(index=text.index)

@@ -186,7 +186,9 @@ class S3Lake(Lake):
         return True
 
     def list_keys(self, prefix: str) -> list[str]:
-        full = self._key(prefix)
+        # A prefix names a folder, as on the local lake: "raw/flights" must not match "raw/flights_v2/...".
+        folder = prefix.strip("/")
+        full = self._key(f"{folder}/") if folder else (f"{self.prefix}/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):

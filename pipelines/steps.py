@@ -33,6 +33,7 @@ def date_range(start: date, end: date) -> list[date]:
 
 def partition_dates(logical_date: date, start: str | date | None = None, end: str | date | None = None) -> list[date]:
     """The run's partitions: the explicit window when given, else the logical date's own day."""
+    start, end = start or None, end or None  # an empty form field means "not set"
     if start is None and end is None:
         return [logical_date]
     first = date.fromisoformat(str(start or end))

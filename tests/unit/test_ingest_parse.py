@@ -159,8 +159,6 @@ def test_utf8_bom_is_not_part_of_the_first_column_name() -> None:
     assert _errors(frame) == [None]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the non-UTF-8 fallback decodes with 'utf-8', keeping the BOM "
-                                       "in the first header name (see report)")
 def test_utf8_bom_with_a_bad_byte_later_still_names_first_column() -> None:
     content = b"\xef\xbb\xbf" + _csv(WEATHER_HEADER) + WEATHER_ROW.replace("EWR", "Jé").encode("cp1252") + b"\n"
     frame = parse_feed_csv(content, WEATHER)
@@ -169,8 +167,6 @@ def test_utf8_bom_with_a_bad_byte_later_still_names_first_column() -> None:
     assert _errors(frame) == [ENCODING]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: bad-byte lines are matched to records by line index, which a quoted "
-                                       "multi-line field shifts (see report)")
 def test_encoding_error_after_a_multiline_quoted_field_is_flagged() -> None:
     content = b'origin,year\n"E\nWR",2013\nJ\xe9K,2013\n'
     frame = parse_feed_csv(content, WEATHER)
@@ -227,8 +223,6 @@ def test_duplicate_header_names_are_disambiguated() -> None:
     assert frame["origin.1"].tolist() == ["JFK"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a header already holding 'a.1' collides with the generated name and "
-                                       "parse_feed_csv raises (see report)")
 def test_duplicate_header_names_never_collide_with_existing_names() -> None:
     frame = parse_feed_csv(_csv("a,a.1,a", "1,2,3"), WEATHER)
 
