@@ -85,8 +85,16 @@ class Verdict:
         chosen = self.critical if self.status == "quarantined" else self.warnings
         if not chosen:
             return f"{self.table} {self.date}: all expectations met ({self.rows} rows)"
-        lines = "\n".join(f"  - {f.sentence()}" for f in chosen)
-        return f"{self.table} {self.date} {self.status} ({self.rows} rows), {len(chosen)} failed:\n{lines}"
+        evaluated = [f for f in chosen if not f.error]
+        unevaluated = [f for f in chosen if f.error]
+        lines = [f"  - {f.sentence()}" for f in evaluated]
+        if unevaluated:
+            # Usually one cause (a missing column) behind many expectations: say it once.
+            columns = sorted({f.column for f in unevaluated if f.column})
+            lines.append(f"  - {len(unevaluated)} expectations could not be evaluated"
+                         f"{' on ' + ', '.join(columns) if columns else ''}: {unevaluated[0].error}")
+        body = "\n".join(lines)
+        return f"{self.table} {self.date} {self.status} ({self.rows} rows), {len(chosen)} failed:\n{body}"
 
     def to_json(self, gx_result: dict[str, Any] | None = None, **extra: Any) -> str:
         body: dict[str, Any] = asdict(self) | {"reason": self.reason()} | extra
@@ -137,8 +145,11 @@ def _failure(result: Any) -> Failure:
     kwargs = config.kwargs
     body = result.result or {}
     error = None
-    if result.exception_info and result.exception_info.get("raised_exception"):
-        error = str(result.exception_info.get("exception_message", "")).strip().splitlines()[0][:300]
+    info = result.exception_info or {}
+    if "raised_exception" not in info:  # GX 1.x keys metric errors by metric id
+        info = next((v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")), {})
+    if info.get("raised_exception"):
+        error = (str(info.get("exception_message", "")).strip().splitlines() or ["(no message)"])[0][:300]
     column = kwargs.get("column") or (",".join(kwargs["column_list"]) if kwargs.get("column_list") else None)
     observed = body.get("observed_value")
     if isinstance(observed, list) and config.type == "expect_table_columns_to_match_set":
