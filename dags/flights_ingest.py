@@ -7,7 +7,8 @@ logical date. A manual trigger can load a whole window in one run: set **start_d
 1. `land_feed`: the source drops the day's flights and weather CSVs into `landing/` (as an airline feed would).
 2. `ingest_feed`: landing CSV -> typed Parquet in `raw/` (atomic overwrite; unreadable fields are flagged, never lost).
 3. `validate_partitions`: Great Expectations checkpoints `flights` and `weather`; Data Docs rebuilt.
-4. `promote_partitions`: passing and warned partitions -> `validated/` (publishes the validated Assets);
+4. `promote_partitions`: passing and warned partitions -> `validated/`, announced as events of the Assets
+   `validated_flights` / `validated_weather` (extra: the dates) when that table got any;
    any critical failure -> `quarantine/` with the validation result, and `validated/` keeps what it had.
 5. `check_quarantine`: fails the run, naming every failed expectation and its counts, when anything was quarantined.
 """
@@ -16,10 +17,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import Asset, AssetAlias, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 VALIDATED_FLIGHTS = Asset(name="validated_flights", uri="file:///lake/validated/flights")
 VALIDATED_WEATHER = Asset(name="validated_weather", uri="file:///lake/validated/weather")
+# Events go out through an alias so an asset gets one only when partitions of it were promoted: a day whose
+# weather was quarantined must not trigger consumers of validated weather.
+VALIDATED_PARTITIONS = AssetAlias(name="validated_partitions")
 
 
 def _run_window() -> tuple[list, str]:
@@ -73,7 +77,7 @@ def flights_ingest() -> None:
         days, run_key = _run_window()
         return validate_partitions(days, run_key=run_key)
 
-    @task(outlets=[VALIDATED_FLIGHTS, VALIDATED_WEATHER])
+    @task(outlets=[VALIDATED_PARTITIONS])
     def promote_partitions() -> dict:
         from pipelines.steps import promote_partitions
 
@@ -82,7 +86,8 @@ def flights_ingest() -> None:
         events = get_current_context()["outlet_events"]
         for asset, table in ((VALIDATED_FLIGHTS, "flights"), (VALIDATED_WEATHER, "weather")):
             dates = sorted(key.split("/")[1] for key in result["validated"] if key.startswith(f"{table}/"))
-            events[asset].extra = {"dates": dates, "run_key": run_key}
+            if dates:
+                events[VALIDATED_PARTITIONS].add(asset, extra={"dates": dates, "run_key": run_key})
         return result
 
     @task(retries=0)

@@ -160,12 +160,12 @@ def test_flights_ingest_tasks_form_one_chain_in_documented_order(flights_ingest:
 
 
 def test_flights_ingest_publishes_validated_assets_from_promotion_only(flights_ingest: Any) -> None:
-    from airflow.sdk import Asset
+    from airflow.sdk import AssetAlias
 
     outlets = {
-        task.task_id: sorted(a.name for a in task.outlets if isinstance(a, Asset)) for task in flights_ingest.tasks
+        task.task_id: sorted(a.name for a in task.outlets if isinstance(a, AssetAlias)) for task in flights_ingest.tasks
     }
-    assert outlets.pop("promote_partitions") == ["validated_flights", "validated_weather"]
+    assert outlets.pop("promote_partitions") == ["validated_partitions"]
     assert all(not names for names in outlets.values()), outlets
 
 
