@@ -1,0 +1,78 @@
+"""Feature computations on tiny frames: labels, keys, trailing windows and the timestamps that prevent leakage."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import features as F
+
+
+def _flights(rows: list[dict]) -> pd.DataFrame:
+    base = {"year": 2013, "month": 1, "day": 2, "dep_time": 600, "arr_delay": 0.0, "carrier": "AA", "flight": 1,
+            "origin": "JFK", "dest": "LAX", "minute": 30, "time_hour": pd.Timestamp("2013-01-02T11:00Z")}
+    frame = pd.DataFrame([base | row for row in rows])
+    return frame.astype({"year": "Int64", "month": "Int64", "day": "Int64", "dep_time": "Int64", "flight": "Int64",
+                         "minute": "Int64"})
+
+
+def test_disrupted_means_late_cancelled_or_diverted() -> None:
+    frame = _flights([{"arr_delay": 14.0}, {"arr_delay": 15.0}, {"arr_delay": np.nan, "dep_time": None},
+                      {"arr_delay": np.nan}, {"arr_delay": -20.0}])
+    assert F.disrupted(frame).tolist() == [0, 1, 1, 1, 0]
+
+
+def test_flight_id_and_scheduled_departure() -> None:
+    frame = _flights([{"flight": 1141, "minute": 40}])
+    assert F.flight_id(frame).tolist() == ["2013-01-02:AA1141:JFK"]
+    assert F.scheduled_departure(frame).tolist() == [pd.Timestamp("2013-01-02T11:40Z")]
+
+
+def test_trailing_stats_cover_exactly_the_window_ending_on_the_day() -> None:
+    rows = [{"day": d, "arr_delay": 30.0 if d == 1 else 0.0} for d in range(1, 11)]
+    frame = _flights([r | {"month": 1} for r in rows])
+    stats = F.carrier_stats(frame, [date(2013, 1, 8), date(2013, 1, 10)]).set_index("event_timestamp")
+    first, last = stats.iloc[0], stats.iloc[1]
+    # Day 8: the 7-day window is days 2..8 (day 1's late flight has left it), the 28-day window has days 1..8.
+    assert first["carrier_flights_7d"] == 7 and first["carrier_disruption_rate_7d"] == 0
+    assert first["carrier_flights_28d"] == 8 and first["carrier_disruption_rate_28d"] == pytest.approx(1 / 8)
+    assert last["carrier_flights_28d"] == 10
+    assert first["carrier_mean_arr_delay_28d"] == pytest.approx(30 / 8)
+
+
+def test_statistics_of_a_day_are_published_the_morning_after() -> None:
+    frame = _flights([{"day": 2}])
+    stats = F.carrier_stats(frame, [date(2013, 1, 2)])
+    # 2013-01-03 06:00 in New York (EST, UTC-5) is 11:00 UTC: after every flight of the day has landed.
+    assert stats["event_timestamp"].tolist() == [pd.Timestamp("2013-01-03T11:00Z")]
+
+
+def test_schedule_is_known_the_day_before_and_counts_congestion() -> None:
+    frame = _flights([{"flight": 1}, {"flight": 2}, {"flight": 3, "time_hour": pd.Timestamp("2013-01-02T15:00Z")},
+                      {"flight": 4, "origin": "EWR"}])
+    schedule = F.flight_schedule(frame).set_index("flight_id")
+    assert schedule.loc["2013-01-02:AA1:JFK", "origin_hour_departures"] == 2
+    assert schedule.loc["2013-01-02:AA3:JFK", "origin_hour_departures"] == 1
+    assert schedule.loc["2013-01-02:AA1:JFK", "origin_day_departures"] == 3
+    assert schedule.loc["2013-01-02:AA4:EWR", "origin_day_departures"] == 1
+    assert (schedule["event_timestamp"] == pd.Timestamp("2013-01-01T05:00Z")).all()
+
+
+def test_request_features_use_new_york_local_time() -> None:
+    departures = pd.Series(pd.to_datetime(["2013-01-02T11:40Z", "2013-07-01T03:30Z"], utc=True))
+    out = F.request_features(departures, pd.Series([1089.0, 0.0]))
+    assert out["dep_hour"].tolist() == [6, 23]  # EST in January, EDT (UTC-4) in summer: June 30, 23:30
+    assert out["dep_weekday"].tolist() == [2, 6]
+    assert out["dep_month"].tolist() == [1, 6]
+    assert out["log_distance"].tolist() == pytest.approx([np.log1p(1089.0), 0.0])
+
+
+def test_plane_attributes_are_a_snapshot_before_the_year() -> None:
+    planes = pd.DataFrame({"tailnum": ["N1"], "year": [2004.0], "seats": [55], "engines": [2],
+                           "type": ["Fixed wing multi engine"]})
+    out = F.plane_attributes(planes)
+    assert out.loc[0, "plane_age"] == 9
+    assert out.loc[0, "event_timestamp"] < pd.Timestamp("2013-01-01T00:00Z")
