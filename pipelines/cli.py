@@ -61,6 +61,27 @@ def _promote(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _features(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.features import build_features
+
+    return build_features(_window(args))
+
+
+def _materialize(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.feature_store import materialize_features
+
+    return materialize_features(_window(args))
+
+
+def _training_set(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.feature_store import training_set
+
+    frame = training_set(_window(args))
+    frame.to_parquet(args.output, index=False)
+    return {"rows": len(frame), "columns": list(frame.columns), "disruption_rate": float(frame["disrupted"].mean()),
+            "output": str(args.output)}
+
+
 def _summary(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.summary import format_summary, summarize
 
@@ -110,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = command("validate", _validate, "Run the GX checkpoints on raw partitions and write verdicts")
     validate.add_argument("--run-key", help="run key recorded in the verdicts and GX results")
     command("promote", _promote, "Promote to validated/ or quarantine each partition by its verdict")
+    command("features", _features, "Compute feature tables from validated/ into features/ (one partition a day)")
+    command("materialize", _materialize, "Apply feature_repo/ and materialize the window to the online store")
+    training = command("training-set", _training_set,
+                       "Point-in-time correct training set (features + label) for the window's flights")
+    training.add_argument("--output", default="training_set.parquet", help="Parquet file to write")
     command("summary", _summary, "Print what the lake holds for a window")
     for name, handler, text in (("run", _run, "Run the flights_ingest DAG through Airflow over a window"),
                                 ("bench", _bench, "Benchmark ingestion and validation; write bench/results.json")):
@@ -123,7 +149,7 @@ def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     if not verbose:
-        for noisy in ("great_expectations", "botocore", "boto3", "urllib3", "s3transfer"):
+        for noisy in ("great_expectations", "botocore", "boto3", "urllib3", "s3transfer", "feast"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

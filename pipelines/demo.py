@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # Airflow's console line: "<timestamp> [level    ] message    [logger] loc=file:line ..."
 _LOG_LINE = re.compile(r"^\S+ \[(?P<level>\w+)\s*\] (?P<message>.*?)\s+\[(?P<logger>[\w.]+)\]( loc=\S+)?")
+# The chain `make run` drives, in order; each DAG gets the window as its params.
+DAGS = ("flights_ingest", "flight_features")
 _EXCEPTION = re.compile(r"^[\w.]*(Error|Exception): ")
 
 
@@ -88,12 +90,16 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
 
     say(f"Pipeline home: {settings.pipeline_home}   (full logs: {log_file})")
     started = time.perf_counter()
-    say("[1/2] Preparing Airflow's metadata database (SQLite)...")
+    say("[1/3] Preparing Airflow's metadata database (SQLite)...")
     if _airflow(["db", "migrate"], env, log_file) != 0:
         raise RuntimeError(f"airflow db migrate failed; see {log_file}")
-    say(f"[2/2] Running DAG flights_ingest through Airflow for {start} .. {end}...")
     conf = json.dumps({"start_date": start.isoformat(), "end_date": end.isoformat()})
-    code = _airflow(["dags", "test", "flights_ingest", end.isoformat(), "-c", conf], env, log_file, show=True)
+    failed = None
+    for step, dag_id in enumerate(DAGS, 2):
+        say(f"[{step}/{len(DAGS) + 1}] Running DAG {dag_id} through Airflow for {start} .. {end}...")
+        if _airflow(["dags", "test", dag_id, end.isoformat(), "-c", conf], env, log_file, show=True) != 0:
+            failed = dag_id
+            break
     elapsed = time.perf_counter() - started
 
     from pipelines.steps import date_range
@@ -101,8 +107,15 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
     summary = summarize(date_range(start, end), settings)
     say("")
     say(format_summary(summary))
+    if failed is None:
+        from pipelines.feature_store import feature_summary, format_feature_summary
+
+        features = feature_summary(settings)
+        say(format_feature_summary(features))
+        summary["features"] = features
     say(f"  Airflow log: {log_file}")
-    say(f"Finished in {elapsed:.0f}s: DAG run {'succeeded' if code == 0 else 'FAILED (see the log above)'}.")
-    if code != 0:
-        raise RuntimeError(f"the flights_ingest run failed; see {log_file}")
+    say(f"Finished in {elapsed:.0f}s: " + ("all DAG runs succeeded." if failed is None
+                                           else f"DAG {failed} FAILED (see the log above)."))
+    if failed:
+        raise RuntimeError(f"the {failed} run failed; see {log_file}")
     return summary

@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterable
 from datetime import date, timedelta
 
-import numpy as np
 import pandas as pd
 
 from pipelines.lake import Lake, partition_key
@@ -138,15 +137,9 @@ def plane_attributes(planes: pd.DataFrame) -> pd.DataFrame:
     }).sort_values("tailnum").reset_index(drop=True)
 
 
-def request_features(scheduled_departure_utc: pd.Series, distance: pd.Series) -> pd.DataFrame:
-    """Features computed from the request itself (also the body of Feast's on-demand view)."""
-    local = pd.to_datetime(scheduled_departure_utc, utc=True).dt.tz_convert(LOCAL_TZ)
-    return pd.DataFrame({
-        "dep_hour": local.dt.hour.astype("int64"),
-        "dep_weekday": local.dt.weekday.astype("int64"),
-        "dep_month": local.dt.month.astype("int64"),
-        "log_distance": np.log1p(distance.astype("float64")),
-    })
+def _for_feast(frame: pd.DataFrame) -> pd.DataFrame:
+    """Microsecond timestamps: DuckDB (Feast's offline store) cannot cast nanosecond time zones."""
+    return frame.reset_index(drop=True).astype({"event_timestamp": "datetime64[us, UTC]"})
 
 
 def feature_key(table: str, day: date) -> str:
@@ -161,7 +154,7 @@ def _validated(lake: Lake, table: str, days: Iterable[date]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def build_feature_partitions(days: Iterable[date], settings: Settings | None = None) -> dict[str, object]:
+def build_features(days: Iterable[date], settings: Settings | None = None) -> dict[str, object]:
     """Write every feature table's partition for each of ``days`` (idempotent: each partition is replaced)."""
     from pipelines.lake import open_lake
 
@@ -191,10 +184,10 @@ def build_feature_partitions(days: Iterable[date], settings: Settings | None = N
         if lake.exists(weather_key):
             tables["weather_hourly"] = weather_hourly(lake.read_parquet(weather_key))
         for table, frame in tables.items():
-            lake.write_parquet(feature_key(table, day), frame.reset_index(drop=True))
+            lake.write_parquet(feature_key(table, day), _for_feast(frame))
             rows[table] += len(frame)
     planes = plane_attributes(lake.read_parquet(reference_key("planes")))
-    lake.write_parquet(feature_key("plane_attributes", PLANES_SNAPSHOT.date()), planes)
+    lake.write_parquet(feature_key("plane_attributes", PLANES_SNAPSHOT.date()), _for_feast(planes))
     rows["plane_attributes"] = len(planes)
     log.info("build_features: %d days, %s rows (%.1fs)", len(days), rows, time.perf_counter() - started)
     return {"dates": len(days), "rows": rows, "seconds": round(time.perf_counter() - started, 2)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,13 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "great_expectations",
         description="The committed Great Expectations project (suites, checkpoints).",
     )
+    feast_profile: Literal["embedded", "production"] = Field(
+        default="embedded", description="embedded: SQLite registry and online store; production: PostgreSQL + Redis."
+    )
+    feast_registry_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of Feast's SQL registry (production profile)."
+    )
+    feast_redis: str | None = Field(default=None, description="Redis connection string (production profile).")
     demo_start: date = date(2013, 1, 1)
     demo_end: date = date(2013, 3, 31)
 

@@ -118,3 +118,4 @@ def check_quarantine(promotion: dict[str, Any]) -> None:
     if quarantined:
         details = "\n".join(quarantined.values())
         raise QuarantineError(f"{len(quarantined)} partition(s) quarantined on critical expectations:\n{details}")
+

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
@@ -62,12 +62,17 @@ def test_schedule_is_known_the_day_before_and_counts_congestion() -> None:
 
 
 def test_request_features_use_new_york_local_time() -> None:
-    departures = pd.Series(pd.to_datetime(["2013-01-02T11:40Z", "2013-07-01T03:30Z"], utc=True))
-    out = F.request_features(departures, pd.Series([1089.0, 0.0]))
-    assert out["dep_hour"].tolist() == [6, 23]  # EST in January, EDT (UTC-4) in summer: June 30, 23:30
-    assert out["dep_weekday"].tolist() == [2, 6]
-    assert out["dep_month"].tolist() == [1, 6]
-    assert out["log_distance"].tolist() == pytest.approx([np.log1p(1089.0), 0.0])
+    """The on-demand view's function, called as Feast calls it (python mode: dict of lists)."""
+    from pipelines.feature_store import definitions
+
+    udf = definitions().request_features.feature_transformation.udf
+    departures = [datetime(2013, 1, 2, 11, 40, tzinfo=UTC), datetime(2013, 7, 1, 3, 30, tzinfo=UTC)]
+    out = udf({"scheduled_departure": departures, "distance": [1089.0, 0.0]})
+    assert out["dep_hour"] == [6, 23]  # EST in January, EDT (UTC-4) in summer: June 30, 23:30
+    assert out["dep_weekday"] == [2, 6]
+    assert out["dep_month"] == [1, 6]
+    assert out["log_distance"] == pytest.approx([np.log1p(1089.0), 0.0])
+    assert udf({"scheduled_departure": [1357126800], "distance": [10.0]})["dep_hour"] == [6]  # epoch seconds too
 
 
 def test_plane_attributes_are_a_snapshot_before_the_year() -> None:

@@ -1,0 +1,74 @@
+"""
+### flight_features: feature tables and the online store, for the days that were just validated
+
+Runs whenever `flights_ingest` announces newly validated flight partitions (the Asset `validated_flights`; the
+event's extra lists the dates), or by hand with **start_date** / **end_date**.
+
+1. `build_features`: from `validated/`, write each day's feature tables to `features/` (weather by origin and
+   hour, schedule congestion, trailing carrier and route statistics, plane attributes), replacing that day's
+   partitions.
+2. `materialize_features`: apply `feature_repo/` and materialize exactly the run's event-time window (with an
+   overlap for late data) into the online store, never "up to now". Feature service: `flight_delay_v1`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+VALIDATED_FLIGHTS = Asset(name="validated_flights", uri="file:///lake/validated/flights")
+ONLINE_FEATURES = Asset(name="online_features_flight_delay_v1", uri="feast://flight_delay/flight_delay_v1")
+
+
+def _run_days() -> list:
+    """Dates from the params, else from the triggering asset events, else the logical date's own day."""
+    from datetime import date
+
+    from pipelines.steps import partition_dates
+
+    context = get_current_context()
+    params = context["params"]
+    logical = (context["logical_date"] or context["dag_run"].run_after).date()
+    if params.get("start_date") or params.get("end_date"):
+        return partition_dates(logical, params.get("start_date"), params.get("end_date"))
+    announced = sorted({
+        day for events in context["triggering_asset_events"].values() for event in events
+        for day in (event.extra or {}).get("dates", [])
+    })
+    return [date.fromisoformat(day) for day in announced] or [logical]
+
+
+@dag(
+    dag_id="flight_features",
+    doc_md=__doc__,
+    schedule=[VALIDATED_FLIGHTS],
+    start_date=datetime(2013, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    tags=["features", "feast", "flights"],
+    params={
+        "start_date": Param(None, type=["null", "string"], format="date", title="Start date",
+                            description="First day of a manual window (YYYY-MM-DD). Empty: the announced days."),
+        "end_date": Param(None, type=["null", "string"], format="date", title="End date",
+                          description="Last day of a manual window, inclusive. Empty: same as start date."),
+    },
+)
+def flight_features() -> None:
+    @task
+    def build_features() -> dict:
+        from pipelines.features import build_features
+
+        return build_features(_run_days())
+
+    @task(outlets=[ONLINE_FEATURES])
+    def materialize_features() -> dict:
+        from pipelines.feature_store import materialize_features
+
+        return materialize_features(_run_days())
+
+    build_features() >> materialize_features()
+
+
+flight_features()
