@@ -81,7 +81,7 @@ def apply_definitions(store: FeatureStore) -> list[str]:
     from feast import Entity, FeatureService, FeatureView, OnDemandFeatureView, RequestSource
 
     kinds = (Entity, FeatureView, OnDemandFeatureView, FeatureService, RequestSource)
-    objects = [v for v in vars(definitions()).values() if isinstance(v, kinds)]
+    objects: list[Any] = [v for v in vars(definitions()).values() if isinstance(v, kinds)]
     store.apply(objects)
     return sorted(getattr(o, "name", "?") for o in objects)
 
