@@ -173,3 +173,14 @@ def test_flights_ingest_does_not_retry_a_quarantine(flights_ingest: Any) -> None
     """Bad data is not a transient failure: check_quarantine fails at once, the other tasks retry."""
     assert flights_ingest.get_task("check_quarantine").retries == 0
     assert flights_ingest.get_task("land_feed").retries >= 1
+
+
+def test_flight_features_runs_when_flights_are_validated(dagbag: Any) -> None:
+    """Scheduled on the asset flights_ingest announces (same name and URI), with a manual window as params."""
+    from airflow.sdk import Asset
+
+    features = _dag(dagbag, DAGS_DIR / "flight_features.py")
+    scheduled_on = {a.name: a.uri for a in features.timetable.asset_condition.objects if isinstance(a, Asset)}
+    assert scheduled_on == {"validated_flights": "file:///lake/validated/flights"}
+    assert [t.task_id for t in features.topological_sort()] == ["build_features", "materialize_features"]
+    assert {"start_date", "end_date"} <= set(features.params)
