@@ -2,6 +2,10 @@
 
 Runs the steps directly (no Airflow) on a scratch home under ``$PIPELINE_HOME/bench/work`` so the user's lake is
 untouched. Later issues add their own sections to the same results file.
+
+Sections: ``ingestion`` (land, ingest, validate, promote the window) and ``features`` (see ``bench_features``:
+materialization of the year 2013 into Redis and SQLite, a 90-day training set, online reads; each beside stock
+Feast on the same data in the same run).
 """
 
 from __future__ import annotations
@@ -75,7 +79,18 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
     figures = bench_ingestion(scratch, start, end)
     results_file = bench_dir / "results.json"
     _write_results(results_file, "ingestion", figures)
+    _print_ingestion(figures)
 
+    from pipelines.bench_features import bench_features, print_features
+
+    features = bench_features(scratch, validated=(start, end), demo=(settings.demo_start, settings.demo_end))
+    _write_results(results_file, "features", features)
+    print_features(features)
+    print(f"Results written to {results_file}")  # noqa: T201 - the command's output
+    return {"ingestion": figures, "features": features}
+
+
+def _print_ingestion(figures: dict[str, Any]) -> None:
     say = print  # noqa: T201 - the command's output
     say(f"Ingestion and validation, {figures['window']} ({figures['partitions']} partitions, {figures['rows']:,} rows)")
     say(f"  {'stage':<12}{'seconds':>10}{'rows/s':>12}")
@@ -84,5 +99,3 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
     say(f"  {'validate':<12}{figures['validate_seconds']:>10}{figures['validate_rows_per_s']:>12,}")
     say(f"  {'promote':<12}{figures['promote_seconds']:>10}{'':>12}")
     say(f"  (GX project load, once per process: {figures['gx_context_seconds']}s; outcomes {figures['outcomes']})")
-    say(f"Results written to {results_file}")
-    return figures

@@ -3,6 +3,10 @@ window, reading online, and building point-in-time correct training sets.
 
 Feast reads ``${VAR}`` in ``feature_store.yaml`` from the process environment, and ``feature_repo/definitions.py``
 reads ``FEATURES_URI`` the same way, so ``open_store`` sets those variables from the settings before Feast loads.
+
+Two of Feast's paths are replaced where profiling showed them slow, both proven equal to stock by tests:
+materialization ends in a bulk online writer (``pipelines.online_writer``) and online reads go through a compiled
+reader of the feature service (``pipelines.online_reader``). ``stock=True`` on either function runs Feast's own.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pandas as pd
 
 from pipelines.features import (
     LOCAL_TZ,
+    PLANES_SNAPSHOT,
     PREDICTION_LEAD,
     STATS_PUBLISHED_AFTER_DAY_END,
     disrupted,
@@ -59,13 +64,19 @@ def _yaml(settings: Settings) -> Path:
     return FEATURE_REPO / "feature_store.yaml"
 
 
-def open_store(settings: Settings | None = None) -> FeatureStore:
+def open_store(settings: Settings | None = None, *, batch_engine: str | None = None) -> FeatureStore:
+    """The feature store of the settings' profile; ``batch_engine`` replaces the yaml's materialization engine
+    (``pipelines.online_writer.ENGINE`` is the fast one ``materialize_features`` uses)."""
     settings = settings or get_settings()
     os.environ.update(feast_env(settings))
     (settings.pipeline_home / "feast").mkdir(parents=True, exist_ok=True)
     from feast import FeatureStore
+    from feast.repo_config import load_repo_config
 
-    return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=_yaml(settings))
+    config = load_repo_config(FEATURE_REPO, _yaml(settings))
+    if batch_engine:
+        config.batch_engine_config = batch_engine
+    return FeatureStore(repo_path=str(FEATURE_REPO), config=config)
 
 
 def definitions() -> ModuleType:
@@ -95,16 +106,33 @@ def run_window(days: Iterable[date]) -> tuple[datetime, datetime]:
     return (first - LATE_DATA_OVERLAP).to_pydatetime(), (last + pd.Timedelta(seconds=1)).to_pydatetime()
 
 
-def materialize_features(days: Iterable[date], settings: Settings | None = None) -> dict[str, Any]:
-    """Apply the definitions, then materialize the run's own window (never "up to now") to the online store."""
-    store = open_store(settings)
+def materialize_features(days: Iterable[date], settings: Settings | None = None, *,
+                         stock: bool = False) -> dict[str, Any]:
+    """Apply the definitions, then materialize the run's own window (never "up to now") to the online store.
+
+    ``store.materialize`` runs with the bulk online writer of ``pipelines.online_writer`` (same read, filter and
+    dedup as stock, same stored bytes, several times faster); ``stock=True`` runs Feast's own engine."""
+    from pipelines import online_writer
+
+    store = open_store(settings, batch_engine=None if stock else online_writer.ENGINE)
     apply_definitions(store)
     start, end = run_window(days)
+    views = store.list_feature_views(allow_cache=False)
+    # A rerun or backfill of an earlier day must not roll the online store back: reload through the latest end
+    # already materialized (the window still starts at the run's own start, never "up to now").
+    end = max([end, *(e for view in views for _, e in view.materialization_intervals)])
     started = time.perf_counter()
-    store.materialize(start_date=start, end_date=end)
+    windowed = [view.name for view in views if view.name != "plane_attributes"]
+    store.materialize(start_date=start, end_date=end, feature_views=windowed)
+    # The plane snapshot is stamped before 2013: load it whatever the window, so serving sees what training sees.
+    store.materialize(start_date=min(start, PLANES_SNAPSHOT.to_pydatetime()), end_date=end,
+                      feature_views=["plane_attributes"])
     seconds = time.perf_counter() - started
+    engine = store._get_provider().batch_engine  # type: ignore[attr-defined]
+    stats = dict(getattr(engine, "stats", {}))
     log.info("materialize_features: %s .. %s in %.1fs", start, end, seconds)
-    return {"start": start.isoformat(), "end": end.isoformat(), "seconds": round(seconds, 2)}
+    return {"start": start.isoformat(), "end": end.isoformat(), "seconds": round(seconds, 2),
+            "engine": "stock" if stock else "fast", "views": stats}
 
 
 def flight_entities(flights: pd.DataFrame) -> pd.DataFrame:
@@ -138,12 +166,20 @@ def training_set(days: Iterable[date], settings: Settings | None = None) -> pd.D
 
 
 def online_features(entities: pd.DataFrame, settings: Settings | None = None,
-                    store: FeatureStore | None = None) -> pd.DataFrame:
-    """The feature service's online values for flights given by ``ENTITY_COLUMNS``."""
+                    store: FeatureStore | None = None, *, stock: bool = False) -> pd.DataFrame:
+    """The feature service's online values for flights given by ``ENTITY_COLUMNS``.
+
+    Read through ``pipelines.online_reader`` (the service resolved once, every view in one round trip; the same
+    frame as ``store.get_online_features(...).to_df()``); ``stock=True`` calls Feast's path. Pass ``store`` to
+    reuse one across calls: opening a store and its first read cost far more than a read."""
     store = store or open_store(settings)
     rows = entities[ENTITY_COLUMNS].to_dict("records")
-    service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
-    return store.get_online_features(features=service, entity_rows=rows).to_df()
+    if stock:
+        service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
+        return store.get_online_features(features=service, entity_rows=rows).to_df()
+    from pipelines.online_reader import read_online
+
+    return pd.DataFrame(read_online(store, FEATURE_SERVICE, rows))
 
 
 def feature_summary(settings: Settings | None = None) -> dict[str, Any]:

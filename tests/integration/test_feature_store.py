@@ -371,9 +371,6 @@ def test_run_window_serves_its_own_statistics_and_schedules_only(built: Built, w
                    )["origin_day_departures"].isna().all()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: materialize_features only loads [run start, run end], and the plane "
-                   "snapshot is stamped 2012-12-31, so any run window after 2013-01-01 leaves plane_attributes out "
-                   "of a fresh online store while training sets have them")
 def test_run_window_serves_the_plane_attributes_its_flights_need(built: Built, window: Window) -> None:
     own = flight_entities(_validated(built.settings, "flights", [DAY]))
     known = own[own["tailnum"].isin(set(open_lake(built.settings).read_parquet(
@@ -383,9 +380,6 @@ def test_run_window_serves_the_plane_attributes_its_flights_need(built: Built, w
 
 
 
-@pytest.mark.xfail(strict=True, reason="bug: materialize_features of an earlier day (a rerun or backfill) loads that "
-                   "day's window again, and SQLite overwrites unconditionally, so the online store goes back to the "
-                   "old day's statistics while later days are already materialized")
 def test_rerunning_an_earlier_day_keeps_the_latest_values_online(built: Built) -> None:
     settings = built.on_same_lake("rerun")
     materialize_features(DAYS, settings)

@@ -198,9 +198,6 @@ def test_redis_serves_what_sqlite_serves(profiles: Profiles) -> None:
     assert from_redis["plane_seats"].notna().mean() > 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Redis (Feast's default dedup) skips a row whose event_timestamp equals "
-                   "the stored one, so features rebuilt after a redelivery of the latest day never replace the "
-                   "stale values in Redis, while SQLite takes them; needs skip_dedup: true in production.yaml")
 def test_a_redelivered_day_reaches_both_online_stores(profiles: Profiles) -> None:
     """The latest day redelivered with other outcomes: rebuilt features, same window rematerialized, same values."""
     lake = open_lake(profiles.embedded)

@@ -1,0 +1,154 @@
+"""The fast materialization writer and the compiled reader against stock Feast on a real Redis server.
+
+A ``redis-server`` of its own runs for this module (a free port, no persistence, a temporary folder); the test is
+skipped where the binary is missing. Stock ``store.materialize`` writes into db 0, the fast engine into db 1, from
+the same feature lake (``tests/unit/test_online_fast_paths.py`` builds it) with the production profile (SQL
+registry, here in a SQLite file). Every key and hash field must be identical, including after out-of-order windows
+(older rows arriving after newer ones are skipped by both) and with ``skip_dedup`` / ``key_ttl_seconds``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from pipelines import feature_store as fs
+from pipelines.online_writer import ENGINE
+from pipelines.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _unit_module() -> ModuleType:
+    """The unit test module that builds the edge-case feature lake (loaded by path: tests are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "unit" / "test_online_fast_paths.py"
+    spec = importlib.util.spec_from_file_location("online_fast_paths_lake", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LAKE = _unit_module()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    from redis import Redis
+
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                "no", "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if Redis(port=port).ping():
+                    break
+            except Exception:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_port: int) -> dict[str, Settings]:
+    from redis import Redis
+
+    for name in ("FEAST_HOME", "FEATURES_URI", "FEAST_REGISTRY_URL", "FEAST_REDIS", "FEAST_PROFILE", "LAKE_URI"):
+        monkeypatch.delenv(name, raising=False)
+    lake = tmp_path / "lake"
+    LAKE.write_feature_lake(lake)
+    out = {}
+    for db, name in enumerate(("stock", "ours")):
+        Redis(port=redis_port, db=db).flushdb()
+        out[name] = Settings(pipeline_home=tmp_path / name, lake_uri=str(lake), feast_profile="production",
+                             feast_registry_url=f"sqlite:///{tmp_path}/registry_{name}.db",
+                             feast_redis=f"127.0.0.1:{redis_port},db={db}")
+    return out
+
+
+def redis_contents(settings: Settings) -> dict[bytes, dict[bytes, bytes]]:
+    from redis import Redis
+
+    host, rest = str(settings.feast_redis).split(":")
+    port, db = rest.split(",db=")
+    client = Redis(host=host, port=int(port), db=int(db))
+    return {key: client.hgetall(key) for key in client.scan_iter()}
+
+
+def ttls(settings: Settings) -> list[int]:
+    from redis import Redis
+
+    host, rest = str(settings.feast_redis).split(":")
+    port, db = rest.split(",db=")
+    client = Redis(host=host, port=int(port), db=int(db))
+    return [client.ttl(key) for key in client.scan_iter()]
+
+
+@pytest.mark.parametrize("windows", [
+    [LAKE.DAYS[:2], LAKE.DAYS[1:]],  # overlapping, in order (the DAG's late-data overlap)
+    [LAKE.DAYS[1:], LAKE.DAYS[:1]],  # newer first: the older rows must be skipped, as stock skips them
+])
+def test_fast_redis_materialization_is_byte_identical(homes: dict[str, Settings], windows: list[Any]) -> None:
+    for days in windows:
+        fs.materialize_features(days, homes["stock"], stock=True)
+        ours = fs.materialize_features(days, homes["ours"])
+        assert [n for n, v in ours["views"].items() if not v["fast"]] == []
+        if days == windows[-1] and days[0] < windows[0][0]:  # stale rows were read and dropped, not written
+            assert ours["views"]["weather_hourly"]["rows_written"] == 0 < ours["views"]["weather_hourly"]["rows_read"]
+        got, expected = redis_contents(homes["ours"]), redis_contents(homes["stock"])
+        assert got == expected and len(got) > 20
+        rows = LAKE.entity_rows()
+        assert LAKE.same(LAKE.stock_read(homes["ours"], rows), LAKE.stock_read(homes["stock"], rows))
+
+
+@pytest.mark.parametrize("option", [{"skip_dedup": True}, {"key_ttl_seconds": 3600}])
+def test_store_options_are_honoured(homes: dict[str, Settings], option: dict[str, Any]) -> None:
+    start, end = fs.run_window(LAKE.DAYS)
+    for name, engine in (("stock", None), ("ours", ENGINE)):
+        store = fs.open_store(homes[name], batch_engine=engine)
+        for key, value in option.items():
+            setattr(store.config.online_store, key, value)
+        fs.apply_definitions(store)
+        store.materialize(start_date=end - (end - start) / 2, end_date=end)  # newer half first
+        store.materialize(start_date=start, end_date=end)
+    assert redis_contents(homes["ours"]) == redis_contents(homes["stock"])
+    if "key_ttl_seconds" in option:
+        assert all(0 < t <= 3600 for t in ttls(homes["ours"]) + ttls(homes["stock"]))
+
+
+def test_compiled_reader_on_redis(homes: dict[str, Settings]) -> None:
+    from pipelines.online_reader import read_online, reader_for
+
+    fs.materialize_features(LAKE.DAYS, homes["ours"])
+    store = fs.open_store(homes["ours"])
+    assert reader_for(store, fs.FEATURE_SERVICE) is not None
+    service = store.get_feature_service(fs.FEATURE_SERVICE, allow_cache=True)
+    rows = LAKE.entity_rows()
+    for batch in (rows[:1], rows[2:6], rows, [rows[5]] * 3):
+        expected = store.get_online_features(features=service, entity_rows=batch).to_dict()
+        assert LAKE.same(read_online(store, fs.FEATURE_SERVICE, batch), expected)

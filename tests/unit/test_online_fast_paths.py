@@ -1,0 +1,254 @@
+"""The fast materialization writer and the compiled online reader against stock Feast, on SQLite.
+
+A small feature lake with the awkward cases (NaN and inf doubles, null ints and strings, -0.0, large and negative
+ints, unicode keys, sub-second timestamps, several rows per entity, rows outside the window) is materialized twice
+with the same definitions: stock ``store.materialize`` into one online store, ``materialize_features`` (the fast
+engine) into another. The stores must hold the same rows byte for byte and read back the same through stock
+``get_online_features``; the compiled reader must return exactly what stock returns. The Redis side is in
+``tests/integration/test_online_fast_paths_redis.py``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipelines import feature_store as fs
+from pipelines import online_writer as W
+from pipelines.features import feature_key
+from pipelines.lake import open_lake
+from pipelines.settings import Settings
+
+DAYS = [date(2013, 1, 1), date(2013, 1, 2), date(2013, 1, 3)]
+
+
+def _ts(*args: int) -> pd.Timestamp:
+    return pd.Timestamp(datetime(*args, tzinfo=UTC))
+
+
+def write_feature_lake(lake_root: Path) -> None:
+    """Feature partitions shaped like ``pipelines.features`` writes them, full of edge cases."""
+    lake = open_lake(Settings(pipeline_home=lake_root.parent, lake_uri=str(lake_root)))
+    nan, inf = float("nan"), float("inf")
+    tables: dict[str, list[dict]] = {name: [] for name in fs_views()}
+    for d, day in enumerate(DAYS):
+        for hour in (0, 6, 12, 18):
+            for o, origin in enumerate(["EWR", "JFK", "LGA", "ZÜR"]):
+                tables["weather_hourly"].append({
+                    "origin": origin, "event_timestamp": _ts(2013, 1, day.day, hour, 0, 0, 123456 * (o % 2)),
+                    "temp": [20.5, -0.0, inf, nan][(d + o + hour) % 4], "dewp": 1.0 * hour, "humid": 50.0 + o,
+                    "wind_speed": nan if origin == "ZÜR" else 3.25, "wind_gust": None if hour == 18 else 7.5,
+                    "precip": 0.0, "pressure": 1013.25 if o != 1 else nan, "visib": 10.0,
+                })
+        for n in range(6):
+            tables["flight_schedule"].append({
+                "flight_id": f"{day}:AA{n}:{'JFK' if n % 2 else 'EWR'}", "event_timestamp": _ts(2013, 1, day.day, 5),
+                "origin_hour_departures": [1, 2**40, -5, 0, None, 7][n], "origin_day_departures": 100 + n,
+                "carrier_origin_day_departures": None if n == 3 else n,
+            })
+        for c, carrier in enumerate(["AA", "B6", "9E"]):
+            row = {"carrier": carrier, "event_timestamp": _ts(2013, 1, day.day + 1, 11)}
+            for w in (7, 28):
+                row |= {f"carrier_flights_{w}d": 10 * w + d, f"carrier_disruption_rate_{w}d": nan if c == 2 else 0.25,
+                        f"carrier_cancel_rate_{w}d": 0.0, f"carrier_mean_arr_delay_{w}d": -3.5 + d}
+            tables["carrier_stats"].append(row)
+        for r, route in enumerate(["JFK-LAX", "EWR-ORD", "LGA-ATL"]):
+            tables["route_stats"].append({
+                "route": route, "event_timestamp": _ts(2013, 1, day.day + 1, 11), "route_flights_28d": r + d,
+                "route_disruption_rate_28d": 0.5, "route_cancel_rate_28d": nan if r == 1 else 0.1,
+                "route_mean_arr_delay_28d": 1e300 if r == 2 else 12.0,
+            })
+    # Outside any window used below: must never reach the online store.
+    late = {"event_timestamp": _ts(2013, 3, 1), "carrier_flights_7d": -1}
+    tables["carrier_stats"].append(tables["carrier_stats"][0] | late)
+    planes = [{"tailnum": t, "event_timestamp": _ts(2012, 12, 31), "plane_age": [9.0, nan, 0.5][i],
+               "plane_seats": [55, None, 200][i], "plane_engines": 2, "plane_type": [None, "Fixed wing", "Rotor ü"][i]}
+              for i, t in enumerate(["N1", "N2", "N3"])]
+    tables["plane_attributes"] = planes
+    for name, rows in tables.items():
+        frame = pd.DataFrame(rows)
+        for column in frame.columns:
+            if column.endswith(("departures", "flights_7d", "flights_28d", "seats", "engines")):
+                frame[column] = frame[column].astype("Int64")
+        frame = frame.astype({"event_timestamp": "datetime64[us, UTC]"})
+        for day, part in frame.groupby(frame["event_timestamp"].dt.date):
+            lake.write_parquet(feature_key(name, day), part.reset_index(drop=True))
+
+
+def fs_views() -> list[str]:
+    return ["weather_hourly", "flight_schedule", "carrier_stats", "route_stats", "plane_attributes"]
+
+
+def entity_rows() -> list[dict]:
+    rows = []
+    for day in DAYS:
+        for n in range(7):  # AA6 exists nowhere
+            origin = "JFK" if n % 2 else "EWR"
+            rows.append({"flight_id": f"{day}:AA{n}:{origin}", "origin": [origin, "ZÜR", "XXX"][n % 3],
+                         "carrier": ["AA", "B6", "9E", "ZZ"][n % 4],
+                         "route": ["JFK-LAX", "EWR-ORD", "LGA-ATL", "NOPE"][n % 4],
+                         "tailnum": ["N1", "N2", "N3", "UNKNOWN"][n % 4],
+                         "scheduled_departure": _ts(2013, 1, day.day, 10 + n, 5 * n),
+                         "distance": [1089.0, 0.0, 2475.5, 17.0][n % 4]})
+    return rows + rows[:3]  # repeated flights
+
+
+@pytest.fixture
+def two_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Settings]:
+    for name in ("FEAST_HOME", "FEATURES_URI", "FEAST_REGISTRY_URL", "FEAST_REDIS", "FEAST_PROFILE", "LAKE_URI"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test (open_store writes some of them)
+    lake = tmp_path / "lake"
+    write_feature_lake(lake)
+    return {name: Settings(pipeline_home=tmp_path / name, lake_uri=str(lake)) for name in ("stock", "ours")}
+
+
+def sqlite_rows(settings: Settings) -> dict[str, list[tuple]]:
+    conn = sqlite3.connect(settings.pipeline_home / "feast" / "online.db")
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    out = {name: conn.execute(f'SELECT entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts '
+                              f'FROM "{name}" ORDER BY entity_key, feature_name').fetchall() for name in names}
+    conn.close()
+    return out
+
+
+def same(a: dict[str, list], b: dict[str, list]) -> bool:
+    """Equal keys in the same order, and equal values of the same types (NaN equal to NaN)."""
+    if list(a) != list(b):
+        return False
+    return all(type(x) is type(y) and (x == y or (x != x and y != y))
+               for k in a for x, y in zip(a[k], b[k], strict=True))
+
+
+def stock_read(settings: Settings, rows: list[dict]) -> dict[str, list]:
+    store = fs.open_store(settings)
+    service = store.get_feature_service(fs.FEATURE_SERVICE, allow_cache=True)
+    return store.get_online_features(features=service, entity_rows=rows).to_dict()
+
+
+def test_fast_materialization_writes_exactly_what_stock_writes(two_homes: dict[str, Settings]) -> None:
+    windows = [(DAYS[:2]), (DAYS[1:])]  # the second overlaps the first, as the DAG's late-data overlap does
+    for days in windows:
+        stock = fs.materialize_features(days, two_homes["stock"], stock=True)
+        ours = fs.materialize_features(days, two_homes["ours"])
+        assert ours["engine"] == "fast" and stock["engine"] == "stock"
+        assert [n for n, v in ours["views"].items() if not v["fast"]] == []
+        got, expected = sqlite_rows(two_homes["ours"]), sqlite_rows(two_homes["stock"])
+        assert got == expected
+        assert sum(len(v) for v in got.values()) > 50
+        assert same(stock_read(two_homes["ours"], entity_rows()), stock_read(two_homes["stock"], entity_rows()))
+    # The row stamped 2013-03-01 lies outside both windows.
+    values = stock_read(two_homes["ours"], [{"carrier": "AA", "flight_id": "x", "origin": "EWR", "route": "r",
+                                             "tailnum": "N1", "scheduled_departure": _ts(2013, 1, 1), "distance": 1.0}])
+    assert values["carrier_flights_7d"] == [72]
+    # Materialization intervals are recorded as stock records them.
+    store = fs.open_store(two_homes["ours"])
+    assert all(len(v.materialization_intervals) == 2 for v in store.list_feature_views())
+
+
+def test_views_the_encoders_do_not_cover_go_through_the_stock_writer(two_homes: dict[str, Settings],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from feast.value_type import ValueType
+
+    fields = {k: v for k, v in W._FEATURE_FIELDS.items() if k != ValueType.STRING}
+    monkeypatch.setattr(W, "_FEATURE_FIELDS", fields)  # plane_type (STRING) is now "not covered"
+    fs.materialize_features(DAYS, two_homes["stock"], stock=True)
+    ours = fs.materialize_features(DAYS, two_homes["ours"])
+    assert [n for n, v in ours["views"].items() if not v["fast"]] == ["plane_attributes"]
+    assert sqlite_rows(two_homes["ours"]) == sqlite_rows(two_homes["stock"])
+
+
+def test_compiled_reader_returns_what_stock_returns(two_homes: dict[str, Settings]) -> None:
+    from pipelines.online_reader import read_online, reader_for
+
+    fs.materialize_features(DAYS, two_homes["ours"])
+    store = fs.open_store(two_homes["ours"])
+    assert reader_for(store, fs.FEATURE_SERVICE) is not None
+    service = store.get_feature_service(fs.FEATURE_SERVICE, allow_cache=True)
+    rows = entity_rows()
+    for batch in (rows[:1], rows[3:5], rows, [rows[6]] * 4):
+        expected = store.get_online_features(features=service, entity_rows=batch).to_dict()
+        assert same(read_online(store, fs.FEATURE_SERVICE, batch), expected)
+        columnar = {k: [r[k] for r in batch] for k in batch[0]}
+        assert same(read_online(store, fs.FEATURE_SERVICE, columnar), expected)
+    frame = pd.DataFrame(rows)
+    pd.testing.assert_frame_equal(fs.online_features(frame, store=store), fs.online_features(frame, store=store,
+                                                                                              stock=True))
+    # Known values: the latest weather of the day (18:00, 2013-01-03) and a plane with a null type.
+    out = read_online(store, fs.FEATURE_SERVICE, rows[:1])
+    assert out["dewp"] == [18.0] and out["plane_type"] == [None] and out["plane_seats"] == [55]
+    assert out["dep_hour"] == [5] and out["log_distance"] == [pytest.approx(np.log1p(1089.0))]
+
+
+def test_reader_falls_back_to_stock_outside_its_scope(two_homes: dict[str, Settings]) -> None:
+    from feast.errors import RequestDataNotFoundInEntityRowsException
+
+    from pipelines.online_reader import read_online
+
+    fs.materialize_features(DAYS[:1], two_homes["ours"])
+    store = fs.open_store(two_homes["ours"])
+    row = {k: v for k, v in entity_rows()[0].items() if k != "distance"}
+    with pytest.raises(RequestDataNotFoundInEntityRowsException):
+        read_online(store, fs.FEATURE_SERVICE, [row])
+    # A numpy string key is not a plain str: the stock path answers, with the same result.
+    row = entity_rows()[0] | {"origin": np.str_("EWR")}
+    service = store.get_feature_service(fs.FEATURE_SERVICE, allow_cache=True)
+    assert same(read_online(store, fs.FEATURE_SERVICE, [row]),
+                store.get_online_features(features=service, entity_rows=[row]).to_dict())
+
+
+@pytest.mark.parametrize(("keys", "values"), [
+    ({"origin": "STRING"}, [("JFK",), ("ZÜR",), ("",)]),
+    ({"id": "INT64"}, [(0,), (-1,), (2**62,)]),
+    ({"id": "INT32"}, [(7,), (-(2**31),)]),
+    ({"route": "STRING", "carrier": "STRING"}, [("JFK-LAX", "AA"), ("", "B6")]),
+    ({"n": "INT64", "a": "STRING"}, [(5, "x"), (-2, "ü")]),
+])
+def test_entity_keys_match_serialize_entity_key(keys: dict[str, str], values: list[tuple]) -> None:
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.type_map import python_values_to_proto_values
+    from feast.value_type import ValueType
+
+    types = {k: ValueType[t] for k, t in keys.items()}
+    encode = W.entity_key_encoder(types, 3)
+    for row in values:
+        protos = [python_values_to_proto_values([v], types[k])[0] for k, v in zip(keys, row, strict=True)]
+        expected = serialize_entity_key(EntityKey(join_keys=list(keys), entity_values=protos), 3)
+        assert encode(row) == expected
+
+
+@pytest.mark.parametrize(("array", "value_type"), [
+    (pa.array([1.5, None, float("nan"), -0.0, float("inf"), 1e-300, 0.0]), "DOUBLE"),
+    (pa.array([1, None, -7, 2**62, 0], type=pa.int64()), "INT64"),
+    (pa.array([1.0, None, float("nan"), -7.0, 2.0**40, -0.0]), "INT64"),  # ints after a pandas round trip
+    (pa.array([3, None, -(2**31)], type=pa.int32()), "INT32"),
+    (pa.array(["a", None, "", "ü" * 200]), "STRING"),
+])
+def test_values_match_feast_conversion(array: pa.Array, value_type: str) -> None:
+    from feast.type_map import python_values_to_proto_values
+    from feast.value_type import ValueType
+
+    kind = ValueType[value_type]
+    expected = [v.SerializeToString() for v in python_values_to_proto_values(array.to_numpy(zero_copy_only=False),
+                                                                              kind)]
+    assert W.value_bytes(array, kind) == expected
+    assert W.value_bytes(pa.chunked_array([array[:2], array[2:]]), kind) == expected
+
+
+def test_unsupported_shapes_are_refused_not_guessed() -> None:
+    from feast.value_type import ValueType
+
+    with pytest.raises(W.Unsupported):
+        W.value_bytes(pa.array([1.0, 2.0], type=pa.float32()), ValueType.DOUBLE)
+    with pytest.raises(W.Unsupported):
+        W.value_bytes(pa.array([[1.0]]), ValueType.DOUBLE_LIST)
+    with pytest.raises(W.Unsupported):
+        W.entity_key_encoder({"k": ValueType.BYTES}, 3)
+    with pytest.raises(W.Unsupported):
+        W.entity_keys(pa.table({"k": pa.array(["a", None])}), {"k": ValueType.STRING}, 3)
