@@ -137,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "Point-in-time correct training set (features + label) for the window's flights")
     training.add_argument("--output", default="training_set.parquet", help="Parquet file to write")
     command("summary", _summary, "Print what the lake holds for a window")
-    for name, handler, text in (("run", _run, "Run the flights_ingest DAG through Airflow over a window"),
-                                ("bench", _bench, "Benchmark ingestion, validation and the feature store; write bench/results.json")):
+    for name, handler, text in (
+        ("run", _run, "Run the DAG chain (flights_ingest, flight_features) through Airflow over a window"),
+        ("bench", _bench, "Benchmark ingestion, validation and the feature store; write bench/results.json"),
+    ):
         p = command(name, handler, text, window=False)
         p.add_argument("--start", type=_iso, help="first date (default: the demo window)")
         p.add_argument("--end", type=_iso, help="last date (default: the demo window)")
