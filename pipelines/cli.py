@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,16 @@ def _materialize(args: argparse.Namespace) -> dict[str, Any]:
 
 def _training_set(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.feature_store import training_set
+    from pipelines.settings import get_settings
 
-    frame = training_set(_window(args))
-    frame.to_parquet(args.output, index=False)
+    days = _window(args)
+    frame = training_set(days)
+    output = Path(args.output) if args.output else (
+        get_settings().pipeline_home / "training" / f"training_set_{days[0]}_{days[-1]}.parquet")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(output, index=False)
     return {"rows": len(frame), "columns": list(frame.columns), "disruption_rate": float(frame["disrupted"].mean()),
-            "output": str(args.output)}
+            "output": str(output)}
 
 
 def _summary(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("materialize", _materialize, "Apply feature_repo/ and materialize the window to the online store")
     training = command("training-set", _training_set,
                        "Point-in-time correct training set (features + label) for the window's flights")
-    training.add_argument("--output", default="training_set.parquet", help="Parquet file to write")
+    training.add_argument("--output", help="Parquet file to write (default: $PIPELINE_HOME/training/...)")
     command("summary", _summary, "Print what the lake holds for a window")
     for name, handler, text in (
         ("run", _run, "Run the DAG chain (flights_ingest, flight_features) through Airflow over a window"),
