@@ -1,0 +1,163 @@
+"""The disruption model on a small synthetic training set: encoding, training, determinism and the time split."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipelines import model as M
+
+FAST = {"hidden_sizes": [32, 16], "dropout": 0.0, "lr": 3e-3, "batch_size": 256}
+
+
+def _frame(n: int = 3000, days: int = 30, seed: int = 0) -> pd.DataFrame:
+    """Training-set shaped rows; disruption rises with precipitation, later departures and carrier "B6"."""
+    rng = np.random.default_rng(seed)
+    origins, dests, carriers = ["JFK", "LGA", "EWR"], ["LAX", "MIA", "ORD", "ATL"], ["AA", "B6", "DL", "UA"]
+    day = rng.integers(0, days, n)
+    hour = rng.integers(5, 23, n)
+    departure = pd.Timestamp("2013-03-01", tz="UTC") + pd.to_timedelta(day, "D") + pd.to_timedelta(hour, "h")
+    origin = rng.choice(origins, n)
+    carrier = rng.choice(carriers, n)
+    precip = rng.exponential(0.05, n) * (rng.random(n) < 0.3)
+    frame = pd.DataFrame({
+        "flight_id": [f"{d}:{c}{i}:{o}" for d, c, i, o in zip(day, carrier, range(n), origin, strict=True)],
+        "origin": origin, "carrier": carrier,
+        "route": [f"{o}-{d}" for o, d in zip(origin, rng.choice(dests, n), strict=True)],
+        "tailnum": rng.choice(["N1", "N2", "N3"], n), "scheduled_departure": departure,
+        "distance": rng.uniform(200, 2500, n), "event_timestamp": departure - pd.Timedelta(hours=2),
+        "dep_hour": hour, "dep_weekday": departure.weekday, "dep_month": departure.month,
+        "plane_type": rng.choice(["Fixed wing multi engine", "Fixed wing single engine"], n),
+    })
+    frame["log_distance"] = np.log(frame["distance"])
+    for column in M.NUMERIC_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = rng.normal(0, 1, n)
+    frame["precip"] = precip
+    frame.loc[rng.random(n) < 0.1, "wind_gust"] = np.nan
+    logit = -1.5 + 12 * precip + 0.25 * (hour - 14) + 0.8 * (carrier == "B6")
+    frame["disrupted"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
+    return frame
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney rank formula of ROC AUC."""
+    ranks = pd.Series(scores).rank().to_numpy()
+    pos = labels == 1
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _log_loss(labels: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+@pytest.fixture(scope="module")
+def splits() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    return M.time_split(_frame(), valid_days=5, test_days=5)
+
+
+@pytest.fixture(scope="module")
+def trained(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> M.TrainedModel:
+    train, valid, _ = splits
+    return M.train_model(train, valid, FAST, seed=0, max_epochs=15, patience=4, device=torch.device("cpu"))
+
+
+def test_preprocessor_round_trips_through_json() -> None:
+    frame = _frame(400)
+    fitted = M.Preprocessor().fit(frame)
+    restored = M.Preprocessor.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    cat_a, num_a = fitted.transform(frame)
+    cat_b, num_b = restored.transform(frame)
+    assert cat_a.dtype == torch.int64 and num_a.dtype == torch.float32
+    assert cat_a.shape == (400, len(M.CATEGORICAL_COLUMNS))
+    assert torch.equal(cat_a, cat_b) and torch.equal(num_a, num_b)
+    assert "wind_gust" in fitted.missing_indicators and torch.isfinite(num_a).all()
+    assert "flight_id" not in fitted.categorical + fitted.numeric
+
+
+def test_dest_comes_from_route_and_unknowns_map_to_zero() -> None:
+    frame = _frame(400)
+    pre = M.Preprocessor().fit(frame)
+    assert pre.vocabularies["dest"] == ["ATL", "LAX", "MIA", "ORD"]
+    odd = frame.head(3).copy()
+    odd["carrier"] = ["ZZ", None, "AA"]
+    odd["route"] = ["JFK-XXX", "JFK-LAX", None]
+    odd["plane_type"] = None
+    odd["temp"] = np.nan
+    odd = odd.drop(columns=["visib"])
+    cat, num = pre.transform(odd)
+    col = {c: j for j, c in enumerate(pre.categorical)}
+    assert cat[:, col["carrier"]].tolist()[:2] == [0, 0] and cat[2, col["carrier"]] > 0
+    assert cat[0, col["dest"]] == 0 and cat[1, col["dest"]] > 0 and cat[2, col["dest"]] == 0
+    assert cat[:, col["plane_type"]].tolist() == [0, 0, 0]
+    assert torch.isfinite(num).all()
+
+
+def test_training_improves_and_beats_base_rate(trained: M.TrainedModel,
+                                               splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    train, valid, test = splits
+    losses = [h["valid_log_loss"] for h in trained.history]
+    assert min(losses) < losses[0]
+    p = trained.predict_proba(test)
+    assert p.shape == (len(test),) and np.all((p >= 0) & (p <= 1))
+    y = test["disrupted"].to_numpy()
+    assert _auc(y, p) > 0.7  # the base rate (a constant) has AUC 0.5
+    assert len(trained.history) <= 15 and 0 <= trained.best_epoch < len(trained.history)
+
+
+def test_same_seed_same_predictions(trained: M.TrainedModel,
+                                    splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    train, valid, test = splits
+    again = M.train_model(train, valid, FAST, seed=0, max_epochs=15, patience=4, device=torch.device("cpu"))
+    np.testing.assert_array_equal(trained.predict_proba(test), again.predict_proba(test))
+
+
+def test_predictions_ignore_flight_id(trained: M.TrainedModel,
+                                      splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    test = splits[2]
+    other = test.copy()
+    other["flight_id"] = np.random.default_rng(1).permutation(other["flight_id"].to_numpy())
+    replaced = test.assign(flight_id="2099-01-01:XX9999:ZZZ")
+    base = trained.predict_proba(test)
+    np.testing.assert_array_equal(base, trained.predict_proba(other))
+    np.testing.assert_array_equal(base, trained.predict_proba(replaced))
+
+
+def test_time_split_is_disjoint_and_ordered(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    train, valid, test = splits
+    assert len(train) + len(valid) + len(test) == 3000
+    ids = [set(part["flight_id"]) for part in splits]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    dates = [part["scheduled_departure"].dt.normalize() for part in splits]
+    assert dates[0].max() < dates[1].min() and dates[1].max() < dates[2].min()
+    assert dates[1].nunique() == 5 and dates[2].nunique() == 5
+    with pytest.raises(ValueError):
+        M.time_split(train.head(10), valid_days=20, test_days=20)
+
+
+def test_on_epoch_called_once_per_epoch(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    train, valid, _ = splits
+    calls: list[tuple[int, float]] = []
+    result = M.train_model(train, valid, FAST, seed=3, max_epochs=4, patience=10,
+                           on_epoch=lambda epoch, metric: calls.append((epoch, metric)))
+    assert [epoch for epoch, _ in calls] == [0, 1, 2, 3] == list(range(len(result.history)))
+    assert all(np.isfinite(metric) for _, metric in calls)
+    assert [m for _, m in calls] == [h["valid_log_loss"] for h in result.history]
+
+
+def test_validation_log_loss_is_unweighted(trained: M.TrainedModel,
+                                           splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    valid = splits[1]
+    best = trained.history[trained.best_epoch]["valid_log_loss"]
+    assert _log_loss(valid["disrupted"].to_numpy(), trained.predict_proba(valid)) == pytest.approx(best, rel=1e-4)
+
+
+def test_pick_device_is_cpu_without_gpu() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert M.pick_device().type == expected
