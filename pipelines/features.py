@@ -168,14 +168,10 @@ def build_features(days: Iterable[date], settings: Settings | None = None) -> di
     rows: dict[str, int] = dict.fromkeys(FEATURE_TABLES, 0)
     carriers = carrier_stats(flights, days)
     routes = route_stats(flights, days)
-    event_days = {
-        "carrier_stats": carriers["event_timestamp"], "route_stats": routes["event_timestamp"],
-    }
     for day in days:
-        published = (pd.Timestamp(day).tz_localize(LOCAL_TZ) + pd.Timedelta(days=1)
-                     + STATS_PUBLISHED_AFTER_DAY_END).tz_convert("UTC")
-        tables = {"carrier_stats": carriers[event_days["carrier_stats"] == published],
-                  "route_stats": routes[event_days["route_stats"] == published]}
+        published = _day_end_published(pd.Series([pd.Timestamp(day)])).iloc[0]
+        tables = {"carrier_stats": carriers[carriers["event_timestamp"] == published],
+                  "route_stats": routes[routes["event_timestamp"] == published]}
         if day in available:
             day_flights = flights[(flights["year"] == day.year) & (flights["month"] == day.month)
                                   & (flights["day"] == day.day)]
