@@ -88,6 +88,20 @@ def _training_set(args: argparse.Namespace) -> dict[str, Any]:
             "output": str(output)}
 
 
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    from pipelines.evaluation import format_evaluation
+    from pipelines.training import train_pipeline
+
+    days = _window(args)
+    run_key = args.run_key or f"cli/{days[-1]}/{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    result = train_pipeline(days, run_key, trials=args.trials, time_budget_s=args.time_budget_minutes * 60,
+                            max_epochs=args.max_epochs, valid_days=args.valid_days, test_days=args.test_days)
+    print(format_evaluation(result["evaluation"]["metrics"]), file=sys.stderr)  # noqa: T201 - the command's output
+    return result
+
+
 def _summary(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.summary import format_summary, summarize
 
@@ -142,10 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     training = command("training-set", _training_set,
                        "Point-in-time correct training set (features + label) for the window's flights")
     training.add_argument("--output", help="Parquet file to write (default: $PIPELINE_HOME/training/...)")
+    train = command("train", _train, "Build the training set, tune (Optuna), train and evaluate against baselines")
+    train.add_argument("--run-key", help="resume this run key's study and runs (default: a new key)")
+    train.add_argument("--trials", type=int, default=20, help="finished Optuna trials to reach (default 20)")
+    train.add_argument("--time-budget-minutes", type=float, default=30.0, help="tuning budget (default 30)")
+    train.add_argument("--max-epochs", type=int, default=30, help="epochs per training at most (default 30)")
+    train.add_argument("--valid-days", type=int, default=14, help="validation days before the test window")
+    train.add_argument("--test-days", type=int, default=14, help="most recent days held out for evaluation")
     command("summary", _summary, "Print what the lake holds for a window")
     for name, handler, text in (
-        ("run", _run, "Run the DAG chain (flights_ingest, flight_features) through Airflow over a window"),
-        ("bench", _bench, "Benchmark ingestion, validation and the feature store; write bench/results.json"),
+        ("run", _run, "Run the DAG chain (ingest, features, training) through Airflow over a window"),
+        ("bench", _bench, "Benchmark ingestion, validation, the feature store and training; write bench/results.json"),
     ):
         p = command(name, handler, text, window=False)
         p.add_argument("--start", type=_iso, help="first date (default: the demo window)")
@@ -157,7 +178,8 @@ def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     if not verbose:
-        for noisy in ("great_expectations", "botocore", "boto3", "urllib3", "s3transfer", "feast"):
+        for noisy in ("great_expectations", "botocore", "boto3", "urllib3", "s3transfer", "feast", "optuna", "mlflow",
+                      "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -8,6 +8,7 @@ callback.
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import math
 import random
@@ -39,7 +40,9 @@ NUMERIC_COLUMNS: tuple[str, ...] = (WEATHER_COLUMNS + SCHEDULE_COLUMNS + CARRIER
                                     + PLANE_COLUMNS + REQUEST_COLUMNS)
 
 DEFAULT_PARAMS: dict[str, Any] = {
-    "hidden_sizes": [64, 32], "dropout": 0.1, "lr": 1e-3, "weight_decay": 0.0, "batch_size": 512,
+    "hidden_sizes": [64, 32], "dropout": 0.2, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 1024,
+    # pos_weight = (negatives / positives) ** imbalance_power: 0 ignores the imbalance, 1 balances the classes.
+    "imbalance_power": 0.5,
 }
 
 
@@ -143,7 +146,9 @@ def embedding_dim(cardinality: int) -> int:
 
 
 class FlightDelayNet(nn.Module):
-    """Embeddings per categorical, concatenated with the numerics, then an MLP to one disruption logit."""
+    """Embeddings per categorical, concatenated with the numerics, then an MLP to one disruption logit, plus a
+    linear path from the same inputs (wide and deep): the additive effects that dominate this problem do not have
+    to be relearned through the hidden layers."""
 
     def __init__(self, cardinalities: list[int], n_numeric: int, hidden_sizes: list[int] | tuple[int, ...] = (64, 32),
                  dropout: float = 0.1) -> None:
@@ -156,10 +161,12 @@ class FlightDelayNet(nn.Module):
             width = int(hidden)
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
+        self.linear = nn.Linear(sum(embedding_dim(card) for card in cardinalities) + n_numeric, 1)
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
         parts = [emb(cat[:, j]) for j, emb in enumerate(self.embeddings)]
-        return self.mlp(torch.cat([*parts, num], dim=1)).squeeze(-1)
+        x = torch.cat([*parts, num], dim=1)
+        return (self.mlp(x) + self.linear(x)).squeeze(-1)
 
 
 def pick_device() -> torch.device:
@@ -188,6 +195,8 @@ class TrainedModel:
     params: dict[str, Any]
     history: list[dict[str, float]]
     best_epoch: int
+    calibration: tuple[float, float] = (1.0, 0.0)
+    """Platt scaling fitted on the validation window: probability = sigmoid(a * logit + b)."""
 
     def network(self, device: torch.device | None = None) -> FlightDelayNet:
         net = _build_net(self.preprocessor, self.params)
@@ -195,13 +204,35 @@ class TrainedModel:
         return net.to(device or torch.device("cpu")).eval()
 
     @torch.no_grad()
-    def predict_proba(self, frame: pd.DataFrame, device: torch.device | None = None) -> np.ndarray:
-        """Disruption probabilities, computed in eval mode (no dropout) in float32 for reproducibility."""
+    def predict_logits(self, frame: pd.DataFrame, device: torch.device | None = None) -> torch.Tensor:
+        """The network's raw logits (before calibration), in eval mode (no dropout), float32."""
         device = device or torch.device("cpu")
         net = self.network(device)
         cat, num = self.preprocessor.transform(frame)
-        logits = net(cat.to(device), num.to(device))
-        return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
+        return net(cat.to(device), num.to(device)).float().cpu()
+
+    def predict_proba(self, frame: pd.DataFrame, device: torch.device | None = None) -> np.ndarray:
+        """Calibrated disruption probabilities."""
+        a, b = self.calibration
+        return torch.sigmoid(a * self.predict_logits(frame, device) + b).numpy().astype(np.float64)
+
+    def to_bytes(self) -> bytes:
+        """Everything needed to predict again, in one file that ``torch.load(weights_only=True)`` can read."""
+        buffer = io.BytesIO()
+        torch.save({"format": 1, "preprocessor": self.preprocessor.to_dict(), "params": self.params,
+                    "state_dict": self.state_dict, "history": self.history, "best_epoch": self.best_epoch,
+                    "calibration": list(self.calibration)}, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TrainedModel:
+        saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if saved.get("format") != 1:
+            raise ValueError(f"unknown model format {saved.get('format')!r}")
+        a, b = saved["calibration"]
+        return cls(preprocessor=Preprocessor.from_dict(saved["preprocessor"]), state_dict=saved["state_dict"],
+                   params=saved["params"], history=saved["history"], best_epoch=int(saved["best_epoch"]),
+                   calibration=(float(a), float(b)))
 
 
 def _labels(frame: pd.DataFrame) -> torch.Tensor:
@@ -209,26 +240,46 @@ def _labels(frame: pd.DataFrame) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _log_loss(net: nn.Module, cat: torch.Tensor, num: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """Unweighted mean log loss: the validation metric reflects calibrated probabilities, not the pos_weight."""
+def _logits(net: nn.Module, cat: torch.Tensor, num: torch.Tensor, batch_size: int) -> torch.Tensor:
     net.eval()
-    total = 0.0
-    loss = nn.BCEWithLogitsLoss(reduction="sum")
-    for start in range(0, len(y), batch_size):
-        end = start + batch_size
-        total += float(loss(net(cat[start:end], num[start:end]).float(), y[start:end]))
-    return total / max(1, len(y))
+    return torch.cat([net(cat[i:i + batch_size], num[i:i + batch_size]).float()
+                      for i in range(0, len(cat), batch_size)])
+
+
+def fit_platt(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Platt scaling: the (a, b) minimizing the unweighted log loss of sigmoid(a * logit + b) on held-out rows.
+    It undoes the shift that ``pos_weight`` puts into the logits, so probabilities mean what they say."""
+    logits, y = logits.detach().float().cpu(), y.detach().float().cpu()
+    a, b = torch.ones(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([a, b], lr=1.0, max_iter=50, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(a * logits + b, y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(a.detach()), float(b.detach())
+
+
+def _log_loss(logits: torch.Tensor, y: torch.Tensor, calibration: tuple[float, float] = (1.0, 0.0)) -> float:
+    a, b = calibration
+    return float(nn.functional.binary_cross_entropy_with_logits(a * logits.float() + b, y.float()))
 
 
 def train_model(train_frame: pd.DataFrame, valid_frame: pd.DataFrame, params: dict[str, Any] | None = None,
                 seed: int = 0, max_epochs: int = 30, patience: int = 5,
                 on_epoch: Callable[[int, float], None] | None = None,
                 device: torch.device | None = None) -> TrainedModel:
-    """Fit the preprocessor on ``train_frame`` and train with early stopping on validation log loss.
+    """Fit the preprocessor on ``train_frame`` and train with early stopping on the calibrated validation log loss.
 
     Tensors stay on the device and batches are slices of a shuffled index (no DataLoader: the data fits in memory
-    and per-row collation would dominate). Class imbalance is explicit through ``pos_weight`` = negatives/positives.
-    ``on_epoch(epoch, valid_log_loss)`` runs after each epoch so a tuner can report and prune (it may raise).
+    and per-row collation would dominate). Class imbalance is explicit: ``pos_weight`` = (negatives/positives) **
+    ``imbalance_power``. Each epoch, Platt scaling is fitted on the validation logits and the validation log loss
+    is measured after it, so the metric compares models with any ``pos_weight`` fairly; the best epoch's
+    calibration is kept with the model. ``on_epoch(epoch, valid_log_loss)`` runs after each epoch so a tuner can
+    report and prune (it may raise).
     """
     params = {**DEFAULT_PARAMS, **(params or {})}
     device = device or pick_device()
@@ -240,38 +291,32 @@ def train_model(train_frame: pd.DataFrame, valid_frame: pd.DataFrame, params: di
 
     positives = float(y_train.sum())
     negatives = float(len(y_train)) - positives
-    pos_weight = torch.tensor(negatives / positives if positives > 0 else 1.0, device=device)
+    balanced = negatives / positives if positives > 0 else 1.0
+    pos_weight = torch.tensor(balanced ** float(params["imbalance_power"]), device=device)
     net = _build_net(preprocessor, params).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    use_amp = device.type == "cuda"
     batch_size = int(params["batch_size"])
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
     best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(net.state_dict())
+    best_calibration = (1.0, 0.0)
     history: list[dict[str, float]] = []
     for epoch in range(max_epochs):
-        net.train()
         order = torch.randperm(len(y_train), generator=generator).to(device)
-        train_loss = 0.0
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = net(cat_train[index], num_train[index])
-            loss = criterion(logits.float(), y_train[index])
-            loss.backward()
-            optimizer.step()
-            train_loss += float(loss.detach()) * len(index)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            valid_loss = _log_loss(net, cat_valid, num_valid, y_valid, batch_size * 4)
-        history.append({"epoch": float(epoch), "train_loss": train_loss / max(1, len(order)),
-                        "valid_log_loss": valid_loss})
-        log.info("epoch %d: train loss %.4f, valid log loss %.4f", epoch, history[-1]["train_loss"], valid_loss)
+        train_loss = train_epoch(net, optimizer, criterion, cat_train, num_train, y_train, order, batch_size)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = _logits(net, cat_valid, num_valid, batch_size * 8)
+        calibration = fit_platt(logits, y_valid)
+        valid_loss = _log_loss(logits, y_valid, calibration)
+        history.append({"epoch": float(epoch), "train_loss": train_loss,
+                        "valid_log_loss": valid_loss, "valid_log_loss_uncalibrated": _log_loss(logits, y_valid)})
+        log.info("epoch %d: train loss %.4f, valid log loss %.4f (uncalibrated %.4f)", epoch, train_loss, valid_loss,
+                 history[-1]["valid_log_loss_uncalibrated"])
         if on_epoch is not None:
             on_epoch(epoch, valid_loss)
         if valid_loss < best_loss - 1e-6:
-            best_loss, best_epoch = valid_loss, epoch
+            best_loss, best_epoch, best_calibration = valid_loss, epoch, calibration
             best_state = copy.deepcopy(net.state_dict())
         elif epoch - best_epoch >= patience:
             log.info("early stop at epoch %d (best %d, %.4f)", epoch, best_epoch, best_loss)
@@ -279,7 +324,26 @@ def train_model(train_frame: pd.DataFrame, valid_frame: pd.DataFrame, params: di
 
     state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
     return TrainedModel(preprocessor=preprocessor, state_dict=state, params=params, history=history,
-                        best_epoch=best_epoch)
+                        best_epoch=best_epoch, calibration=best_calibration)
+
+
+def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module, cat: torch.Tensor,
+                num: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch_size: int) -> float:
+    """One pass over the rows in ``order``, batches sliced from tensors already on the device; bf16 autocast on
+    CUDA. The loss is summed on the device and read once at the end: no host sync per batch."""
+    net.train()
+    device = y.device
+    total = torch.zeros((), device=device)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = net(cat[index], num[index])
+        loss = criterion(logits.float(), y[index])
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(index)
+    return float(total) / max(1, len(order))
 
 
 def time_split(frame: pd.DataFrame, valid_days: int, test_days: int) -> tuple[pd.DataFrame, pd.DataFrame,

@@ -43,12 +43,41 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL of Feast's SQL registry (production profile)."
     )
     feast_redis: str | None = Field(default=None, description="Redis connection string (production profile).")
+    # Not MLFLOW_TRACKING_URI: MLflow writes that variable itself whenever a tracking URI is set in a process.
+    experiment_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking server or database. Default: a SQLite file under $PIPELINE_HOME/mlflow.",
+    )
+    experiment_artifacts_uri: str | None = Field(
+        default=None,
+        description="Where a new experiment keeps its artifacts (s3://... in production). Default: "
+                    "$PIPELINE_HOME/mlflow/artifacts with the default tracking database, else the server's choice.",
+    )
+    optuna_storage: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the Optuna studies (PostgreSQL in production, shared by parallel tuning "
+                    "workers). Default: a SQLite file under $PIPELINE_HOME/optuna.",
+    )
     demo_start: date = date(2013, 1, 1)
     demo_end: date = date(2013, 3, 31)
 
     @property
     def lake_root(self) -> str:
         return self.lake_uri or str(self.pipeline_home / "lake")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.experiment_tracking_uri or f"sqlite:///{self.pipeline_home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        if self.experiment_artifacts_uri or self.experiment_tracking_uri:
+            return self.experiment_artifacts_uri
+        return (self.pipeline_home / "mlflow" / "artifacts").as_uri()
+
+    @property
+    def optuna_url(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.pipeline_home / 'optuna' / 'studies.db'}"
 
     @property
     def gx_output_dir(self) -> Path:

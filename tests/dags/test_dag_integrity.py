@@ -184,3 +184,32 @@ def test_flight_features_runs_when_flights_are_validated(dagbag: Any) -> None:
     assert scheduled_on == {"validated_flights": "file:///lake/validated/flights"}
     assert [t.task_id for t in features.topological_sort()] == ["build_features", "materialize_features"]
     assert {"start_date", "end_date"} <= set(features.params)
+
+
+
+def test_flight_delay_training_runs_weekly_and_on_retrain_requests(dagbag: Any) -> None:
+    """Mondays 06:00 UTC from the DAG's start (the Monday after the demo window, which make run uses), or when
+    monitoring emits a retrain request; read through the serialized timetable the scheduler uses."""
+    from airflow.sdk import Asset
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from pipelines.demo import TRAINING_START
+
+    training = _dag(dagbag, DAGS_DIR / "flight_delay_training.py")
+    assert training.start_date.date() == TRAINING_START
+    condition = training.timetable.asset_condition
+    assert isinstance(condition, Asset) and condition.name == "flight_delay_retrain_requests"
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(training))
+    infos = list(serialized.iter_dagrun_infos_between(datetime(2013, 4, 1, tzinfo=UTC),
+                                                      datetime(2013, 4, 20, tzinfo=UTC)))
+    assert [info.run_after for info in infos] == [datetime(2013, 4, d, 6, tzinfo=UTC) for d in (1, 8, 15)]
+
+
+def test_flight_delay_training_chain_fans_tuning_out(dagbag: Any) -> None:
+    training = _dag(dagbag, DAGS_DIR / "flight_delay_training.py")
+    assert [t.task_id for t in training.topological_sort()] == [
+        "build_training_set", "start_tuning", "tune_hyperparameters", "train_final_model", "evaluate_model"]
+    assert type(training.get_task("tune_hyperparameters")).__name__.endswith("MappedOperator")
+    for name, default in {"trials": 20, "time_budget_minutes": 30, "tuning_workers": 1, "window_days": 90}.items():
+        param = training.params.get_param(name)
+        assert param.value == default and param.description, name

@@ -161,3 +161,45 @@ def test_validation_log_loss_is_unweighted(trained: M.TrainedModel,
 def test_pick_device_is_cpu_without_gpu() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert M.pick_device().type == expected
+
+
+def test_calibration_makes_the_mean_prediction_the_observed_rate(
+        trained: M.TrainedModel, splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    """pos_weight shifts the raw logits; the Platt scaling fitted on validation shifts them back."""
+    valid = splits[1]
+    y = valid["disrupted"].to_numpy()
+    raw = torch.sigmoid(trained.predict_logits(valid)).numpy()
+    calibrated = trained.predict_proba(valid)
+    assert trained.calibration != (1.0, 0.0)
+    assert abs(calibrated.mean() - y.mean()) < 0.02
+    assert _log_loss(y, calibrated) <= _log_loss(y, raw)
+    best = trained.history[trained.best_epoch]
+    assert best["valid_log_loss"] <= best["valid_log_loss_uncalibrated"]
+
+
+def test_fit_platt_recovers_a_known_scaling() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, generator=generator) * 2
+    y = (torch.rand(20000, generator=generator) < torch.sigmoid(0.5 * logits - 1.0)).float()
+    a, b = M.fit_platt(logits, y)
+    assert a == pytest.approx(0.5, abs=0.05) and b == pytest.approx(-1.0, abs=0.05)
+
+
+def test_model_round_trips_through_bytes(trained: M.TrainedModel,
+                                         splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    restored = M.TrainedModel.from_bytes(trained.to_bytes())
+    test = splits[2]
+    np.testing.assert_array_equal(trained.predict_proba(test), restored.predict_proba(test))
+    assert restored.calibration == trained.calibration and restored.params == trained.params
+    assert restored.preprocessor.to_dict() == trained.preprocessor.to_dict()
+
+
+def test_imbalance_power_sets_the_class_weight(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    """Weighting positives up raises the raw (uncalibrated) predictions; calibration brings both back."""
+    train, valid, _ = splits
+    raw_mean = {}
+    for power in (0.0, 1.0):
+        model = M.train_model(train, valid, FAST | {"imbalance_power": power}, seed=0, max_epochs=3, patience=3)
+        raw_mean[power] = float(torch.sigmoid(model.predict_logits(valid)).mean())
+        assert abs(model.predict_proba(valid).mean() - valid["disrupted"].mean()) < 0.03
+    assert raw_mean[1.0] > raw_mean[0.0] + 0.05

@@ -1,0 +1,124 @@
+"""
+### flight_delay_training: tune and train the disruption model, and judge it against baselines
+
+Weekly (Mondays 06:00 UTC over 2013, catchup on), on a retrain request (the Asset
+`flight_delay_retrain_requests`, emitted by monitoring; its extra may carry `start_date` / `end_date`), or by hand.
+The training window is **start_date** .. **end_date** when given, else the **window_days** days before the run's date.
+
+1. `build_training_set`: point-in-time features from Feast (`flight_delay_v1`) for the window's validated flights,
+   split by time: train, validation (**valid_days**, for tuning and early stopping), test (the last **test_days**).
+2. `start_tuning`: the Optuna study (named by the run key, so a retried task resumes it) and the MLflow parent run.
+3. `tune_hyperparameters`: **trials** trials within **time_budget_minutes**, TPE sampler, median pruner fed the
+   validation log loss each epoch; each trial is a nested MLflow run. Mapped over **tuning_workers** workers
+   sharing the one study (more than one needs a shared database: the production profile's PostgreSQL).
+4. `train_final_model`: the best parameters, trained again with early stopping; the model (preprocessing inside)
+   goes to `models/{run}/model.pt` and MLflow.
+5. `evaluate_model`: ROC AUC, PR AUC, log loss, Brier and a calibration plot on the test window, beside a
+   base-rate and a logistic-regression baseline on the same features and split.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+
+RETRAIN_REQUESTS = Asset(name="flight_delay_retrain_requests", uri="retrain://flight_delay_classifier")
+TRAINED_MODEL = Asset(name="flight_delay_trained_model", uri="mlflow://flight_delay/trained")
+
+
+def _run() -> tuple[list[date], str, dict[str, Any]]:
+    """The run's training window, its run key and its params."""
+    from pipelines.training import training_window
+
+    context = get_current_context()
+    params = dict(context["params"])
+    when = context["logical_date"] or context["dag_run"].run_after
+    # A retrain request names the window it wants when params leave it open.
+    for events in context["triggering_asset_events"].values():
+        for event in events:
+            for name in ("start_date", "end_date"):
+                params[name] = params.get(name) or (event.extra or {}).get(name)
+    days = training_window(when.date(), params.get("start_date"), params.get("end_date"), int(params["window_days"]))
+    run_key = f"{context['dag'].dag_id}/{when.isoformat()}/{context['run_id']}"
+    return days, run_key, params
+
+
+@dag(
+    dag_id="flight_delay_training",
+    doc_md=__doc__,
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 6 * * 1", timezone="UTC"),
+                                 assets=RETRAIN_REQUESTS),
+    start_date=datetime(2013, 4, 1),
+    end_date=datetime(2013, 12, 31),
+    catchup=True,
+    max_active_runs=1,
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    tags=["training", "optuna", "mlflow", "pytorch"],
+    params={
+        "start_date": Param(None, type=["null", "string"], format="date", title="Start date",
+                            description="First day of the training window (YYYY-MM-DD). Empty: window_days back."),
+        "end_date": Param(None, type=["null", "string"], format="date", title="End date",
+                          description="Last day of the training window, inclusive. Empty: the day before the run."),
+        "window_days": Param(90, type="integer", minimum=21, maximum=366, title="Window days",
+                             description="Length of the default window, ending the day before the run."),
+        "valid_days": Param(14, type="integer", minimum=1, maximum=60, title="Validation days",
+                            description="Days before the test window used for tuning and early stopping."),
+        "test_days": Param(14, type="integer", minimum=1, maximum=60, title="Test days",
+                           description="The most recent days, held out for evaluation and the promotion gate."),
+        "trials": Param(20, type="integer", minimum=1, maximum=500, title="Optuna trials",
+                        description="Finished trials (complete or pruned) the study should hold."),
+        "time_budget_minutes": Param(30, type="number", exclusiveMinimum=0, maximum=1440, title="Time budget",
+                                     description="Minutes of tuning; no new trial starts after that."),
+        "max_epochs": Param(30, type="integer", minimum=1, maximum=500, title="Max epochs",
+                            description="Upper bound per training; early stopping usually ends sooner."),
+        "tuning_workers": Param(1, type="integer", minimum=1, maximum=32, title="Tuning workers",
+                                description="Mapped tuning tasks sharing the study (needs PostgreSQL storage)."),
+    },
+)
+def flight_delay_training() -> None:
+    @task
+    def build_training_set() -> dict:
+        from pipelines.training import build_training_set
+
+        days, run_key, params = _run()
+        return build_training_set(days, run_key, valid_days=int(params["valid_days"]),
+                                  test_days=int(params["test_days"]))
+
+    @task
+    def start_tuning() -> list[int]:
+        from pipelines.training import start_tuning
+
+        _, run_key, params = _run()
+        return start_tuning(run_key, workers=int(params["tuning_workers"]))["workers"]
+
+    @task(queue="training")
+    def tune_hyperparameters(worker: int) -> dict:
+        from pipelines.training import tune_hyperparameters
+
+        _, run_key, params = _run()
+        return tune_hyperparameters(run_key, trials=int(params["trials"]), worker=worker,
+                                    time_budget_s=float(params["time_budget_minutes"]) * 60,
+                                    max_epochs=int(params["max_epochs"]))
+
+    @task(queue="training")
+    def train_final_model() -> dict:
+        from pipelines.training import train_final_model
+
+        _, run_key, params = _run()
+        return train_final_model(run_key, max_epochs=int(params["max_epochs"]))
+
+    @task(outlets=[TRAINED_MODEL])
+    def evaluate_model() -> dict:
+        from pipelines.training import evaluate_model
+
+        _, run_key, _ = _run()
+        return evaluate_model(run_key)
+
+    workers = start_tuning()
+    build_training_set() >> workers
+    tune_hyperparameters.expand(worker=workers) >> train_final_model() >> evaluate_model()
+
+
+flight_delay_training()

@@ -1,0 +1,184 @@
+"""How good a disruption model is, measured the same way for the network and its baselines.
+
+Metrics: ROC AUC and PR AUC (ranking), log loss and Brier score (probabilities), expected calibration error and a
+reliability diagram (calibration). Baselines, trained on the same features and split as the network: the base rate
+(a constant: what "no model" scores) and a logistic regression on the network's own preprocessing (one-hot
+categoricals, standardized numerics), which a neural network has to beat to be worth its cost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import pandas as pd
+
+from pipelines.model import LABEL, Preprocessor
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+EPSILON = 1e-7
+METRIC_NAMES = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
+
+
+class Predictor(Protocol):
+    name: str
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray: ...
+
+
+def _checked(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y, p = np.asarray(y, dtype=np.float64).ravel(), np.asarray(p, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"{len(y)} labels but {len(p)} predictions")
+    if not len(y):
+        raise ValueError("no rows to evaluate")
+    if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError("predictions must be probabilities in [0, 1] (found NaN, inf or out of range)")
+    if not np.all(np.isin(y, (0.0, 1.0))):
+        raise ValueError("labels must be 0 or 1")
+    return y, p
+
+
+def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Equal-width probability bins (non-empty only): mean predicted probability against the observed rate."""
+    y, p = _checked(y, p)
+    index = np.minimum((p * bins).astype(int), bins - 1)
+    table = []
+    for b in range(bins):
+        inside = index == b
+        if inside.any():
+            table.append({"bin_lower": b / bins, "bin_upper": (b + 1) / bins,
+                          "mean_predicted": float(p[inside].mean()), "observed_rate": float(y[inside].mean()),
+                          "count": int(inside.sum())})
+    return table
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Count-weighted mean gap between predicted and observed rates over the calibration bins."""
+    table = calibration_table(y, p, bins)
+    total = sum(row["count"] for row in table)
+    return float(sum(row["count"] * abs(row["observed_rate"] - row["mean_predicted"]) for row in table) / total)
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """ROC AUC, PR AUC (average precision), log loss, Brier, ECE, positive rate, mean prediction and n.
+    With a single class in ``y`` the ranking metrics are undefined and reported as NaN."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y, p = _checked(y, p)
+    two_classes = 0 < y.sum() < len(y)
+    clipped = np.clip(p, EPSILON, 1 - EPSILON)
+    return {
+        "roc_auc": float(roc_auc_score(y, p)) if two_classes else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if two_classes else float("nan"),
+        "log_loss": float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))),
+        "brier": float(np.mean((p - y) ** 2)),
+        "ece": expected_calibration_error(y, p),
+        "positive_rate": float(y.mean()),
+        "mean_prediction": float(p.mean()),
+        "n": float(len(y)),
+    }
+
+
+def evaluate_predictions(y: np.ndarray, predictions: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    return {name: classification_metrics(y, p) for name, p in predictions.items()}
+
+
+def calibration_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]],
+                       title: str = "Calibration on the test window") -> Figure:
+    """Reliability diagram (one line per model, the diagonal is perfect calibration) over a histogram of each
+    model's predicted probabilities. Built without pyplot so it is safe in workers and threads."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 8), layout="constrained")
+    top, bottom = figure.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    for name, (y, p) in curves.items():
+        table = calibration_table(y, p)
+        top.plot([r["mean_predicted"] for r in table], [r["observed_rate"] for r in table], marker="o", label=name)
+        bottom.hist(np.asarray(p), bins=20, range=(0, 1), histtype="step", label=name)
+    top.set(title=title, ylabel="observed disruption rate", xlim=(0, 1), ylim=(0, 1))
+    top.legend(loc="upper left")
+    bottom.set(xlabel="predicted disruption probability", ylabel="flights")
+    return figure
+
+
+class BaseRateModel:
+    """The training positive rate for every flight: the score of knowing nothing about the flight."""
+
+    name = "base_rate"
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+
+    def fit(self, train: pd.DataFrame) -> BaseRateModel:
+        self.rate = float(train[LABEL].mean())
+        return self
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.rate is None:
+            raise RuntimeError("BaseRateModel.predict_proba called before fit")
+        return np.full(len(frame), self.rate)
+
+
+class LogisticRegressionModel:
+    """A linear model on the network's own inputs: one-hot categorical indices (index 0, unknown, is its own
+    column) next to the standardized numerics and missing indicators. Unweighted, so its probabilities stay
+    calibrated."""
+
+    name = "logistic_regression"
+
+    def __init__(self, C: float = 1.0) -> None:  # noqa: N803 - scikit-learn's name
+        self.C = C
+        self.preprocessor: Preprocessor | None = None
+        self.model: object | None = None
+
+    def _design(self, frame: pd.DataFrame) -> object:
+        from scipy import sparse
+
+        assert self.preprocessor is not None
+        cat, num = self.preprocessor.transform(frame)
+        cat_np, num_np = cat.numpy(), num.numpy().astype(np.float64)
+        offsets = np.cumsum([0, *self.preprocessor.cardinalities[:-1]])
+        rows = np.repeat(np.arange(len(frame)), cat_np.shape[1])
+        columns = (cat_np + offsets).ravel()
+        onehot = sparse.csr_matrix((np.ones(len(columns)), (rows, columns)),
+                                   shape=(len(frame), sum(self.preprocessor.cardinalities)))
+        return sparse.hstack([onehot, sparse.csr_matrix(num_np)], format="csr")
+
+    def fit(self, train: pd.DataFrame) -> LogisticRegressionModel:
+        from sklearn.linear_model import LogisticRegression
+
+        self.preprocessor = Preprocessor().fit(train)
+        model = LogisticRegression(C=self.C, max_iter=2000)
+        model.fit(self._design(train), train[LABEL].astype(int).to_numpy())
+        self.model = model
+        return self
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError("LogisticRegressionModel.predict_proba called before fit")
+        return np.asarray(self.model.predict_proba(self._design(frame))[:, 1], dtype=np.float64)  # type: ignore[attr-defined]
+
+
+def fit_baselines(train: pd.DataFrame) -> dict[str, Predictor]:
+    return {model.name: model.fit(train) for model in (BaseRateModel(), LogisticRegressionModel())}
+
+
+def format_evaluation(metrics: dict[str, dict[str, float]], reference: str = "logistic_regression") -> str:
+    """A terminal table of the models' test metrics and a line on whether the network beats the reference."""
+    header = f"  {'model':<22}{'ROC AUC':>9}{'PR AUC':>9}{'log loss':>10}{'Brier':>9}{'ECE':>9}{'flights':>9}"
+    lines = [header]
+    for name, m in metrics.items():
+        lines.append(f"  {name:<22}{m['roc_auc']:>9.4f}{m['pr_auc']:>9.4f}{m['log_loss']:>10.4f}{m['brier']:>9.4f}"
+                     f"{m['ece']:>9.4f}{int(m['n']):>9,}")
+    if "network" in metrics and reference in metrics:
+        gap = metrics["network"]["roc_auc"] - metrics[reference]["roc_auc"]
+        verdict = "beats" if gap > 0 else "does NOT beat"
+        lines.append(f"  The network {verdict} the {reference.replace('_', ' ')} on ROC AUC ({gap:+.4f}).")
+    return "\n".join(lines)

@@ -1,0 +1,278 @@
+"""The training chain as steps, each keyed by the run key so a retried task picks up what it made before.
+
+``build_training_set`` -> ``start_tuning`` -> ``tune_hyperparameters`` (one or more workers on one study) ->
+``train_final_model`` -> ``evaluate_model``. These are what the ``flight_delay_training`` DAG's tasks and the CLI
+call. Data moves through the lake (``training/{run}/`` for the splits, ``models/{run}/`` for the model and its
+evaluation); the steps return small dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Iterable
+from datetime import date, timedelta
+from typing import Any
+
+import pandas as pd
+
+from pipelines.lake import Lake, open_lake, partition_key
+from pipelines.settings import Settings, get_settings
+from pipelines.tracking import find_or_create_run, find_run, run_slug, use_tracking
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW_DAYS = 90
+SPLITS = ("train", "valid", "test")
+
+
+def training_window(logical_date: date, start: str | date | None = None, end: str | date | None = None,
+                    window_days: int = DEFAULT_WINDOW_DAYS) -> list[date]:
+    """The explicit window when given; else the ``window_days`` days before the logical date (whose own flights
+    have not happened yet when a run at its start trains)."""
+    from pipelines.steps import date_range, partition_dates
+
+    if start or end:
+        return partition_dates(logical_date, start, end)
+    return date_range(logical_date - timedelta(days=window_days), logical_date - timedelta(days=1))
+
+
+def _split_key(run_key: str, split: str) -> str:
+    return f"training/{run_slug(run_key)}/{split}.parquet"
+
+
+def _model_key(run_key: str, name: str) -> str:
+    return f"models/{run_slug(run_key)}/{name}"
+
+
+def _open(settings: Settings | None) -> tuple[Settings, Lake]:
+    settings = settings or get_settings()
+    return settings, open_lake(settings)
+
+
+def build_training_set(days: Iterable[date], run_key: str, settings: Settings | None = None, *,
+                       valid_days: int = 14, test_days: int = 14) -> dict[str, Any]:
+    """Point-in-time training set for the window's validated flights, split by time into train / valid / test,
+    written to ``training/{run}/`` with a manifest (rows, dates, disruption rates, content hash)."""
+    from pipelines.feature_store import FEATURE_SERVICE, training_set
+    from pipelines.model import LABEL, TIME_COLUMN, time_split
+
+    settings, lake = _open(settings)
+    days = sorted(days)
+    present = set(lake.partitions("validated", "flights"))
+    used = [d for d in days if d in present]
+    if not used:
+        raise ValueError(f"no validated flights between {days[0]} and {days[-1]}: run flights_ingest and "
+                         "flight_features for that window first")
+    missing = [d for d in days if d not in present]
+    if missing:
+        log.warning("%d of %d days have no validated flights and are left out: %s", len(missing), len(days),
+                    ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else ""))
+    started = time.perf_counter()
+    frame = training_set(used, settings)
+    parts = dict(zip(SPLITS, time_split(frame, valid_days=valid_days, test_days=test_days), strict=True))
+    digest = hashlib.sha256()
+    splits: dict[str, Any] = {}
+    for name, part in parts.items():
+        buffer = io.BytesIO()
+        part.to_parquet(buffer, index=False)
+        data = buffer.getvalue()
+        digest.update(data)
+        lake.write_bytes(_split_key(run_key, name), data)
+        departures = pd.to_datetime(part[TIME_COLUMN])
+        splits[name] = {"rows": len(part), "first_departure": str(departures.min()),
+                        "last_departure": str(departures.max()),
+                        "disruption_rate": round(float(part[LABEL].mean()), 4),
+                        "uri": lake.url(_split_key(run_key, name))}
+    manifest = {
+        "run_key": run_key, "window": [str(days[0]), str(days[-1])], "days_used": len(used),
+        "days_missing": [str(d) for d in missing], "feature_service": FEATURE_SERVICE,
+        "partitions": [partition_key("validated", "flights", d, "data.parquet") for d in used],
+        "columns": len(frame.columns), "splits": splits, "training_set_sha256": digest.hexdigest(),
+    }
+    lake.write_text(f"training/{run_slug(run_key)}/manifest.json", json.dumps(manifest, indent=2))
+    log.info("build_training_set: %d flights over %d days (train %d, valid %d, test %d) in %.1fs", len(frame),
+             len(used), splits["train"]["rows"], splits["valid"]["rows"], splits["test"]["rows"],
+             time.perf_counter() - started)
+    return {k: manifest[k] for k in ("run_key", "window", "days_used", "training_set_sha256")} | {
+        "rows": {name: split["rows"] for name, split in splits.items()}}
+
+
+def read_manifest(run_key: str, settings: Settings | None = None) -> dict[str, Any]:
+    settings, lake = _open(settings)
+    key = f"training/{run_slug(run_key)}/manifest.json"
+    if not lake.exists(key):
+        raise FileNotFoundError(f"no training set for run {run_key}: run build_training_set first")
+    return dict(json.loads(lake.read_text(key)))
+
+
+def read_splits(run_key: str, settings: Settings | None = None) -> dict[str, pd.DataFrame]:
+    settings, lake = _open(settings)
+    read_manifest(run_key, settings)
+    return {name: lake.read_parquet(_split_key(run_key, name)) for name in SPLITS}
+
+
+def start_tuning(run_key: str, settings: Settings | None = None, *, workers: int = 1) -> dict[str, Any]:
+    """Create (or find) the run key's Optuna study and MLflow tuning parent run; one entry per tuning worker."""
+    from pipelines.tuning import open_study
+
+    settings = settings or get_settings()
+    manifest = read_manifest(run_key, settings)
+    experiment_id = use_tracking(settings)
+    study = open_study(settings, run_key)
+    parent = find_or_create_run(experiment_id, run_key, "tuning", run_name=f"tuning {manifest['window'][1]}",
+                                tags={"optuna.study": study.study_name,
+                                      "training_set_sha256": manifest["training_set_sha256"]})
+    return {"study": study.study_name, "parent_run_id": parent, "workers": list(range(max(1, workers)))}
+
+
+def tune_hyperparameters(run_key: str, settings: Settings | None = None, *, trials: int = 20,
+                         time_budget_s: float | None = None, max_epochs: int = 30, worker: int = 0) -> dict[str, Any]:
+    """One tuning worker: run trials on the shared study until it holds ``trials`` finished ones or the budget
+    is spent. Resumes the study and parent run of the same run key."""
+    from pipelines.tuning import open_study, run_trials
+
+    settings = settings or get_settings()
+    splits = read_splits(run_key, settings)
+    parent = start_tuning(run_key, settings)["parent_run_id"]
+    study = open_study(settings, run_key)
+    summary = run_trials(study, splits["train"], splits["valid"], n_trials=trials, timeout_s=time_budget_s,
+                         parent_run_id=parent, run_key=run_key, max_epochs=max_epochs, seed=worker)
+    log.info("tune_hyperparameters (worker %d): %s", worker, summary["trials"])
+    return summary | {"worker": worker}
+
+
+def train_final_model(run_key: str, settings: Settings | None = None, *, max_epochs: int = 30) -> dict[str, Any]:
+    """Train with the study's best parameters (the defaults when no trial completed), log the study and the run
+    to MLflow, and write the model to ``models/{run}/model.pt``. A rerun finds the model it wrote."""
+    import mlflow
+
+    from pipelines.model import DEFAULT_PARAMS, pick_device, train_model
+    from pipelines.tuning import log_study, open_study
+
+    settings, lake = _open(settings)
+    manifest = read_manifest(run_key, settings)
+    experiment_id = use_tracking(settings)
+    model_key = _model_key(run_key, "model.pt")
+    existing = find_run(experiment_id, run_key, "final")
+    if existing is not None and existing.info.status == "FINISHED" and lake.exists(model_key):
+        log.info("train_final_model: run %s already trained %s", run_key, lake.url(model_key))
+        return {"mlflow_run_id": existing.info.run_id, "model_uri": lake.url(model_key), "reused": True}
+
+    study = open_study(settings, run_key)
+    tuning = start_tuning(run_key, settings)
+    summary = log_study(study, tuning["parent_run_id"])
+    params = summary.get("best_params")
+    if params is None:
+        log.warning("no completed trial in %s: training with the default parameters", study.study_name)
+        params = dict(DEFAULT_PARAMS)
+    splits = read_splits(run_key, settings)
+    final_id = find_or_create_run(experiment_id, run_key, "final", run_name=f"final {manifest['window'][1]}",
+                                  tags={"optuna.study": study.study_name,
+                                        "training_set_sha256": manifest["training_set_sha256"]})
+    device = pick_device()
+    with mlflow.start_run(run_id=final_id):
+        mlflow.log_params({**params, "max_epochs": max_epochs, "device": device.type,
+                           "window": "..".join(manifest["window"]), "train_rows": manifest["splits"]["train"]["rows"],
+                           "valid_rows": manifest["splits"]["valid"]["rows"],
+                           "test_rows": manifest["splits"]["test"]["rows"]})
+        started = time.perf_counter()
+        model = train_model(splits["train"], splits["valid"], params, seed=0, max_epochs=max_epochs, device=device)
+        seconds = time.perf_counter() - started
+        for row in model.history:
+            epoch = int(row["epoch"])
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        mlflow.log_metrics({"best_epoch": model.best_epoch, "train_seconds": seconds})
+        data = model.to_bytes()
+        lake.write_bytes(model_key, data)
+        mlflow.log_dict(model.preprocessor.to_dict(), "model/preprocessor.json")
+        mlflow.log_dict(manifest, "model/training_manifest.json")
+        mlflow.set_tag("model_uri", lake.url(model_key))
+    log.info("train_final_model: best epoch %d of %d in %.1fs on %s -> %s", model.best_epoch, len(model.history),
+             seconds, device.type, lake.url(model_key))
+    return {"mlflow_run_id": final_id, "model_uri": lake.url(model_key), "params": params,
+            "best_epoch": model.best_epoch, "seconds": round(seconds, 1), "reused": False}
+
+
+def load_model(run_key: str, settings: Settings | None = None) -> Any:
+    from pipelines.model import TrainedModel
+
+    settings, lake = _open(settings)
+    return TrainedModel.from_bytes(lake.read_bytes(_model_key(run_key, "model.pt")))
+
+
+def evaluate_model(run_key: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Score the network and two baselines trained on the same features and split (the base rate and a logistic
+    regression) on the test window: ROC AUC, PR AUC, log loss, Brier, calibration. Recorded on the final MLflow run
+    (metrics, calibration plot, JSON) and as ``models/{run}/evaluation.json``."""
+    import mlflow
+
+    from pipelines.evaluation import calibration_figure, evaluate_predictions, fit_baselines
+    from pipelines.model import LABEL
+
+    settings, lake = _open(settings)
+    experiment_id = use_tracking(settings)
+    final = find_run(experiment_id, run_key, "final")
+    if final is None:
+        raise FileNotFoundError(f"no final model for run {run_key}: run train_final_model first")
+    splits = read_splits(run_key, settings)
+    test = splits["test"]
+    y = test[LABEL].to_numpy()
+    predictions = {"network": load_model(run_key, settings).predict_proba(test)}
+    for name, baseline in fit_baselines(splits["train"]).items():
+        predictions[name] = baseline.predict_proba(test)
+    metrics = evaluate_predictions(y, predictions)
+    manifest = read_manifest(run_key, settings)
+    evaluation = {"run_key": run_key, "test_window": [manifest["splits"]["test"]["first_departure"],
+                                                      manifest["splits"]["test"]["last_departure"]],
+                  "metrics": metrics, "beats_logistic_regression": bool(
+                      metrics["network"]["roc_auc"] > metrics["logistic_regression"]["roc_auc"])}
+    lake.write_text(_model_key(run_key, "evaluation.json"), json.dumps(evaluation, indent=2))
+    with mlflow.start_run(run_id=final.info.run_id):
+        for model_name, values in metrics.items():
+            prefix = "test_" if model_name == "network" else f"{model_name}_test_"
+            mlflow.log_metrics({prefix + k: float(v) for k, v in values.items()})
+        mlflow.log_figure(calibration_figure({name: (y, p) for name, p in predictions.items()}),
+                          "evaluation/calibration.png")
+        mlflow.log_dict(evaluation, "evaluation/evaluation.json")
+    log.info("evaluate_model: test ROC AUC network %.4f, logistic regression %.4f, base rate %.4f",
+             metrics["network"]["roc_auc"], metrics["logistic_regression"]["roc_auc"],
+             metrics["base_rate"]["roc_auc"])
+    return evaluation
+
+
+def read_evaluation(run_key: str, settings: Settings | None = None) -> dict[str, Any]:
+    settings, lake = _open(settings)
+    return dict(json.loads(lake.read_text(_model_key(run_key, "evaluation.json"))))
+
+
+def latest_evaluation(settings: Settings | None = None) -> dict[str, Any]:
+    """The evaluation of the most recently started final training run (what ``make run`` prints)."""
+    import mlflow
+
+    from pipelines.tracking import KIND_TAG, RUN_KEY_TAG
+
+    settings = settings or get_settings()
+    experiment_id = use_tracking(settings)
+    runs = mlflow.search_runs(experiment_ids=[experiment_id], output_format="list", max_results=1,
+                              filter_string=f"tags.`{KIND_TAG}` = 'final'", order_by=["attributes.start_time DESC"])
+    if not runs:
+        raise FileNotFoundError(f"no trained model recorded in {settings.tracking_uri}")
+    return read_evaluation(runs[0].data.tags[RUN_KEY_TAG], settings)
+
+
+def train_pipeline(days: Iterable[date], run_key: str, settings: Settings | None = None, *, trials: int = 20,
+                   time_budget_s: float | None = None, max_epochs: int = 30, valid_days: int = 14,
+                   test_days: int = 14) -> dict[str, Any]:
+    """The whole chain in one process (the CLI's ``train``), the same steps the DAG runs."""
+    settings = settings or get_settings()
+    prepared = build_training_set(days, run_key, settings, valid_days=valid_days, test_days=test_days)
+    start_tuning(run_key, settings)
+    tuned = tune_hyperparameters(run_key, settings, trials=trials, time_budget_s=time_budget_s,
+                                 max_epochs=max_epochs)
+    trained = train_final_model(run_key, settings, max_epochs=max_epochs)
+    evaluation = evaluate_model(run_key, settings)
+    return {"training_set": prepared, "tuning": tuned, "model": trained, "evaluation": evaluation}

@@ -1,0 +1,110 @@
+"""flight_delay_training through real Airflow (``airflow dags test`` on SQLite), on the session's real 2013 data
+(validated flights and weather, feature tables, Feast registry): a manual run with a window, a few trials and few
+epochs. Verified where the results live: the run's task states, the Optuna study in its SQLite storage, the MLflow
+runs (tuning parent, nested trials, final run with test metrics and plots), the lake's model and evaluation, and
+the asset event."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pytest
+
+from pipelines.demo import TRAINING_START, airflow_env
+from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.tracking import KIND_TAG, RUN_KEY_TAG, use_tracking
+from pipelines.training import read_evaluation
+from pipelines.tuning import study_name
+
+pytestmark = pytest.mark.e2e
+
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+CONF = {"start_date": "2013-01-01", "end_date": "2013-02-14", "trials": 3, "max_epochs": 4, "valid_days": 5,
+        "test_days": 5, "time_budget_minutes": 10}
+DAG_ID = "flight_delay_training"
+
+
+def _airflow(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([AIRFLOW, *args], env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=540)
+
+
+def _tail(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}; output ends:\n{result.stdout[-4000:]}"
+
+
+def _query(env: dict[str, str], sql: str, *args: Any) -> list[sqlite3.Row]:
+    with sqlite3.connect(f"file:{Path(env['AIRFLOW_HOME']) / 'airflow.db'}?mode=ro", uri=True) as connection:
+        connection.row_factory = sqlite3.Row
+        return connection.execute(sql, args).fetchall()
+
+
+@pytest.fixture(scope="module")
+def trained(real_data: Settings) -> dict[str, Any]:
+    """One manual run of the DAG; returns the Airflow env and the run key the tasks used."""
+    env = airflow_env(real_data)
+    migrated = _airflow(["db", "migrate"], env)
+    assert migrated.returncode == 0, _tail(migrated)
+    result = _airflow(["dags", "test", DAG_ID, TRAINING_START.isoformat(), "-c", json.dumps(CONF)], env)
+    assert result.returncode == 0, _tail(result)
+    (run,) = _query(env, "SELECT run_id, state FROM dag_run WHERE dag_id = ?", DAG_ID)
+    return {"env": env, "run_id": run["run_id"], "state": run["state"],
+            "run_key": f"{DAG_ID}/2013-04-01T00:00:00+00:00/{run['run_id']}"}
+
+
+def test_every_task_succeeds(trained: dict[str, Any]) -> None:
+    assert trained["state"] == "success"
+    rows = _query(trained["env"], "SELECT task_id, map_index, state FROM task_instance WHERE run_id = ?",
+                  trained["run_id"])
+    assert sorted((r["task_id"], r["map_index"], r["state"]) for r in rows) == [
+        ("build_training_set", -1, "success"), ("evaluate_model", -1, "success"), ("start_tuning", -1, "success"),
+        ("train_final_model", -1, "success"), ("tune_hyperparameters", 0, "success")]
+
+
+def test_study_holds_the_requested_trials(trained: dict[str, Any], real_data: Settings) -> None:
+    study = optuna.load_study(study_name=study_name(trained["run_key"]), storage=real_data.optuna_url)
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == CONF["trials"]
+    assert all(0 < len(t.intermediate_values) <= CONF["max_epochs"] for t in finished)
+
+
+def test_mlflow_has_tuning_trials_and_the_final_run(trained: dict[str, Any], real_data: Settings) -> None:
+    experiment = use_tracking(real_data)
+    runs = mlflow.search_runs(experiment_ids=[experiment], output_format="list",
+                              filter_string=f"tags.`{RUN_KEY_TAG}` = '{trained['run_key']}'")
+    by_kind: dict[str, list[Any]] = {}
+    for run in runs:
+        by_kind.setdefault(run.data.tags[KIND_TAG], []).append(run)
+    assert {kind: len(found) for kind, found in by_kind.items()} == {"tuning": 1, "trial": 3, "final": 1}
+    parent = by_kind["tuning"][0]
+    assert {run.data.tags["mlflow.parentRunId"] for run in by_kind["trial"]} == {parent.info.run_id}
+    assert "best_valid_log_loss" in parent.data.metrics and "best_lr" in parent.data.params
+
+    final = by_kind["final"][0]
+    for name in ("test_roc_auc", "test_pr_auc", "test_log_loss", "test_brier", "logistic_regression_test_roc_auc",
+                 "base_rate_test_brier"):
+        assert name in final.data.metrics, name
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(final.info.run_id, "evaluation")}
+    assert {"evaluation/calibration.png", "evaluation/evaluation.json"} <= artifacts
+
+
+def test_model_and_evaluation_are_in_the_lake(trained: dict[str, Any], real_data: Settings) -> None:
+    evaluation = read_evaluation(trained["run_key"], real_data)
+    assert set(evaluation["metrics"]) == {"network", "base_rate", "logistic_regression"}
+    network, base = evaluation["metrics"]["network"], evaluation["metrics"]["base_rate"]
+    assert base["roc_auc"] == pytest.approx(0.5)
+    assert network["roc_auc"] > 0.6 and network["n"] == base["n"] > 1000
+    assert evaluation["test_window"][0].startswith("2013-02-10")
+
+
+def test_trained_model_is_announced(trained: dict[str, Any]) -> None:
+    rows = _query(trained["env"], "SELECT asset.name AS name FROM asset_event JOIN asset ON asset.id = "
+                                  "asset_event.asset_id WHERE asset_event.source_dag_id = ?", DAG_ID)
+    assert [row["name"] for row in rows] == ["flight_delay_trained_model"]
