@@ -21,6 +21,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pipelines.features import LOCAL_TZ
+
 log = logging.getLogger(__name__)
 
 LABEL = "disrupted"
@@ -348,9 +350,11 @@ def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.
 
 def time_split(frame: pd.DataFrame, valid_days: int, test_days: int) -> tuple[pd.DataFrame, pd.DataFrame,
                                                                                 pd.DataFrame]:
-    """Split by the calendar date of ``scheduled_departure``: the last ``test_days`` dates are the test set, the
-    ``valid_days`` before them validation, the rest training, so evaluation always looks at the future."""
+    """Split by the New York calendar date of ``scheduled_departure``: the last ``test_days`` dates are the test
+    set, the ``valid_days`` before them validation, the rest training, so evaluation always looks at the future."""
     departure = pd.to_datetime(frame[TIME_COLUMN])
+    if departure.dt.tz is not None:
+        departure = departure.dt.tz_convert(LOCAL_TZ).dt.tz_localize(None)
     dates = departure.dt.normalize()
     days = np.sort(dates.unique())
     if len(days) <= valid_days + test_days:

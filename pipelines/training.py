@@ -58,6 +58,7 @@ def build_training_set(days: Iterable[date], run_key: str, settings: Settings | 
     """Point-in-time training set for the window's validated flights, split by time into train / valid / test,
     written to ``training/{run}/`` with a manifest (rows, dates, disruption rates, content hash)."""
     from pipelines.feature_store import FEATURE_SERVICE, training_set
+    from pipelines.features import LOCAL_TZ
     from pipelines.model import LABEL, TIME_COLUMN, time_split
 
     settings, lake = _open(settings)
@@ -82,7 +83,7 @@ def build_training_set(days: Iterable[date], run_key: str, settings: Settings | 
         data = buffer.getvalue()
         digest.update(data)
         lake.write_bytes(_split_key(run_key, name), data)
-        departures = pd.to_datetime(part[TIME_COLUMN])
+        departures = pd.to_datetime(part[TIME_COLUMN], utc=True).dt.tz_convert(LOCAL_TZ)
         splits[name] = {"rows": len(part), "first_departure": str(departures.min()),
                         "last_departure": str(departures.max()),
                         "disruption_rate": round(float(part[LABEL].mean()), 4),

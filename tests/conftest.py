@@ -35,7 +35,7 @@ def lake(settings: Settings) -> Lake:
 # Real 2013 data, prepared once per session by the same steps the DAGs run: landed, ingested, validated with the
 # real GX suites, promoted, feature tables built and the Feast definitions applied. Tests only add to this home
 # under their own run keys (training/, models/, mlflow/, optuna/), never change what is here.
-REAL_WINDOW = ("2013-01-01", "2013-02-14")
+REAL_WINDOW = ("2013-01-01", "2013-02-28")
 
 
 @pytest.fixture(scope="session")

@@ -134,7 +134,7 @@ def test_time_split_is_disjoint_and_ordered(splits: tuple[pd.DataFrame, pd.DataF
     assert len(train) + len(valid) + len(test) == 3000
     ids = [set(part["flight_id"]) for part in splits]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
-    dates = [part["scheduled_departure"].dt.normalize() for part in splits]
+    dates = [part["scheduled_departure"].dt.tz_convert("America/New_York").dt.normalize() for part in splits]
     assert dates[0].max() < dates[1].min() and dates[1].max() < dates[2].min()
     assert dates[1].nunique() == 5 and dates[2].nunique() == 5
     with pytest.raises(ValueError):
