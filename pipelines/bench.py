@@ -3,9 +3,10 @@
 Runs the steps directly (no Airflow) on a scratch home under ``$PIPELINE_HOME/bench/work`` so the user's lake is
 untouched. Later issues add their own sections to the same results file.
 
-Sections: ``ingestion`` (land, ingest, validate, promote the window) and ``features`` (see ``bench_features``:
+Sections: ``ingestion`` (land, ingest, validate, promote the window), ``features`` (see ``bench_features``:
 materialization of the year 2013 into Redis and SQLite, a 90-day training set, online reads; each beside stock
-Feast on the same data in the same run).
+Feast on the same data in the same run) and ``training`` (see ``bench_training``: samples/s of the default model
+with sliced tensors and with a per-sample DataLoader, CPU and, when present, CUDA).
 """
 
 from __future__ import annotations
@@ -86,8 +87,16 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
     features = bench_features(scratch, validated=(start, end), demo=(settings.demo_start, settings.demo_end))
     _write_results(results_file, "features", features)
     print_features(features)
+
+    from pipelines.bench_training import bench_training, print_training
+    from pipelines.feature_store import training_set
+    from pipelines.steps import date_range
+
+    training = bench_training(training_set(date_range(settings.demo_start, settings.demo_end), scratch))
+    _write_results(results_file, "training", training)
+    print_training(training)
     print(f"Results written to {results_file}")  # noqa: T201 - the command's output
-    return {"ingestion": figures, "features": features}
+    return {"ingestion": figures, "features": features, "training": training}
 
 
 def _print_ingestion(figures: dict[str, Any]) -> None:

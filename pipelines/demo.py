@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,11 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
         from pipelines.evaluation import format_evaluation
         from pipelines.training import latest_evaluation
 
-        evaluation = latest_evaluation(settings)
-        say(f"Model evaluation on the test window {' .. '.join(evaluation['test_window'])} "
-            f"(run {evaluation['run_key']})")
+        with warnings.catch_warnings():  # MLflow's SQLAlchemy store warns about its own mappers on first use
+            warnings.simplefilter("ignore", DeprecationWarning)
+            evaluation = latest_evaluation(settings)
+        first, last = (moment[:10] for moment in evaluation["test_window"])
+        say(f"Model evaluation on the test window {first} .. {last} (run {evaluation['run_key']})")
         say(format_evaluation(evaluation["metrics"]))
         say(f"  MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
         summary["evaluation"] = evaluation

@@ -12,7 +12,7 @@ import io
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,32 +142,37 @@ class Preprocessor:
                    missing_indicators=list(data["missing_indicators"]))
 
 
-def embedding_dim(cardinality: int) -> int:
-    """Small embeddings: the vocabularies (carriers, airports, hours) are small, so a few dimensions suffice."""
-    return max(1, min(16, (cardinality + 1) // 2))
+EMBEDDING_DIM = 8
+"""One width for every categorical: the vocabularies are small (3 origins to ~100 destinations), and one width lets
+all columns share one table, looked up in a single gather."""
 
 
 class FlightDelayNet(nn.Module):
-    """Embeddings per categorical, concatenated with the numerics, then an MLP to one disruption logit, plus a
+    """Embeddings of the categoricals, concatenated with the numerics, then an MLP to one disruption logit, plus a
     linear path from the same inputs (wide and deep): the additive effects that dominate this problem do not have
-    to be relearned through the hidden layers."""
+    to be relearned through the hidden layers.
+
+    The categorical columns share one embedding table; each column's indices are shifted by an offset into its own
+    rows, so the lookup (and its backward) is one operation instead of one per column."""
 
     def __init__(self, cardinalities: list[int], n_numeric: int, hidden_sizes: list[int] | tuple[int, ...] = (64, 32),
                  dropout: float = 0.1) -> None:
         super().__init__()
-        self.embeddings = nn.ModuleList(nn.Embedding(card, embedding_dim(card)) for card in cardinalities)
-        width = sum(embedding_dim(card) for card in cardinalities) + n_numeric
+        self.offsets: torch.Tensor
+        self.register_buffer("offsets", torch.tensor([0, *np.cumsum(cardinalities)[:-1].tolist()], dtype=torch.int64))
+        self.embedding = nn.Embedding(int(sum(cardinalities)), EMBEDDING_DIM)
+        width = len(cardinalities) * EMBEDDING_DIM + n_numeric
         layers: list[nn.Module] = []
+        in_width = width
         for hidden in hidden_sizes:
-            layers += [nn.Linear(width, int(hidden)), nn.ReLU(), nn.Dropout(float(dropout))]
-            width = int(hidden)
-        layers.append(nn.Linear(width, 1))
+            layers += [nn.Linear(in_width, int(hidden)), nn.ReLU(), nn.Dropout(float(dropout))]
+            in_width = int(hidden)
+        layers.append(nn.Linear(in_width, 1))
         self.mlp = nn.Sequential(*layers)
-        self.linear = nn.Linear(sum(embedding_dim(card) for card in cardinalities) + n_numeric, 1)
+        self.linear = nn.Linear(width, 1)
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
-        parts = [emb(cat[:, j]) for j, emb in enumerate(self.embeddings)]
-        x = torch.cat([*parts, num], dim=1)
+        x = torch.cat([self.embedding(cat + self.offsets).flatten(1), num], dim=1)
         return (self.mlp(x) + self.linear(x)).squeeze(-1)
 
 
@@ -291,13 +296,7 @@ def train_model(train_frame: pd.DataFrame, valid_frame: pd.DataFrame, params: di
     cat_valid, num_valid = (t.to(device) for t in preprocessor.transform(valid_frame))
     y_train, y_valid = _labels(train_frame).to(device), _labels(valid_frame).to(device)
 
-    positives = float(y_train.sum())
-    negatives = float(len(y_train)) - positives
-    balanced = negatives / positives if positives > 0 else 1.0
-    pos_weight = torch.tensor(balanced ** float(params["imbalance_power"]), device=device)
-    net = _build_net(preprocessor, params).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
-    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    net, optimizer, criterion = training_parts(preprocessor, train_frame, params, device)
     batch_size = int(params["batch_size"])
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
@@ -306,7 +305,8 @@ def train_model(train_frame: pd.DataFrame, valid_frame: pd.DataFrame, params: di
     history: list[dict[str, float]] = []
     for epoch in range(max_epochs):
         order = torch.randperm(len(y_train), generator=generator).to(device)
-        train_loss = train_epoch(net, optimizer, criterion, cat_train, num_train, y_train, order, batch_size)
+        train_loss = train_epoch(net, optimizer, criterion,
+                                 sliced_batches(cat_train, num_train, y_train, order, batch_size))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = _logits(net, cat_valid, num_valid, batch_size * 8)
         calibration = fit_platt(logits, y_valid)
@@ -329,23 +329,66 @@ def train_model(train_frame: pd.DataFrame, valid_frame: pd.DataFrame, params: di
                         best_epoch=best_epoch, calibration=best_calibration)
 
 
-def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module, cat: torch.Tensor,
-                num: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch_size: int) -> float:
-    """One pass over the rows in ``order``, batches sliced from tensors already on the device; bf16 autocast on
-    CUDA. The loss is summed on the device and read once at the end: no host sync per batch."""
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def sliced_batches(cat: torch.Tensor, num: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
+                   batch_size: int) -> Iterator[Batch]:
+    """Batches as slices of tensors already on the device: one gather per tensor per batch."""
+    for index in order.split(batch_size):
+        yield cat[index], num[index], y[index]
+
+
+class RowDataset(torch.utils.data.Dataset[Batch]):
+    """One row at a time, the way a per-sample ``DataLoader`` pipeline reads: the comparison ``make bench`` makes."""
+
+    def __init__(self, cat: torch.Tensor, num: torch.Tensor, y: torch.Tensor) -> None:
+        self.cat, self.num, self.y = cat, num, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.cat[i], self.num[i], self.y[i]
+
+
+def loader_batches(cat: torch.Tensor, num: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
+                   batch_size: int) -> Iterable[Batch]:
+    """The same batches as ``sliced_batches`` for the same ``order``, through a per-sample DataLoader."""
+    dataset = RowDataset(cat.cpu(), num.cpu(), y.cpu())
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order.cpu().tolist(), num_workers=0)
+
+
+def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                batches: Iterable[Batch]) -> float:
+    """One pass over ``batches`` (bf16 autocast on CUDA); returns the mean training loss. The loss is summed on the
+    device and read once at the end: no host sync per batch."""
     net.train()
-    device = y.device
-    total = torch.zeros((), device=device)
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+    device = next(net.parameters()).device
+    total, rows = torch.zeros((), device=device), 0
+    for cat, num, y in batches:
+        cat, num, y = (t.to(device, non_blocking=True) for t in (cat, num, y))
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = net(cat[index], num[index])
-        loss = criterion(logits.float(), y[index])
+            logits = net(cat, num)
+        loss = criterion(logits.float(), y)
         loss.backward()
         optimizer.step()
-        total += loss.detach() * len(index)
-    return float(total) / max(1, len(order))
+        total += loss.detach() * len(y)
+        rows += len(y)
+    return float(total) / max(1, rows)
+
+
+def training_parts(preprocessor: Preprocessor, train_frame: pd.DataFrame, params: dict[str, Any],
+                   device: torch.device) -> tuple[FlightDelayNet, torch.optim.Optimizer, nn.Module]:
+    """The network, optimizer and loss (with the class weight) for ``params``, on ``device``."""
+    y = train_frame[LABEL].astype("float64")
+    positives = float(y.sum())
+    balanced = (len(y) - positives) / positives if positives > 0 else 1.0
+    pos_weight = torch.tensor(balanced ** float(params["imbalance_power"]), device=device)
+    net = _build_net(preprocessor, params).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
+    return net, optimizer, nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
 
 def time_split(frame: pd.DataFrame, valid_days: int, test_days: int) -> tuple[pd.DataFrame, pd.DataFrame,

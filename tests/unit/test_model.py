@@ -203,3 +203,23 @@ def test_imbalance_power_sets_the_class_weight(splits: tuple[pd.DataFrame, pd.Da
         raw_mean[power] = float(torch.sigmoid(model.predict_logits(valid)).mean())
         assert abs(model.predict_proba(valid).mean() - valid["disrupted"].mean()) < 0.03
     assert raw_mean[1.0] > raw_mean[0.0] + 0.05
+
+
+def test_dataloader_path_trains_the_same_model_as_slices(splits: tuple[pd.DataFrame, pd.DataFrame,
+                                                                       pd.DataFrame]) -> None:
+    """The bench's comparison is fair: same loop, same batches in the same order, so the same weights."""
+    train = splits[0]
+    pre = M.Preprocessor().fit(train)
+    cat, num = pre.transform(train)
+    y = torch.as_tensor(train["disrupted"].to_numpy(), dtype=torch.float32)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    states = []
+    for batches in (M.sliced_batches, M.loader_batches):
+        torch.manual_seed(0)
+        net, optimizer, criterion = M.training_parts(pre, train, M.DEFAULT_PARAMS | FAST, torch.device("cpu"))
+        torch.manual_seed(1)  # the dropout masks
+        loss = M.train_epoch(net, optimizer, criterion, batches(cat, num, y, order, 256))
+        states.append((loss, net.state_dict()))
+    assert states[0][0] == pytest.approx(states[1][0], rel=1e-6)
+    for name, value in states[0][1].items():
+        torch.testing.assert_close(value, states[1][1][name], rtol=1e-5, atol=1e-6, msg=name)
