@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +32,47 @@ def settings(home: Path) -> Settings:
 @pytest.fixture
 def lake(settings: Settings) -> Lake:
     return open_lake(settings)
+
+
+def synthetic_training_frame(n: int = 3000, days: int = 30, seed: int = 0) -> Any:
+    """Training-set shaped rows; disruption rises with precipitation, later departures and carrier "B6"."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.model import NUMERIC_COLUMNS
+
+    rng = np.random.default_rng(seed)
+    origins, dests, carriers = ["JFK", "LGA", "EWR"], ["LAX", "MIA", "ORD", "ATL"], ["AA", "B6", "DL", "UA"]
+    day = rng.integers(0, days, n)
+    hour = rng.integers(5, 23, n)
+    departure = pd.Timestamp("2013-03-01", tz="UTC") + pd.to_timedelta(day, "D") + pd.to_timedelta(hour, "h")
+    origin = rng.choice(origins, n)
+    carrier = rng.choice(carriers, n)
+    precip = rng.exponential(0.05, n) * (rng.random(n) < 0.3)
+    frame = pd.DataFrame({
+        "flight_id": [f"{d}:{c}{i}:{o}" for d, c, i, o in zip(day, carrier, range(n), origin, strict=True)],
+        "origin": origin, "carrier": carrier,
+        "route": [f"{o}-{d}" for o, d in zip(origin, rng.choice(dests, n), strict=True)],
+        "tailnum": rng.choice(["N1", "N2", "N3"], n), "scheduled_departure": departure,
+        "distance": rng.uniform(200, 2500, n), "event_timestamp": departure - pd.Timedelta(hours=2),
+        "dep_hour": hour, "dep_weekday": departure.weekday, "dep_month": departure.month,
+        "plane_type": rng.choice(["Fixed wing multi engine", "Fixed wing single engine"], n),
+    })
+    frame["log_distance"] = np.log(frame["distance"])
+    for column in NUMERIC_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = rng.normal(0, 1, n)
+    frame["precip"] = precip
+    frame.loc[rng.random(n) < 0.1, "wind_gust"] = np.nan
+    logit = -1.5 + 12 * precip + 0.25 * (hour - 14) + 0.8 * (carrier == "B6")
+    frame["disrupted"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
+    return frame
+
+
+@pytest.fixture(scope="session")
+def make_training_frame() -> Callable[..., Any]:
+    """``synthetic_training_frame``: small training-set shaped frames for model, tuning and evaluation tests."""
+    return synthetic_training_frame
 
 
 # Real 2013 data, prepared once per session by the same steps the DAGs run: landed, ingested, validated with the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -12,36 +13,6 @@ import torch
 from pipelines import model as M
 
 FAST = {"hidden_sizes": [32, 16], "dropout": 0.0, "lr": 3e-3, "batch_size": 256}
-
-
-def _frame(n: int = 3000, days: int = 30, seed: int = 0) -> pd.DataFrame:
-    """Training-set shaped rows; disruption rises with precipitation, later departures and carrier "B6"."""
-    rng = np.random.default_rng(seed)
-    origins, dests, carriers = ["JFK", "LGA", "EWR"], ["LAX", "MIA", "ORD", "ATL"], ["AA", "B6", "DL", "UA"]
-    day = rng.integers(0, days, n)
-    hour = rng.integers(5, 23, n)
-    departure = pd.Timestamp("2013-03-01", tz="UTC") + pd.to_timedelta(day, "D") + pd.to_timedelta(hour, "h")
-    origin = rng.choice(origins, n)
-    carrier = rng.choice(carriers, n)
-    precip = rng.exponential(0.05, n) * (rng.random(n) < 0.3)
-    frame = pd.DataFrame({
-        "flight_id": [f"{d}:{c}{i}:{o}" for d, c, i, o in zip(day, carrier, range(n), origin, strict=True)],
-        "origin": origin, "carrier": carrier,
-        "route": [f"{o}-{d}" for o, d in zip(origin, rng.choice(dests, n), strict=True)],
-        "tailnum": rng.choice(["N1", "N2", "N3"], n), "scheduled_departure": departure,
-        "distance": rng.uniform(200, 2500, n), "event_timestamp": departure - pd.Timedelta(hours=2),
-        "dep_hour": hour, "dep_weekday": departure.weekday, "dep_month": departure.month,
-        "plane_type": rng.choice(["Fixed wing multi engine", "Fixed wing single engine"], n),
-    })
-    frame["log_distance"] = np.log(frame["distance"])
-    for column in M.NUMERIC_COLUMNS:
-        if column not in frame.columns:
-            frame[column] = rng.normal(0, 1, n)
-    frame["precip"] = precip
-    frame.loc[rng.random(n) < 0.1, "wind_gust"] = np.nan
-    logit = -1.5 + 12 * precip + 0.25 * (hour - 14) + 0.8 * (carrier == "B6")
-    frame["disrupted"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
-    return frame
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -58,8 +29,8 @@ def _log_loss(labels: np.ndarray, p: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def splits() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    return M.time_split(_frame(), valid_days=5, test_days=5)
+def splits(make_training_frame: Callable[..., pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    return M.time_split(make_training_frame(), valid_days=5, test_days=5)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +39,8 @@ def trained(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> M.Traine
     return M.train_model(train, valid, FAST, seed=0, max_epochs=15, patience=4, device=torch.device("cpu"))
 
 
-def test_preprocessor_round_trips_through_json() -> None:
-    frame = _frame(400)
+def test_preprocessor_round_trips_through_json(make_training_frame: Callable[..., pd.DataFrame]) -> None:
+    frame = make_training_frame(400)
     fitted = M.Preprocessor().fit(frame)
     restored = M.Preprocessor.from_dict(json.loads(json.dumps(fitted.to_dict())))
     cat_a, num_a = fitted.transform(frame)
@@ -81,8 +52,8 @@ def test_preprocessor_round_trips_through_json() -> None:
     assert "flight_id" not in fitted.categorical + fitted.numeric
 
 
-def test_dest_comes_from_route_and_unknowns_map_to_zero() -> None:
-    frame = _frame(400)
+def test_dest_comes_from_route_and_unknowns_map_to_zero(make_training_frame: Callable[..., pd.DataFrame]) -> None:
+    frame = make_training_frame(400)
     pre = M.Preprocessor().fit(frame)
     assert pre.vocabularies["dest"] == ["ATL", "LAX", "MIA", "ORD"]
     odd = frame.head(3).copy()

@@ -4,10 +4,10 @@ is logged on the parent run."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,24 +19,9 @@ from pipelines.tuning import finished_trials, log_study, open_study, params_from
 RUN_KEY = "flight_delay_training/2013-03-31T00:00:00+00:00/manual__test"
 
 
-def _frame(n: int = 1500, days: int = 20, seed: int = 0) -> pd.DataFrame:
-    """Training-set shaped rows whose label depends on precipitation and the departure hour."""
-    rng = np.random.default_rng(seed)
-    day, hour = rng.integers(0, days, n), rng.integers(5, 23, n)
-    departure = pd.Timestamp("2013-03-01", tz="UTC") + pd.to_timedelta(day, "D") + pd.to_timedelta(hour, "h")
-    frame = pd.DataFrame({"flight_id": [f"f{i}" for i in range(n)], "carrier": rng.choice(["AA", "B6"], n),
-                          "origin": rng.choice(["JFK", "LGA"], n), "route": "JFK-LAX",
-                          "scheduled_departure": departure, "dep_hour": hour})
-    for column in M.NUMERIC_COLUMNS:
-        frame[column] = rng.normal(0, 1, n)
-    logit = -1 + 2 * frame["precip"] + 0.2 * (hour - 14)
-    frame["disrupted"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
-    return frame
-
-
 @pytest.fixture
-def tuning(settings: Settings) -> dict[str, Any]:
-    train, valid, _ = M.time_split(_frame(), valid_days=4, test_days=4)
+def tuning(settings: Settings, make_training_frame: Callable[..., pd.DataFrame]) -> dict[str, Any]:
+    train, valid, _ = M.time_split(make_training_frame(1500, days=20), valid_days=4, test_days=4)
     experiment = use_tracking(settings)
     parent = find_or_create_run(experiment, RUN_KEY, "tuning", run_name="tuning")
     return {"train": train, "valid": valid, "parent": parent, "experiment": experiment}
