@@ -81,16 +81,20 @@ class Preprocessor:
     means: dict[str, float] = field(default_factory=dict)
     stds: dict[str, float] = field(default_factory=dict)
     missing_indicators: list[str] = field(default_factory=list)
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Training minimum and maximum per numeric: inputs are clipped to them, so the network never extrapolates
+    (a 1048 mph wind reading, heavier rain than any training hour) beyond what it was fitted on."""
 
     def fit(self, frame: pd.DataFrame) -> Preprocessor:
         """Learn vocabularies (sorted for determinism) and mean/std; columns missing in training get an indicator."""
         self.vocabularies = {
             column: sorted(set(_categorical_values(frame, column).dropna().tolist())) for column in self.categorical
         }
-        self.means, self.stds, self.missing_indicators = {}, {}, []
+        self.means, self.stds, self.missing_indicators, self.ranges = {}, {}, [], {}
         for column in self.numeric:
             values = _numeric_values(frame, column)
             finite = values[np.isfinite(values)]
+            self.ranges[column] = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
             mean = float(finite.mean()) if finite.size else 0.0
             std = float(finite.std()) if finite.size > 1 else 1.0
             self.means[column] = mean
@@ -121,7 +125,8 @@ class Preprocessor:
             cat[:, j] = [lookup.get(v, UNKNOWN_INDEX) if v is not None else UNKNOWN_INDEX for v in values]
         num = np.zeros((n, self.n_numeric), dtype=np.float32)
         for j, column in enumerate(self.numeric):
-            values = (_numeric_values(frame, column) - self.means[column]) / self.stds[column]
+            low, high = self.ranges[column]
+            values = (np.clip(_numeric_values(frame, column), low, high) - self.means[column]) / self.stds[column]
             num[:, j] = np.where(np.isfinite(values), values, 0.0)
         for k, column in enumerate(self.missing_indicators):
             num[:, len(self.numeric) + k] = ~np.isfinite(_numeric_values(frame, column))
@@ -131,7 +136,8 @@ class Preprocessor:
         return {"categorical": list(self.categorical), "numeric": list(self.numeric),
                 "vocabularies": {k: list(v) for k, v in self.vocabularies.items()},
                 "means": dict(self.means), "stds": dict(self.stds),
-                "missing_indicators": list(self.missing_indicators)}
+                "missing_indicators": list(self.missing_indicators),
+                "ranges": {k: list(v) for k, v in self.ranges.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
@@ -139,7 +145,8 @@ class Preprocessor:
                    vocabularies={k: list(v) for k, v in data["vocabularies"].items()},
                    means={k: float(v) for k, v in data["means"].items()},
                    stds={k: float(v) for k, v in data["stds"].items()},
-                   missing_indicators=list(data["missing_indicators"]))
+                   missing_indicators=list(data["missing_indicators"]),
+                   ranges={k: (float(v[0]), float(v[1])) for k, v in data["ranges"].items()})
 
 
 EMBEDDING_DIM = 8

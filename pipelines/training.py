@@ -139,9 +139,10 @@ def tune_hyperparameters(run_key: str, settings: Settings | None = None, *, tria
     settings = settings or get_settings()
     splits = read_splits(run_key, settings)
     parent = start_tuning(run_key, settings)["parent_run_id"]
-    study = open_study(settings, run_key)
+    study = open_study(settings, run_key, seed=worker)  # workers sharing a study must not propose the same trials
     summary = run_trials(study, splits["train"], splits["valid"], n_trials=trials, timeout_s=time_budget_s,
-                         parent_run_id=parent, run_key=run_key, max_epochs=max_epochs, seed=worker)
+                         parent_run_id=parent, run_key=run_key, max_epochs=max_epochs, seed=worker,
+                         worker=worker)
     log.info("tune_hyperparameters (worker %d): %s", worker, summary["trials"])
     return summary | {"worker": worker}
 

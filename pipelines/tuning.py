@@ -58,7 +58,8 @@ def params_from_trial(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_study(settings: Settings, run_key: str, seed: int = 0) -> optuna.Study:
-    """Create or load the run key's study (TPE seeded, median pruner after a few trials and epochs)."""
+    """Create or load the run key's study (TPE, median pruner after a few trials and epochs); ``seed`` tells
+    workers sharing the study apart."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -69,11 +70,14 @@ def open_study(settings: Settings, run_key: str, seed: int = 0) -> optuna.Study:
         storage = RDBStorage(settings.optuna_url, heartbeat_interval=HEARTBEAT_SECONDS,
                              grace_period=3 * HEARTBEAT_SECONDS,
                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=study_name(run_key), storage=storage, direction="minimize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
     )
+    # Seeded for reproducibility, but apart for each worker and each resumption, so no two of them propose the same
+    # startup trials.
+    study.sampler = optuna.samplers.TPESampler(seed=seed * 100_003 + len(study.trials), n_startup_trials=4)
+    return study
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -84,7 +88,7 @@ def finished_trials(study: optuna.Study) -> int:
 
 def run_trials(study: optuna.Study, train: pd.DataFrame, valid: pd.DataFrame, *, n_trials: int,
                timeout_s: float | None, parent_run_id: str, run_key: str, max_epochs: int = 30,
-               patience: int = 5, seed: int = 0) -> dict[str, Any]:
+               patience: int = 5, seed: int = 0, worker: int = 0) -> dict[str, Any]:
     """Run trials until the study holds ``n_trials`` finished ones or the time budget is spent.
 
     The budget is checked between trials (a started trial finishes or is pruned); each trial is a nested MLflow
@@ -110,7 +114,7 @@ def run_trials(study: optuna.Study, train: pd.DataFrame, valid: pd.DataFrame, *,
         epochs_run = 0
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id,
                               tags={RUN_KEY_TAG: run_key, KIND_TAG: "trial", "optuna.study": study.study_name,
-                                    "optuna.trial": str(trial.number)}):
+                                    "optuna.trial": str(trial.number), "tuning.worker": str(worker)}):
             mlflow.log_params({**trial.params, "hidden_sizes": params["hidden_sizes"]})
 
             def on_epoch(epoch: int, value: float) -> None:

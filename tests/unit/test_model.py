@@ -194,3 +194,12 @@ def test_dataloader_path_trains_the_same_model_as_slices(splits: tuple[pd.DataFr
     assert states[0][0] == pytest.approx(states[1][0], rel=1e-6)
     for name, value in states[0][1].items():
         torch.testing.assert_close(value, states[1][1][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_numeric_inputs_are_clipped_to_the_training_range(make_training_frame: Callable[..., pd.DataFrame]) -> None:
+    frame = make_training_frame(400)
+    pre = M.Preprocessor().fit(frame)
+    column = pre.numeric.index("wind_speed")
+    glitch = frame.head(2).assign(wind_speed=[1048.0, -5.0])
+    bounds = frame.head(2).assign(wind_speed=[frame["wind_speed"].max(), frame["wind_speed"].min()])
+    assert torch.equal(pre.transform(glitch)[1][:, column], pre.transform(bounds)[1][:, column])
