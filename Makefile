@@ -30,7 +30,7 @@ run: $(STAMP) ## Run the pipeline through Airflow on embedded defaults (demo win
 test: $(STAMP) ## Run the whole test suite (unit, data, dags, integration, e2e)
 	@$(BIN)/python -m pytest
 
-bench: $(STAMP) ## Benchmark ingestion, validation and the feature store (vs stock Feast); writes $PIPELINE_HOME/bench/results.json
+bench: $(STAMP) ## Benchmark ingestion, validation, the feature store (vs stock Feast) and training; writes $PIPELINE_HOME/bench/results.json
 	@$(BIN)/python -m pipelines bench
 
 lint: $(STAMP) ## ruff (with Airflow's AIR rules) and mypy on pipelines/

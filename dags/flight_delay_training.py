@@ -15,6 +15,10 @@ The training window is **start_date** .. **end_date** when given, else the **win
    goes to `models/{run}/model.pt` and MLflow.
 5. `evaluate_model`: ROC AUC, PR AUC, log loss, Brier and a calibration plot on the test window, beside a
    base-rate and a logistic-regression baseline on the same features and split.
+
+Tuning and the final training go to the queue `training` (a GPU worker's queue under Celery; the local executors
+and `airflow dags test` ignore queues). The run key (DAG id, date, run id) names the study, the MLflow runs and the
+lake folders, so a retried task resumes what it started.
 """
 
 from __future__ import annotations

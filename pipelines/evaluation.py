@@ -26,7 +26,6 @@ EPSILON = 1e-7
 MAX_ITER = 2000
 """lbfgs converges in about 30 iterations on ~60k rows x ~70 columns; the margin is for real data's larger
 vocabularies, and a warning is logged if it is ever reached."""
-METRIC_NAMES = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
 
 
 class Predictor(Protocol):

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METRIC = "valid_log_loss"
-FINISHED_STATES = ("COMPLETE", "PRUNED")
 HEARTBEAT_SECONDS = 30
 
 
