@@ -98,7 +98,9 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     run_key = args.run_key or f"cli/{days[-1]}/{datetime.now(UTC):%Y%m%dT%H%M%S}"
     result = train_pipeline(days, run_key, trials=args.trials, time_budget_s=args.time_budget_minutes * 60,
                             max_epochs=args.max_epochs, valid_days=args.valid_days, test_days=args.test_days)
-    print(format_evaluation(result["evaluation"]["metrics"]), file=sys.stderr)  # noqa: T201 - the command's output
+    evaluation = result["evaluation"]
+    table = format_evaluation(evaluation["metrics"], comparison=evaluation["network_vs_logistic_regression"])
+    print(table, file=sys.stderr)  # noqa: T201 - the command's output
     return result
 
 

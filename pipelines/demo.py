@@ -133,7 +133,7 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
             evaluation = latest_evaluation(settings)
         first, last = (moment[:10] for moment in evaluation["test_window"])
         say(f"Model evaluation on the test window {first} .. {last} (run {evaluation['run_key']})")
-        say(format_evaluation(evaluation["metrics"]))
+        say(format_evaluation(evaluation["metrics"], comparison=evaluation["network_vs_logistic_regression"]))
         say(f"  MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
         summary["evaluation"] = evaluation
     say(f"  Airflow log: {log_file}")

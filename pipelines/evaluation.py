@@ -96,6 +96,35 @@ def evaluate_predictions(y: np.ndarray, predictions: dict[str, np.ndarray]) -> d
     return {name: classification_metrics(y, p) for name, p in predictions.items()}
 
 
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC by the Mann-Whitney rank formula (ties get average ranks): fast enough to bootstrap."""
+    from scipy.stats import rankdata
+
+    positives = y == 1
+    n_pos = int(positives.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((rankdata(p)[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def paired_bootstrap_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, *, resamples: int = 1000,
+                                    confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """ROC AUC of model a minus model b on the same flights, with a percentile interval from resampling the
+    flights (both models scored on each resample, so what they share cancels out)."""
+    y, p_a = _checked(y, p_a)
+    _, p_b = _checked(y, p_b)
+    rng = np.random.default_rng(seed)
+    differences = np.empty(resamples)
+    for i in range(resamples):
+        index = rng.integers(0, len(y), len(y))
+        differences[i] = _auc(y[index], p_a[index]) - _auc(y[index], p_b[index])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.nanpercentile(differences, [tail, 100 - tail])
+    return {"difference": _auc(y, p_a) - _auc(y, p_b), "low": float(low), "high": float(high),
+            "confidence": confidence, "resamples": float(resamples)}
+
+
 def calibration_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]],
                        title: str = "Calibration on the test window") -> Figure:
     """Reliability diagram (one line per model, the diagonal is perfect calibration) over a histogram of each
@@ -185,8 +214,10 @@ def fit_baselines(train: pd.DataFrame) -> dict[str, Predictor]:
     return {model.name: model.fit(train) for model in (BaseRateModel(), LogisticRegressionModel())}
 
 
-def format_evaluation(metrics: dict[str, dict[str, float]], reference: str = "logistic_regression") -> str:
-    """A terminal table of the models' test metrics and a line on whether the network beats the reference."""
+def format_evaluation(metrics: dict[str, dict[str, float]], reference: str = "logistic_regression",
+                      comparison: dict[str, float] | None = None) -> str:
+    """A terminal table of the models' test metrics and a line on whether the network beats the reference, with
+    the paired bootstrap interval of the difference when ``comparison`` gives it."""
     header = f"  {'model':<22}{'ROC AUC':>9}{'PR AUC':>9}{'log loss':>10}{'Brier':>9}{'ECE':>9}{'flights':>9}"
     lines = [header]
     for name, m in metrics.items():
@@ -199,5 +230,9 @@ def format_evaluation(metrics: dict[str, dict[str, float]], reference: str = "lo
             lines.append(f"  The network cannot be compared with {against} (undefined on one class).")
         else:
             verdict = "beats" if gap > 0 else "does NOT beat"
-            lines.append(f"  The network {verdict} {against} ({gap:+.4f}).")
+            interval = ""
+            if comparison is not None:
+                interval = (f", {comparison['confidence']:.0%} paired bootstrap interval "
+                            f"[{comparison['low']:+.4f}, {comparison['high']:+.4f}]")
+            lines.append(f"  The network {verdict} {against} ({gap:+.4f}{interval}).")
     return "\n".join(lines)

@@ -212,7 +212,12 @@ def evaluate_model(run_key: str, settings: Settings | None = None) -> dict[str, 
     (metrics, calibration plot, JSON) and as ``models/{run}/evaluation.json``."""
     import mlflow
 
-    from pipelines.evaluation import calibration_figure, evaluate_predictions, fit_baselines
+    from pipelines.evaluation import (
+        calibration_figure,
+        evaluate_predictions,
+        fit_baselines,
+        paired_bootstrap_auc_difference,
+    )
     from pipelines.model import LABEL
 
     settings, lake = _open(settings)
@@ -228,15 +233,22 @@ def evaluate_model(run_key: str, settings: Settings | None = None) -> dict[str, 
         predictions[name] = baseline.predict_proba(test)
     metrics = evaluate_predictions(y, predictions)
     manifest = read_manifest(run_key, settings)
-    evaluation = {"run_key": run_key, "test_window": [manifest["splits"]["test"]["first_departure"],
-                                                      manifest["splits"]["test"]["last_departure"]],
-                  "metrics": metrics, "beats_logistic_regression": bool(
-                      metrics["network"]["roc_auc"] > metrics["logistic_regression"]["roc_auc"])}
+    comparison = paired_bootstrap_auc_difference(y, predictions["network"], predictions["logistic_regression"])
+    test_split = manifest["splits"]["test"]
+    evaluation: dict[str, Any] = {
+        "run_key": run_key, "test_window": [test_split["first_departure"], test_split["last_departure"]],
+        "metrics": metrics,
+        "beats_logistic_regression": bool(metrics["network"]["roc_auc"] > metrics["logistic_regression"]["roc_auc"]),
+        "network_vs_logistic_regression": comparison,
+    }
     lake.write_text(_model_key(run_key, "evaluation.json"), json.dumps(evaluation, indent=2))
     with mlflow.start_run(run_id=final.info.run_id):
         for model_name, values in metrics.items():
             prefix = "test_" if model_name == "network" else f"{model_name}_test_"
             mlflow.log_metrics({prefix + k: float(v) for k, v in values.items()})
+        mlflow.log_metrics({"test_roc_auc_minus_logistic_regression": comparison["difference"],
+                            "test_roc_auc_minus_logistic_regression_low": comparison["low"],
+                            "test_roc_auc_minus_logistic_regression_high": comparison["high"]})
         mlflow.log_figure(calibration_figure({name: (y, p) for name, p in predictions.items()}),
                           "evaluation/calibration.png")
         mlflow.log_dict(evaluation, "evaluation/evaluation.json")

@@ -37,13 +37,13 @@ def study_name(run_key: str) -> str:
 
 def suggest_params(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     """The search space; every parameter is present in every trial so importances compare like with like."""
-    width = trial.suggest_categorical("width", [32, 64, 128, 256])
+    width = trial.suggest_categorical("width", [16, 32, 64, 128, 256])
     depth = trial.suggest_int("depth", 1, 3)
     return {
         "hidden_sizes": [max(8, width // 2**i) for i in range(depth)],
-        "dropout": trial.suggest_float("dropout", 0.0, 0.4),
+        "dropout": trial.suggest_float("dropout", 0.0, 0.5),
         "lr": trial.suggest_float("lr", 3e-4, 1e-2, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
         "batch_size": trial.suggest_categorical("batch_size", [512, 1024, 2048]),
         "imbalance_power": trial.suggest_float("imbalance_power", 0.0, 1.0),
     }

@@ -108,3 +108,17 @@ def test_format_evaluation_names_every_model_and_the_verdict() -> None:
     undefined = E.format_evaluation({"network": one_class, "logistic_regression": one_class})
     assert "cannot be compared" in undefined and "beats" not in undefined
     assert "network" in E.format_evaluation({"network": row}).splitlines()[-1]  # no reference, no verdict line
+
+
+def test_paired_bootstrap_interval_of_the_auc_difference() -> None:
+    rng = np.random.default_rng(3)
+    y = (rng.random(3000) < 0.3).astype(int)
+    signal = y + rng.normal(0, 1, 3000)
+    better = 1 / (1 + np.exp(-signal))
+    worse = 1 / (1 + np.exp(-(signal + rng.normal(0, 2, 3000))))
+    result = E.paired_bootstrap_auc_difference(y, better, worse, resamples=300)
+    expected = _mann_whitney_auc(y, better) - _mann_whitney_auc(y, worse)
+    assert result["difference"] == pytest.approx(expected)
+    assert 0 < result["low"] < expected < result["high"]
+    same = E.paired_bootstrap_auc_difference(y, better, better, resamples=50)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
