@@ -15,6 +15,11 @@ The training window is **start_date** .. **end_date** when given, else the **win
    goes to `models/{run}/model.pt` and MLflow.
 5. `evaluate_model`: ROC AUC, PR AUC, log loss, Brier and a calibration plot on the test window, beside a
    base-rate and a logistic-regression baseline on the same features and split.
+6. `register_model`: the model (preprocessing inside) logged to MLflow with signature, input example and lineage
+   tags, registered as `flight_delay_classifier` with alias `challenger` (a rerun finds its version).
+7. `promote_model`: the gate. Challenger and `champion` scored on the same test window; promoted (aliases
+   `champion`, `previous_champion`) only above the ROC AUC floor, within the tolerance of the champion (paired
+   bootstrap) and without a Brier regression. The decision and its reasons: `models/{run}/promotion.json` and tags.
 
 Tuning and the final training go to the queue `training` (a GPU worker's queue under Celery; the local executors
 and `airflow dags test` ignore queues). The run key (DAG id, date, run id) names the study, the MLflow runs and the
@@ -113,16 +118,31 @@ def flight_delay_training() -> None:
         _, run_key, params = _run()
         return train_final_model(run_key, max_epochs=int(params["max_epochs"]))
 
-    @task(outlets=[TRAINED_MODEL])
+    @task
     def evaluate_model() -> dict:
         from pipelines.training import evaluate_model
 
         _, run_key, _ = _run()
         return evaluate_model(run_key)
 
+    @task
+    def register_model() -> dict:
+        from pipelines.registry import register_model
+
+        _, run_key, _ = _run()
+        return register_model(run_key)
+
+    @task(outlets=[TRAINED_MODEL])
+    def promote_model() -> dict:
+        from pipelines.registry import promote_model
+
+        _, run_key, _ = _run()
+        return promote_model(run_key)
+
     workers = start_tuning()
     build_training_set() >> workers
-    tune_hyperparameters.expand(worker=workers) >> train_final_model() >> evaluate_model()
+    (tune_hyperparameters.expand(worker=workers) >> train_final_model() >> evaluate_model() >> register_model()
+     >> promote_model())
 
 
 flight_delay_training()

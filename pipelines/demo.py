@@ -134,6 +134,11 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
         first, last = (moment[:10] for moment in evaluation["test_window"])
         say(f"Model evaluation on the test window {first} .. {last} (run {evaluation['run_key']})")
         say(format_evaluation(evaluation["metrics"], comparison=evaluation["network_vs_logistic_regression"]))
+        from pipelines.registry import format_decision, read_decision
+
+        decision = read_decision(evaluation["run_key"], settings)
+        say(format_decision(decision))
+        summary["promotion"] = decision
         say(f"  MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
         summary["evaluation"] = evaluation
     say(f"  Airflow log: {log_file}")

@@ -48,7 +48,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 
-def _categorical_values(frame: pd.DataFrame, column: str) -> pd.Series:
+def categorical_values(frame: pd.DataFrame, column: str) -> pd.Series:
     """The column as strings with missing values as None; ``dest`` is derived from ``route`` ("JFK-LAX")."""
     if column == "dest" and "dest" not in frame.columns and "route" in frame.columns:
         values = frame["route"].astype("string").str.split("-", n=1).str[1]
@@ -88,7 +88,7 @@ class Preprocessor:
     def fit(self, frame: pd.DataFrame) -> Preprocessor:
         """Learn vocabularies (sorted for determinism) and mean/std; columns missing in training get an indicator."""
         self.vocabularies = {
-            column: sorted(set(_categorical_values(frame, column).dropna().tolist())) for column in self.categorical
+            column: sorted(set(categorical_values(frame, column).dropna().tolist())) for column in self.categorical
         }
         self.means, self.stds, self.missing_indicators, self.ranges = {}, {}, [], {}
         for column in self.numeric:
@@ -121,7 +121,7 @@ class Preprocessor:
         cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, column in enumerate(self.categorical):
             lookup = {value: i + 1 for i, value in enumerate(self.vocabularies[column])}
-            values = _categorical_values(frame, column)
+            values = categorical_values(frame, column)
             cat[:, j] = [lookup.get(v, UNKNOWN_INDEX) if v is not None else UNKNOWN_INDEX for v in values]
         num = np.zeros((n, self.n_numeric), dtype=np.float32)
         for j, column in enumerate(self.numeric):

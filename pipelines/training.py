@@ -22,6 +22,7 @@ import pandas as pd
 from pipelines.lake import Lake, open_lake, partition_key
 from pipelines.settings import Settings, get_settings
 from pipelines.tracking import find_or_create_run, find_run, run_slug, use_tracking
+from pipelines.validation import VERDICT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def _split_key(run_key: str, split: str) -> str:
     return f"training/{run_slug(run_key)}/{split}.parquet"
 
 
-def _model_key(run_key: str, name: str) -> str:
+def model_key(run_key: str, name: str) -> str:
     return f"models/{run_slug(run_key)}/{name}"
 
 
@@ -88,8 +89,13 @@ def build_training_set(days: Iterable[date], run_key: str, settings: Settings | 
                         "last_departure": str(departures.max()),
                         "disruption_rate": round(float(part[LABEL].mean()), 4),
                         "uri": lake.url(_split_key(run_key, name))}
+    validations = []
+    for day in used:  # which validated content, checked by which GX run, the model was trained on
+        verdict = json.loads(lake.read_text(partition_key("validated", "flights", day, VERDICT_FILE)))
+        validations.append({k: verdict.get(k) for k in ("date", "content_hash", "gx_run_id", "status")})
     manifest = {
         "run_key": run_key, "window": [str(days[0]), str(days[-1])], "days_used": len(used),
+        "validations": validations,
         "days_missing": [str(d) for d in missing], "feature_service": FEATURE_SERVICE,
         "partitions": [partition_key("validated", "flights", d, "data.parquet") for d in used],
         "columns": len(frame.columns), "splits": splits, "training_set_sha256": digest.hexdigest(),
@@ -158,11 +164,11 @@ def train_final_model(run_key: str, settings: Settings | None = None, *, max_epo
     settings, lake = _open(settings)
     manifest = read_manifest(run_key, settings)
     experiment_id = use_tracking(settings)
-    model_key = _model_key(run_key, "model.pt")
+    model_file = model_key(run_key, "model.pt")
     existing = find_run(experiment_id, run_key, "final")
-    if existing is not None and existing.info.status == "FINISHED" and lake.exists(model_key):
-        log.info("train_final_model: run %s already trained %s", run_key, lake.url(model_key))
-        return {"mlflow_run_id": existing.info.run_id, "model_uri": lake.url(model_key), "reused": True}
+    if existing is not None and existing.info.status == "FINISHED" and lake.exists(model_file):
+        log.info("train_final_model: run %s already trained %s", run_key, lake.url(model_file))
+        return {"mlflow_run_id": existing.info.run_id, "model_uri": lake.url(model_file), "reused": True}
 
     study = open_study(settings, run_key)
     tuning = start_tuning(run_key, settings)
@@ -189,13 +195,13 @@ def train_final_model(run_key: str, settings: Settings | None = None, *, max_epo
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
         mlflow.log_metrics({"best_epoch": model.best_epoch, "train_seconds": seconds})
         data = model.to_bytes()
-        lake.write_bytes(model_key, data)
+        lake.write_bytes(model_file, data)
         mlflow.log_dict(model.preprocessor.to_dict(), "model/preprocessor.json")
         mlflow.log_dict(manifest, "model/training_manifest.json")
-        mlflow.set_tag("model_uri", lake.url(model_key))
+        mlflow.set_tag("model_uri", lake.url(model_file))
     log.info("train_final_model: best epoch %d of %d in %.1fs on %s -> %s", model.best_epoch, len(model.history),
-             seconds, device.type, lake.url(model_key))
-    return {"mlflow_run_id": final_id, "model_uri": lake.url(model_key), "params": params,
+             seconds, device.type, lake.url(model_file))
+    return {"mlflow_run_id": final_id, "model_uri": lake.url(model_file), "params": params,
             "best_epoch": model.best_epoch, "seconds": round(seconds, 1), "reused": False}
 
 
@@ -203,7 +209,7 @@ def load_model(run_key: str, settings: Settings | None = None) -> Any:
     from pipelines.model import TrainedModel
 
     settings, lake = _open(settings)
-    return TrainedModel.from_bytes(lake.read_bytes(_model_key(run_key, "model.pt")))
+    return TrainedModel.from_bytes(lake.read_bytes(model_key(run_key, "model.pt")))
 
 
 def evaluate_model(run_key: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -241,7 +247,7 @@ def evaluate_model(run_key: str, settings: Settings | None = None) -> dict[str, 
         "beats_logistic_regression": bool(metrics["network"]["roc_auc"] > metrics["logistic_regression"]["roc_auc"]),
         "network_vs_logistic_regression": comparison,
     }
-    lake.write_text(_model_key(run_key, "evaluation.json"), json.dumps(evaluation, indent=2))
+    lake.write_text(model_key(run_key, "evaluation.json"), json.dumps(evaluation, indent=2))
     with mlflow.start_run(run_id=final.info.run_id):
         for model_name, values in metrics.items():
             prefix = "test_" if model_name == "network" else f"{model_name}_test_"
@@ -260,7 +266,7 @@ def evaluate_model(run_key: str, settings: Settings | None = None) -> dict[str, 
 
 def read_evaluation(run_key: str, settings: Settings | None = None) -> dict[str, Any]:
     settings, lake = _open(settings)
-    return dict(json.loads(lake.read_text(_model_key(run_key, "evaluation.json"))))
+    return dict(json.loads(lake.read_text(model_key(run_key, "evaluation.json"))))
 
 
 def latest_evaluation(settings: Settings | None = None) -> dict[str, Any]:

@@ -208,7 +208,8 @@ def test_flight_delay_training_runs_weekly_and_on_retrain_requests(dagbag: Any) 
 def test_flight_delay_training_chain_fans_tuning_out(dagbag: Any) -> None:
     training = _dag(dagbag, DAGS_DIR / "flight_delay_training.py")
     assert [t.task_id for t in training.topological_sort()] == [
-        "build_training_set", "start_tuning", "tune_hyperparameters", "train_final_model", "evaluate_model"]
+        "build_training_set", "start_tuning", "tune_hyperparameters", "train_final_model", "evaluate_model",
+        "register_model", "promote_model"]
     assert type(training.get_task("tune_hyperparameters")).__name__.endswith("MappedOperator")
     for name, default in {"trials": 20, "time_budget_minutes": 30, "tuning_workers": 1, "window_days": 90}.items():
         param = training.params.get_param(name)

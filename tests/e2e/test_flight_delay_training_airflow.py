@@ -2,7 +2,8 @@
 (validated flights and weather, feature tables, Feast registry): a manual run with a window, a few trials and few
 epochs. Verified where the results live: the run's task states, the Optuna study in its SQLite storage, the MLflow
 runs (tuning parent, nested trials, final run with test metrics and plots), the lake's model and evaluation, and
-the asset event."""
+the asset event; then the registry: the first model promoted with its lineage, a rerun registering nothing, and
+a second weekly run gated against the champion."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 
 from pipelines.demo import TRAINING_START, airflow_env
+from pipelines.registry import MODEL_NAME, model_input, register_model
 from pipelines.settings import PROJECT_ROOT, Settings
-from pipelines.tracking import KIND_TAG, RUN_KEY_TAG, use_tracking
-from pipelines.training import read_evaluation
+from pipelines.tracking import KIND_TAG, RUN_KEY_TAG, run_slug, use_tracking
+from pipelines.training import load_model, read_evaluation, read_splits
 from pipelines.tuning import study_name
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +57,8 @@ def trained(real_data: Settings) -> dict[str, Any]:
     assert migrated.returncode == 0, _tail(migrated)
     result = _airflow(["dags", "test", DAG_ID, TRAINING_START.isoformat(), "-c", json.dumps(CONF)], env)
     assert result.returncode == 0, _tail(result)
-    (run,) = _query(env, "SELECT run_id, state FROM dag_run WHERE dag_id = ?", DAG_ID)
+    (run,) = _query(env, "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND logical_date LIKE '2013-04-01%'",
+                    DAG_ID)
     return {"env": env, "run_id": run["run_id"], "state": run["state"],
             "run_key": f"{DAG_ID}/2013-04-01T00:00:00+00:00/{run['run_id']}"}
 
@@ -64,8 +68,9 @@ def test_every_task_succeeds(trained: dict[str, Any]) -> None:
     rows = _query(trained["env"], "SELECT task_id, map_index, state FROM task_instance WHERE run_id = ?",
                   trained["run_id"])
     assert sorted((r["task_id"], r["map_index"], r["state"]) for r in rows) == [
-        ("build_training_set", -1, "success"), ("evaluate_model", -1, "success"), ("start_tuning", -1, "success"),
-        ("train_final_model", -1, "success"), ("tune_hyperparameters", 0, "success")]
+        ("build_training_set", -1, "success"), ("evaluate_model", -1, "success"), ("promote_model", -1, "success"),
+        ("register_model", -1, "success"), ("start_tuning", -1, "success"), ("train_final_model", -1, "success"),
+        ("tune_hyperparameters", 0, "success")]
 
 
 def test_study_holds_the_requested_trials(trained: dict[str, Any], real_data: Settings) -> None:
@@ -106,5 +111,56 @@ def test_model_and_evaluation_are_in_the_lake(trained: dict[str, Any], real_data
 
 def test_trained_model_is_announced(trained: dict[str, Any]) -> None:
     rows = _query(trained["env"], "SELECT asset.name AS name FROM asset_event JOIN asset ON asset.id = "
-                                  "asset_event.asset_id WHERE asset_event.source_dag_id = ?", DAG_ID)
+                                  "asset_event.asset_id WHERE asset_event.source_dag_id = ? AND "
+                                  "asset_event.source_run_id = ?", DAG_ID, trained["run_id"])
     assert [row["name"] for row in rows] == ["flight_delay_trained_model"]
+
+
+def test_first_model_is_registered_with_lineage_and_promoted(trained: dict[str, Any], real_data: Settings) -> None:
+    use_tracking(real_data)
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert version.tags[RUN_KEY_TAG] == trained["run_key"]
+    assert version.tags["lineage.window"] == "2013-01-01..2013-02-28"
+    assert version.tags["lineage.partitions"] == "59" and version.tags["lineage.feature_service"] == "flight_delay_v1"
+    assert version.tags["lineage.validation_runs"] and len(version.tags["lineage.training_set_sha256"]) == 64
+    assert version.tags["lineage.optuna_study"] == study_name(trained["run_key"])
+    assert version.tags["gate.decision"] == "promote"
+    decision = json.loads((real_data.pipeline_home / "lake" / "models" / run_slug(trained["run_key"])
+                           / "promotion.json").read_text())
+    assert decision["decision"] == "promote" and decision["champion_version"] is None
+    assert "no champion yet" in " ".join(decision["reasons"])
+
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    test = read_splits(trained["run_key"], real_data)["test"]
+    expected = load_model(trained["run_key"], real_data).predict_proba(test)
+    np.testing.assert_allclose(model.predict(model_input(test)), expected, rtol=1e-6)
+
+
+def test_rerun_of_a_run_key_registers_nothing_new(trained: dict[str, Any], real_data: Settings) -> None:
+    use_tracking(real_data)
+    before = len(mlflow.MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'"))
+    again = register_model(trained["run_key"], real_data)
+    assert again["registered"] is False
+    assert len(mlflow.MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")) == before
+
+
+def test_second_run_is_gated_against_the_champion(trained: dict[str, Any], real_data: Settings) -> None:
+    """A later weekly run: a new version, judged against the champion on its own test window."""
+    result = _airflow(["dags", "test", DAG_ID, "2013-04-08", "-c", json.dumps(CONF | {"trials": 2})], trained["env"])
+    assert result.returncode == 0, _tail(result)
+    use_tracking(real_data)
+    client = mlflow.MlflowClient()
+    second = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    first = client.get_model_version(MODEL_NAME, "1")
+    assert str(second.version) != str(first.version)
+    assert second.tags["gate.champion_version"] == str(first.version)
+    decision = json.loads((real_data.pipeline_home / "lake" / "models" / run_slug(second.tags[RUN_KEY_TAG])
+                           / "promotion.json").read_text())
+    assert any("bootstrap" in reason or "interval" in reason for reason in decision["reasons"])
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    if decision["decision"] == "promote":
+        assert str(champion.version) == str(second.version)
+        assert str(client.get_model_version_by_alias(MODEL_NAME, "previous_champion").version) == str(first.version)
+    else:
+        assert str(champion.version) == str(first.version)

@@ -1,0 +1,269 @@
+"""The model registry: the trained model logged to MLflow with its lineage, registered as ``flight_delay_classifier``,
+and the promotion gate that moves the ``champion`` alias.
+
+``register_model`` logs the run key's model as an MLflow pyfunc (signature, input example, the preprocessing inside
+``model.pt``) on its final training run and registers it, tagged with its lineage; a rerun of the same run key finds
+the version it registered and registers nothing new. ``promote_model`` scores the new version (``challenger``) and
+the current ``champion`` on the run's test window and promotes only when the challenger clears an absolute floor,
+is not worse than the champion beyond a tolerance on ROC AUC (judged on a paired bootstrap interval) and does not
+regress calibration (Brier) beyond its tolerance. The decision and its reasons are written as JSON and as tags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.lake import open_lake
+from pipelines.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.tracking import RUN_KEY_TAG, find_run, use_tracking
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "flight_delay_classifier"
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """When a challenger may replace the champion."""
+
+    roc_auc_floor: float = 0.60
+    """Absolute floor: below it a model is not served, champion or not."""
+    roc_auc_tolerance: float = 0.01
+    """The challenger may be at most this much worse than the champion (lower end of the bootstrap interval)."""
+    brier_tolerance: float = 0.005
+    """Calibration must not get worse than this (Brier score, absolute)."""
+    resamples: int = 1000
+
+
+def model_input(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns the model reads, with stable types (text categoricals, float numerics): what a caller sends."""
+    from pipelines.model import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS, categorical_values
+
+    categorical = [c for c in ("carrier", "origin", "route", *CATEGORICAL_COLUMNS) if c != "dest"]
+    out = pd.DataFrame(index=frame.index)
+    for column in dict.fromkeys(categorical):
+        out[column] = categorical_values(frame, column)
+    for column in NUMERIC_COLUMNS:
+        out[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64") if column in frame.columns \
+            else np.nan
+    return out.reset_index(drop=True)
+
+
+try:
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover - mlflow is a dependency; this keeps the module importable without it
+    PythonModel = object  # type: ignore[misc,assignment]
+
+
+class FlightDelayModel(PythonModel):  # type: ignore[misc,valid-type]
+    """The pyfunc wrapper: loads ``model.pt`` (weights, vocabularies, scaling, calibration) and returns
+    disruption probabilities for rows shaped like ``model_input``."""
+
+    def load_context(self, context: Any) -> None:
+        from pathlib import Path
+
+        from pipelines.model import TrainedModel
+
+        self.model = TrainedModel.from_bytes(Path(context.artifacts["model"]).read_bytes())
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
+        return self.model.predict_proba(model_input)
+
+
+def code_version() -> str:
+    """The git commit of the checkout when there is one, else the installed package's version."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"flight-delay-pipeline=={metadata.version('flight-delay-pipeline')}"
+
+
+def lineage_tags(manifest: dict[str, Any], study: str) -> dict[str, str]:
+    """What made the model, as registry tags: the run key, window, partitions and their validation runs, the
+    feature service, the Optuna study, the code and the training set."""
+    validations = manifest.get("validations", [])
+    partitions_sha = hashlib.sha256("".join(v["content_hash"] or "" for v in validations).encode()).hexdigest()
+    gx_runs = sorted({str(v["gx_run_id"]).split("|flights|")[0] for v in validations if v.get("gx_run_id")})
+    return {
+        RUN_KEY_TAG: manifest["run_key"],
+        "lineage.window": "..".join(manifest["window"]),
+        "lineage.partitions": str(len(manifest["partitions"])),
+        "lineage.partitions_sha256": partitions_sha,
+        "lineage.validation_runs": ";".join(gx_runs)[:5000],
+        "lineage.feature_service": manifest["feature_service"],
+        "lineage.optuna_study": study,
+        "lineage.code_version": code_version(),
+        "lineage.training_set_sha256": manifest["training_set_sha256"],
+    }
+
+
+def find_version(run_key: str) -> ModelVersion | None:
+    """The version this run key registered before, if any."""
+    from mlflow import MlflowClient
+
+    for version in MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'"):
+        if version.tags.get(RUN_KEY_TAG) == run_key:
+            return version
+    return None
+
+
+def register_model(run_key: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Log the run key's model as a pyfunc on its final run and register it (alias ``challenger``); check first."""
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    from pipelines.training import model_key, read_manifest, read_splits
+
+    settings = settings or get_settings()
+    experiment_id = use_tracking(settings)
+    client = MlflowClient()
+    existing = find_version(run_key)
+    if existing is not None:
+        log.info("register_model: %s already registered as version %s", run_key, existing.version)
+        return {"name": MODEL_NAME, "version": existing.version, "registered": False}
+    final = find_run(experiment_id, run_key, "final")
+    if final is None:
+        raise FileNotFoundError(f"no final model for run {run_key}: run train_final_model first")
+    manifest = read_manifest(run_key, settings)
+    example = model_input(read_splits(run_key, settings)["test"].head(5))
+    lake = open_lake(settings)
+    local = settings.pipeline_home / "registry" / final.info.run_id / "model.pt"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(lake.read_bytes(model_key(run_key, "model.pt")))
+    wrapper = FlightDelayModel()
+    wrapper.load_context(type("Context", (), {"artifacts": {"model": str(local)}})())
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"pandas=={pd.__version__}",
+                    f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"]
+    with mlflow.start_run(run_id=final.info.run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=wrapper, artifacts={"model": str(local)}, input_example=example,
+            signature=infer_signature(example, wrapper.predict(None, example)), pip_requirements=requirements,
+        )
+    tags = lineage_tags(manifest, final.data.tags.get("optuna.study", ""))
+    version = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version.version)
+    log.info("register_model: %s version %s (%s)", MODEL_NAME, version.version, info.model_uri)
+    return {"name": MODEL_NAME, "version": version.version, "registered": True, "model_uri": info.model_uri}
+
+
+def _alias(alias: str) -> ModelVersion | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(MODEL_NAME, alias)
+    except MlflowException:
+        return None
+
+
+def decide(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None,
+           policy: GatePolicy) -> tuple[bool, list[str], dict[str, Any]]:
+    """The gate's judgement and its reasons in words; pure, so it is tested on its own."""
+    from pipelines.evaluation import classification_metrics, paired_bootstrap_auc_difference
+
+    scores: dict[str, Any] = {"challenger": classification_metrics(y, challenger)}
+    auc = scores["challenger"]["roc_auc"]
+    reasons = []
+    ok = bool(auc >= policy.roc_auc_floor)
+    reasons.append(f"challenger ROC AUC {auc:.4f} {'clears' if ok else 'is below'} the floor "
+                   f"{policy.roc_auc_floor:.2f}")
+    if champion is None:
+        reasons.append("no champion yet: the first model is promoted when it clears the floor")
+        return ok, reasons, scores
+    scores["champion"] = classification_metrics(y, champion)
+    comparison = paired_bootstrap_auc_difference(y, challenger, champion, resamples=policy.resamples)
+    scores["roc_auc_difference"] = comparison
+    auc_ok = comparison["low"] >= -policy.roc_auc_tolerance
+    reasons.append(f"ROC AUC challenger - champion {comparison['difference']:+.4f}, 95% interval "
+                   f"[{comparison['low']:+.4f}, {comparison['high']:+.4f}]: "
+                   + ("within" if auc_ok else "worse than") + f" the tolerance {policy.roc_auc_tolerance:.3f}")
+    brier_change = scores["challenger"]["brier"] - scores["champion"]["brier"]
+    brier_ok = brier_change <= policy.brier_tolerance
+    reasons.append(f"Brier {scores['challenger']['brier']:.4f} vs champion {scores['champion']['brier']:.4f} "
+                   f"({brier_change:+.4f}): " + ("within" if brier_ok else "beyond")
+                   + f" the tolerance {policy.brier_tolerance:.3f}")
+    return ok and auc_ok and brier_ok, reasons, scores
+
+
+def promote_model(run_key: str, settings: Settings | None = None,
+                  policy: GatePolicy | None = None) -> dict[str, Any]:
+    """The gate on the run's test window; moves ``champion`` (and ``previous_champion``) only on promotion. The
+    decision is recorded as ``models/{run}/promotion.json`` and as tags; a rerun returns the recorded decision."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.model import LABEL
+    from pipelines.training import load_model, model_key, read_splits
+
+    settings = settings or get_settings()
+    policy = policy or GatePolicy()
+    use_tracking(settings)
+    lake = open_lake(settings)
+    key = model_key(run_key, "promotion.json")
+    if lake.exists(key):
+        decision = json.loads(lake.read_text(key))
+        log.info("promote_model: %s already decided: %s", run_key, decision["decision"])
+        return dict(decision)
+    challenger = find_version(run_key)
+    if challenger is None:
+        raise FileNotFoundError(f"run {run_key} registered no model: run register_model first")
+    test = read_splits(run_key, settings)["test"]
+    y = test[LABEL].to_numpy()
+    champion = _alias(CHAMPION)
+    if champion is not None and champion.version == challenger.version:
+        champion = None
+    champion_p = None
+    if champion is not None:
+        champion_p = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{champion.version}")
+                                .predict(model_input(test)), dtype=np.float64)
+    promote, reasons, scores = decide(y, load_model(run_key, settings).predict_proba(test), champion_p, policy)
+    decision = {
+        "run_key": run_key, "model": MODEL_NAME, "challenger_version": challenger.version,
+        "champion_version": champion.version if champion else None,
+        "decision": "promote" if promote else "reject", "reasons": reasons, "scores": scores,
+        "policy": asdict(policy), "test_rows": len(test),
+    }
+    client = MlflowClient()
+    if promote:
+        if champion is not None:
+            client.set_registered_model_alias(MODEL_NAME, PREVIOUS, champion.version)
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, challenger.version)
+    for name, value in {"gate.decision": decision["decision"], "gate.reasons": " | ".join(reasons)[:5000],
+                        "gate.champion_version": str(decision["champion_version"])}.items():
+        client.set_model_version_tag(MODEL_NAME, challenger.version, name, value)
+    lake.write_text(key, json.dumps(decision, indent=2, default=float))
+    log.info("promote_model: version %s %s: %s", challenger.version, decision["decision"].upper(), "; ".join(reasons))
+    return decision
+
+
+def read_decision(run_key: str, settings: Settings | None = None) -> dict[str, Any]:
+    from pipelines.training import model_key
+
+    settings = settings or get_settings()
+    return dict(json.loads(open_lake(settings).read_text(model_key(run_key, "promotion.json"))))
+
+
+def format_decision(decision: dict[str, Any]) -> str:
+    lines = [f"Registry: {decision['model']} version {decision['challenger_version']}: "
+             f"{decision['decision'].upper()} (champion before: {decision['champion_version'] or 'none'})"]
+    lines += [f"  - {reason}" for reason in decision["reasons"]]
+    return "\n".join(lines)
