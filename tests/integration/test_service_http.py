@@ -1,0 +1,159 @@
+"""The BentoML service for real: ``bentoml serve`` on a free local port, over the session's real 2013 data with a
+model trained, registered and promoted by the pipeline's own steps and the window materialized into the SQLite
+online store. Requests go over HTTP; the prediction log is checked in the lake after a graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import requests
+
+from pipelines.feature_store import materialize_features
+from pipelines.registry import promote_model, register_model
+from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.training import train_pipeline
+
+pytestmark = pytest.mark.integration
+
+RUN_KEY = "service-test/2013-03-01"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(real_data: Settings, real_days: list, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A champion in a tracking store of the module's own, the window online, and the service running."""
+    own = tmp_path_factory.mktemp("service")
+    settings = real_data.model_copy(update={"experiment_tracking_uri": f"sqlite:///{own / 'mlflow.db'}",
+                                            "experiment_artifacts_uri": (own / "artifacts").as_uri(),
+                                            "optuna_storage": f"sqlite:///{own / 'optuna.db'}"})
+    train_pipeline(real_days, RUN_KEY, settings, trials=1, max_epochs=3, valid_days=7, test_days=7)
+    register_model(RUN_KEY, settings)
+    assert promote_model(RUN_KEY, settings)["decision"] == "promote"
+    materialize_features(real_days, settings)
+
+    port = _free_port()
+    env = dict(os.environ, PIPELINE_HOME=str(settings.pipeline_home),
+               EXPERIMENT_TRACKING_URI=settings.tracking_uri,
+               EXPERIMENT_ARTIFACTS_URI=str(settings.experiment_artifacts_uri),
+               BENTOML_HOME=str(own / "bentoml"))
+    log = (own / "serve.log").open("w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
+                               "services.flight_delay_service:FlightDelayService", "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert server.poll() is None, (own / "serve.log").read_text()[-3000:]
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:  # not listening yet, or busy starting the worker
+            pass
+        time.sleep(0.5)
+    else:
+        pytest.fail("service not ready in 120 s:\n" + (own / "serve.log").read_text()[-3000:])
+    state: dict[str, Any] = {"url": url, "settings": settings, "server": server, "served": 0,
+                             "log": own / "serve.log"}
+    yield state
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def _flights(settings: Settings, day: str, n: int) -> list[dict[str, Any]]:
+    """Real scheduled flights of ``day`` as requests (the lake's validated rows, as a caller would send them)."""
+    frame = pd.read_parquet(settings.pipeline_home / "lake" / "validated" / "flights" / f"date={day}" / "data.parquet")
+    frame = frame.head(n)
+    departures = (frame["time_hour"] + pd.to_timedelta(frame["minute"], unit="min")).dt.tz_convert("America/New_York")
+    return [{"carrier": row.carrier, "flight": int(row.flight), "origin": row.origin, "dest": row.dest,
+             "scheduled_departure": departure.isoformat(), "distance": float(row.distance),
+             "tailnum": None if pd.isna(row.tailnum) else row.tailnum}
+            for row, departure in zip(frame.itertuples(), departures, strict=True)]
+
+
+def _predict(served: dict[str, Any], flights: list[dict[str, Any]]) -> requests.Response:
+    response = requests.post(f"{served['url']}/predict", json={"flights": flights}, timeout=60)
+    if response.status_code == 200:
+        served["served"] += len(flights)
+    return response
+
+
+def test_one_real_flight_gets_a_probability_decision_and_version(served: dict[str, Any]) -> None:
+    (flight,) = _flights(served["settings"], "2013-02-27", 1)
+    response = _predict(served, [flight])
+    assert response.status_code == 200, response.text
+    (answer,) = response.json()
+    assert 0 < answer["probability"] < 1 and answer["disrupted"] == (answer["probability"] >= answer["threshold"])
+    assert answer["model_version"] == "1" and answer["features_as_of"].startswith("2013-03-01")
+    assert answer["flight_id"] == f"2013-02-27:{flight['carrier']}{flight['flight']}:{flight['origin']}"
+
+
+def test_many_flights_in_one_request(served: dict[str, Any]) -> None:
+    flights = _flights(served["settings"], "2013-02-28", 200)
+    response = _predict(served, flights)
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert len(answers) == 200 and len({a["flight_id"] for a in answers}) == 200
+
+
+def test_unknown_carrier_and_plane_are_served(served: dict[str, Any]) -> None:
+    (flight,) = _flights(served["settings"], "2013-02-27", 1)
+    response = _predict(served, [flight | {"carrier": "ZZ", "tailnum": "N00000"}])
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"dest": "XXX"}, "dest"), ({"dest": "lax"}, "dest"), ({"flight": "seven"}, "flight"),
+    ({"scheduled_departure": "2013-02-30T25:00:00"}, "scheduled_departure"), ({"origin": "BOS"}, "origin"),
+    ({"distance": -5}, "distance"), ({"surprise": 1}, "surprise"),
+])
+def test_bad_input_is_a_4xx_naming_the_field(served: dict[str, Any], change: dict[str, Any], field: str) -> None:
+    (flight,) = _flights(served["settings"], "2013-02-27", 1)
+    response = _predict(served, [flight | change])
+    assert 400 <= response.status_code < 500, response.text
+    assert field in response.text
+
+
+def test_missing_field_and_empty_request_are_4xx(served: dict[str, Any]) -> None:
+    (flight,) = _flights(served["settings"], "2013-02-27", 1)
+    flight.pop("distance")
+    response = _predict(served, [flight])
+    assert 400 <= response.status_code < 500 and "distance" in response.text
+    assert 400 <= _predict(served, []).status_code < 500
+
+
+def test_model_endpoint_and_openapi(served: dict[str, Any]) -> None:
+    info = requests.post(f"{served['url']}/model", json={}, timeout=10).json()
+    assert info["version"] == "1" and "champion" in info["aliases"]
+    assert info["lineage"]["pipeline.run_key"] == RUN_KEY and info["gate"]["gate.decision"] == "promote"
+    spec = requests.get(f"{served['url']}/docs.json", timeout=10).json()
+    assert {"/predict", "/model", "/healthz", "/readyz"} <= set(spec["paths"])
+    assert requests.get(f"{served['url']}/metrics", timeout=10).status_code == 200
+
+
+def test_predictions_are_logged_to_the_lake_on_shutdown(served: dict[str, Any]) -> None:
+    os.killpg(served["server"].pid, signal.SIGTERM)
+    served["server"].wait(timeout=60)
+    parts = sorted((served["settings"].pipeline_home / "lake" / "predictions").rglob("*.parquet"))
+    assert parts, served["log"].read_text()[-3000:]
+    logged = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    assert len(logged) == served["served"]
+    assert {"request_id", "served_at", "flight_id", "probability", "model_version", "features"} <= set(logged.columns)
+    assert json.loads(logged["features"].iloc[0])["origin"] in ("EWR", "JFK", "LGA")
