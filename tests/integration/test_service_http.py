@@ -157,3 +157,23 @@ def test_predictions_are_logged_to_the_lake_on_shutdown(served: dict[str, Any]) 
     assert len(logged) == served["served"]
     assert {"request_id", "served_at", "flight_id", "probability", "model_version", "features"} <= set(logged.columns)
     assert json.loads(logged["features"].iloc[0])["origin"] in ("EWR", "JFK", "LGA")
+
+
+def test_unreachable_online_store_is_a_clear_error_not_a_hang(served: dict[str, Any],
+                                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The production profile pointed at a Redis port where nothing listens: the answer is FeaturesUnavailable
+    (the service's 503) within seconds."""
+    from pipelines.feature_store import apply_definitions, open_store
+    from pipelines.serving import FeaturesUnavailable, FlightRequest, Predictor, load_champion
+
+    settings = served["settings"]
+    broken = settings.model_copy(update={
+        "feast_profile": "production", "feast_redis": f"127.0.0.1:{_free_port()}",
+        "feast_registry_url": f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}"})
+    apply_definitions(open_store(broken))
+    predictor = Predictor(broken, champion=load_champion(settings))
+    (flight,) = _flights(settings, "2013-02-27", 1)
+    started = time.monotonic()
+    with pytest.raises(FeaturesUnavailable, match="online feature store unavailable"):
+        predictor.predict([FlightRequest(**flight)])
+    assert time.monotonic() - started < 10

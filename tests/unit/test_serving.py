@@ -1,0 +1,45 @@
+"""The request contract and the prediction log, without a server (the HTTP side: tests/integration)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from pipelines.lake import Lake
+from pipelines.serving import FlightRequest, PredictionLog, flight_entities
+
+FLIGHT = {"carrier": "B6", "flight": 725, "origin": "JFK", "dest": "BQN",
+          "scheduled_departure": "2013-03-31T05:40:00", "distance": 1576}
+
+
+def test_local_time_without_offset_is_new_york_time() -> None:
+    request = FlightRequest(**FLIGHT)
+    assert request.scheduled_departure.utcoffset().total_seconds() == -4 * 3600  # EDT on 2013-03-31
+    entities = flight_entities([request, FlightRequest(**FLIGHT | {"tailnum": "N123"})])
+    assert entities["flight_id"].tolist() == ["2013-03-31:B6725:JFK"] * 2
+    assert entities["tailnum"].tolist() == ["UNKNOWN", "N123"] and entities["route"].iloc[0] == "JFK-BQN"
+    assert entities["scheduled_departure"].iloc[0] == pd.Timestamp("2013-03-31T09:40:00Z")
+
+
+@pytest.mark.parametrize("change", [{"carrier": "b6"}, {"flight": 0}, {"origin": "BOS"}, {"dest": "BQ"},
+                                    {"scheduled_departure": "2013-02-30T10:00"}, {"distance": 0},
+                                    {"scheduled_departure": "1850-01-01T10:00"}, {"extra": True}])
+def test_request_validation_names_the_field(change: dict[str, object]) -> None:
+    with pytest.raises(ValidationError) as error:
+        FlightRequest(**FLIGHT | change)
+    assert next(iter(change)) in str(error.value)
+
+
+def test_prediction_log_writes_batches_per_served_date(lake: Lake) -> None:
+    log = PredictionLog(lake, batch_rows=3, max_age_s=3600)
+    row = {"request_id": "r", "served_at": datetime(2026, 11, 24), "flight_id": "f", "probability": 0.2}
+    log.add([row | {"served_date": "2026-11-24"}] * 2)
+    assert lake.list_keys("predictions/") == []  # buffered, not an object per request
+    log.add([row | {"served_date": "2026-11-25"}])
+    keys = lake.list_keys("predictions/")
+    assert [k.split("/")[2] for k in keys] == ["date=2026-11-24", "date=2026-11-25"]
+    assert sum(len(lake.read_parquet(k)) for k in keys) == 3 and "served_date" not in lake.read_parquet(keys[0])
+    assert log.flush() == []
