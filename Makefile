@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIPELINE_HOME ?= $(CURDIR)/.pipeline_home
 
-.PHONY: help install run test bench lint lock clean
+.PHONY: help install run serve stop test bench lint lock clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-9s %s\n", $$1, $$2}'
@@ -26,6 +26,12 @@ install: $(STAMP) ## Create .venv and install the pinned stack (only when pins c
 
 run: $(STAMP) ## Run the pipeline through Airflow on embedded defaults (demo window 2013-01-01..03-31)
 	@$(BIN)/python -m pipelines run
+
+serve: $(STAMP) ## Start the model service on 127.0.0.1:3000 in the background (what make run leaves running)
+	@$(BIN)/python -m pipelines serve
+
+stop: $(STAMP) ## Stop the model service started by make run or make serve
+	@$(BIN)/python -m pipelines stop
 
 test: $(STAMP) ## Run the whole test suite (unit, data, dags, integration, e2e)
 	@$(BIN)/python -m pytest

@@ -104,6 +104,18 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _serve(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.service_process import start_service
+
+    return start_service(port=args.port)
+
+
+def _stop(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.service_process import stop_service
+
+    return {"stopped": stop_service()}
+
+
 def _summary(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.summary import format_summary, summarize
 
@@ -165,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-epochs", type=int, default=30, help="epochs per training at most (default 30)")
     train.add_argument("--valid-days", type=int, default=14, help="validation days before the test window")
     train.add_argument("--test-days", type=int, default=14, help="most recent days held out for evaluation")
+    serve = command("serve", _serve, "Start the model service (champion + online features) in the background",
+                    window=False)
+    serve.add_argument("--port", type=int, default=3000, help="port on 127.0.0.1 (default 3000)")
+    command("stop", _stop, "Stop the model service this home started", window=False)
     command("summary", _summary, "Print what the lake holds for a window")
     for name, handler, text in (
         ("run", _run, "Run the DAG chain (ingest, features, training) through Airflow over a window"),

@@ -89,6 +89,30 @@ def _for_person(line: str) -> str | None:
     return None
 
 
+def _serve_and_ask(settings: Settings, day: date, say: Any) -> dict[str, Any]:
+    """Start the model service on the champion and ask it about a real flight of ``day`` (from the test window)."""
+    import requests
+
+    from pipelines.lake import open_lake, partition_key
+    from pipelines.service_process import start_service
+    from pipelines.serving import requests_from_flights
+
+    say("Starting the model service (BentoML) on the champion...")
+    service = start_service(settings)
+    flights = open_lake(settings).read_parquet(partition_key("validated", "flights", day, "data.parquet"))
+    body = {"flights": requests_from_flights(flights.head(1))}
+    answer = requests.post(f"{service['url']}/predict", json=body, timeout=30)
+    answer.raise_for_status()
+    (prediction,) = answer.json()
+    say(f"Model service: {service['url']} (pid {service['pid']}, log {service['log']})")
+    say(f"  {prediction['flight_id']}: disruption probability {prediction['probability']:.3f}, "
+        f"disrupted={prediction['disrupted']}, model version {prediction['model_version']}")
+    say(f"  Ask it yourself: curl -s -X POST {service['url']}/predict -H 'content-type: application/json' "
+        f"-d '{json.dumps(body)}'")
+    say("  Stop it: make stop")
+    return service | {"prediction": prediction}
+
+
 def run_demo(start: date | None = None, end: date | None = None) -> dict[str, Any]:
     settings = get_settings()
     start, end = start or settings.demo_start, end or settings.demo_end
@@ -139,6 +163,7 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
         decision = read_decision(evaluation["run_key"], settings)
         say(format_decision(decision))
         summary["promotion"] = decision
+        summary["service"] = _serve_and_ask(settings, end, say)
         say(f"  MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
         summary["evaluation"] = evaluation
     say(f"  Airflow log: {log_file}")

@@ -87,6 +87,16 @@ def flight_entities(requests: list[FlightRequest]) -> pd.DataFrame:
     })
 
 
+def requests_from_flights(flights: pd.DataFrame) -> list[dict[str, Any]]:
+    """Validated flight rows as the JSON bodies a caller sends (for the demo, replays and tests)."""
+    departures = (flights["time_hour"] + pd.to_timedelta(flights["minute"].astype("int64"), unit="min")) \
+        .dt.tz_convert(LOCAL_TZ)
+    return [{"carrier": row.carrier, "flight": int(row.flight), "origin": row.origin, "dest": row.dest,
+             "scheduled_departure": departure.isoformat(), "distance": float(row.distance),
+             "tailnum": None if pd.isna(row.tailnum) else str(row.tailnum)}
+            for row, departure in zip(flights.itertuples(), departures, strict=True)]
+
+
 class PredictionLog:
     """Buffers prediction records and writes them to the lake in batches (never an object per request): when the
     buffer holds ``batch_rows`` rows or is ``max_age_s`` old, and on ``flush()`` at shutdown."""

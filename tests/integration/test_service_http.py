@@ -5,11 +5,7 @@ online store. Requests go over HTTP; the prediction log is checked in the lake a
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +17,9 @@ import requests
 
 from pipelines.feature_store import materialize_features
 from pipelines.registry import promote_model, register_model
-from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.service_process import start_service, stop_service
+from pipelines.serving import requests_from_flights
+from pipelines.settings import Settings
 from pipelines.training import train_pipeline
 
 pytestmark = pytest.mark.integration
@@ -47,45 +45,16 @@ def served(real_data: Settings, real_days: list, tmp_path_factory: pytest.TempPa
     assert promote_model(RUN_KEY, settings)["decision"] == "promote"
     materialize_features(real_days, settings)
 
-    port = _free_port()
-    env = dict(os.environ, PIPELINE_HOME=str(settings.pipeline_home),
-               EXPERIMENT_TRACKING_URI=settings.tracking_uri,
-               EXPERIMENT_ARTIFACTS_URI=str(settings.experiment_artifacts_uri),
-               BENTOML_HOME=str(own / "bentoml"))
-    log = (own / "serve.log").open("w")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
-                               "services.flight_delay_service:FlightDelayService", "--host", "127.0.0.1",
-                               "--port", str(port)], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert server.poll() is None, (own / "serve.log").read_text()[-3000:]
-        try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:  # not listening yet, or busy starting the worker
-            pass
-        time.sleep(0.5)
-    else:
-        pytest.fail("service not ready in 120 s:\n" + (own / "serve.log").read_text()[-3000:])
-    state: dict[str, Any] = {"url": url, "settings": settings, "server": server, "served": 0,
-                             "log": own / "serve.log"}
+    service = start_service(settings, port=_free_port())
+    state: dict[str, Any] = {"url": service["url"], "settings": settings, "served": 0, "log": Path(service["log"])}
     yield state
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+    stop_service(settings)
 
 
 def _flights(settings: Settings, day: str, n: int) -> list[dict[str, Any]]:
     """Real scheduled flights of ``day`` as requests (the lake's validated rows, as a caller would send them)."""
     frame = pd.read_parquet(settings.pipeline_home / "lake" / "validated" / "flights" / f"date={day}" / "data.parquet")
-    frame = frame.head(n)
-    departures = (frame["time_hour"] + pd.to_timedelta(frame["minute"], unit="min")).dt.tz_convert("America/New_York")
-    return [{"carrier": row.carrier, "flight": int(row.flight), "origin": row.origin, "dest": row.dest,
-             "scheduled_departure": departure.isoformat(), "distance": float(row.distance),
-             "tailnum": None if pd.isna(row.tailnum) else row.tailnum}
-            for row, departure in zip(frame.itertuples(), departures, strict=True)]
+    return requests_from_flights(frame.head(n))
 
 
 def _predict(served: dict[str, Any], flights: list[dict[str, Any]]) -> requests.Response:
@@ -149,8 +118,7 @@ def test_model_endpoint_and_openapi(served: dict[str, Any]) -> None:
 
 
 def test_predictions_are_logged_to_the_lake_on_shutdown(served: dict[str, Any]) -> None:
-    os.killpg(served["server"].pid, signal.SIGTERM)
-    served["server"].wait(timeout=60)
+    assert stop_service(served["settings"])
     parts = sorted((served["settings"].pipeline_home / "lake" / "predictions").rglob("*.parquet"))
     assert parts, served["log"].read_text()[-3000:]
     logged = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
