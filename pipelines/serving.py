@@ -7,7 +7,8 @@ request-time features (Feast's on-demand view), and scores the flights with the 
 
 Errors a caller can fix are ``RequestError`` (the service answers 4xx naming the field); an unreachable online
 store is ``FeaturesUnavailable`` (503). Unknown carriers and planes are not errors: the model's unknown index serves
-them. Every prediction is buffered and written to ``{lake}/predictions/date=YYYY-MM-DD/`` in batches.
+them. Every prediction is buffered and written to ``{lake}/predictions/flight_delay/date=YYYY-MM-DD/`` (the
+flight's New York date) in batches.
 """
 
 from __future__ import annotations
@@ -117,18 +118,19 @@ class PredictionLog:
             self.flush()
 
     def flush(self) -> list[str]:
-        """Write what is buffered, one Parquet object per served date; returns the keys written."""
+        """Write what is buffered, one Parquet object per flight date (New York), so a day's traffic is one
+        partition whenever it was served; returns the keys written."""
         with self._lock:
             rows, self._rows = self._rows, []
         if not rows:
             return []
         frame = pd.DataFrame(rows)
         keys = []
-        for day, part in frame.groupby("served_date", sort=True):
+        for day, part in frame.groupby("flight_date", sort=True):
             key = partition_key("predictions", "flight_delay", date.fromisoformat(str(day)),
                                 f"part-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet")
             buffer = io.BytesIO()
-            part.drop(columns="served_date").to_parquet(buffer, index=False)
+            part.drop(columns="flight_date").to_parquet(buffer, index=False)
             self.lake.write_bytes(key, buffer.getvalue())
             keys.append(key)
         log.info("prediction log: %d rows in %d objects", len(rows), len(keys))
@@ -223,7 +225,8 @@ class Predictor:
                 "prediction_time": (entities["scheduled_departure"].iloc[i] - PREDICTION_LEAD).isoformat(),
             })
             records.append({
-                "request_id": uuid.uuid4().hex, "served_at": served, "served_date": served.date().isoformat(),
+                "request_id": uuid.uuid4().hex, "served_at": served,
+                "flight_date": answers[-1]["flight_id"].split(":", 1)[0],
                 **request.model_dump(mode="json"), "flight_id": answers[-1]["flight_id"],
                 "probability": probability, "model_version": self.champion.version,
                 "features": features.iloc[i].to_json(),

@@ -33,13 +33,13 @@ def test_request_validation_names_the_field(change: dict[str, object]) -> None:
     assert next(iter(change)) in str(error.value)
 
 
-def test_prediction_log_writes_batches_per_served_date(lake: Lake) -> None:
+def test_prediction_log_writes_batches_per_flight_date(lake: Lake) -> None:
     log = PredictionLog(lake, batch_rows=3, max_age_s=3600)
     row = {"request_id": "r", "served_at": datetime(2026, 11, 24), "flight_id": "f", "probability": 0.2}
-    log.add([row | {"served_date": "2026-11-24"}] * 2)
+    log.add([row | {"flight_date": "2013-03-30"}] * 2)
     assert lake.list_keys("predictions/") == []  # buffered, not an object per request
-    log.add([row | {"served_date": "2026-11-25"}])
+    log.add([row | {"flight_date": "2013-03-31"}])
     keys = lake.list_keys("predictions/")
-    assert [k.split("/")[2] for k in keys] == ["date=2026-11-24", "date=2026-11-25"]
-    assert sum(len(lake.read_parquet(k)) for k in keys) == 3 and "served_date" not in lake.read_parquet(keys[0])
+    assert [k.split("/")[2] for k in keys] == ["date=2013-03-30", "date=2013-03-31"]
+    assert sum(len(lake.read_parquet(k)) for k in keys) == 3 and "flight_date" not in lake.read_parquet(keys[0])
     assert log.flush() == []
