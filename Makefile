@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIPELINE_HOME ?= $(CURDIR)/.pipeline_home
 
-.PHONY: help install run serve stop test bench lint lock clean
+.PHONY: help install run serve stop rollback test bench lint lock clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-9s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ serve: $(STAMP) ## Start the model service on 127.0.0.1:3000 in the background (
 stop: $(STAMP) ## Stop the model service started by make run or make serve
 	@$(BIN)/python -m pipelines stop
 
+rollback: $(STAMP) ## Make the previous champion model the champion again and restart the service if it runs
+	@$(BIN)/python -m pipelines rollback
+
 test: $(STAMP) ## Run the whole test suite (unit, data, dags, integration, e2e)
 	@$(BIN)/python -m pytest
 
@@ -47,5 +50,6 @@ lock: $(STAMP) ## Re-pin constraints.txt from the current environment
 	@{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new
 	@mv constraints.txt.new constraints.txt
 
-clean: ## Delete everything the embedded profile wrote ($PIPELINE_HOME)
+clean: ## Stop the model service and delete everything the embedded profile wrote ($PIPELINE_HOME)
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines stop > /dev/null; fi
 	rm -rf "$(PIPELINE_HOME)"

@@ -116,6 +116,13 @@ def _stop(args: argparse.Namespace) -> dict[str, Any]:
     return {"stopped": stop_service()}
 
 
+def _rollback(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.registry import rollback_champion
+    from pipelines.service_process import restart_if_running
+
+    return rollback_champion() | {"service": restart_if_running()}
+
+
 def _summary(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.summary import format_summary, summarize
 
@@ -181,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                     window=False)
     serve.add_argument("--port", type=int, default=3000, help="port on 127.0.0.1 (default 3000)")
     command("stop", _stop, "Stop the model service this home started", window=False)
+    command("rollback", _rollback, "Make the previous champion the champion again; restart the service if running",
+            window=False)
     command("summary", _summary, "Print what the lake holds for a window")
     for name, handler, text in (
         ("run", _run, "Run the DAG chain (ingest, features, training) through Airflow over a window"),

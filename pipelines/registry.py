@@ -16,6 +16,7 @@ import json
 import logging
 import subprocess
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -267,3 +268,23 @@ def format_decision(decision: dict[str, Any]) -> str:
              f"{decision['decision'].upper()} (champion before: {decision['champion_version'] or 'none'})"]
     lines += [f"  - {reason}" for reason in decision["reasons"]]
     return "\n".join(lines)
+
+
+def rollback_champion(settings: Settings | None = None) -> dict[str, Any]:
+    """Make ``previous_champion`` the ``champion`` again (by hand: ``make rollback``). The rolled-back version keeps
+    the alias ``challenger`` and a ``rolled_back_at`` tag; with no previous champion there is nothing to do."""
+    from mlflow import MlflowClient
+
+    settings = settings or get_settings()
+    use_tracking(settings)
+    current, previous = _alias(CHAMPION), _alias(PREVIOUS)
+    if previous is None or current is None:
+        raise RuntimeError(f"{MODEL_NAME} has no previous champion to roll back to")
+    client = MlflowClient()
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, previous.version)
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, current.version)
+    client.delete_registered_model_alias(MODEL_NAME, PREVIOUS)
+    client.set_model_version_tag(MODEL_NAME, current.version, "rolled_back_at", datetime.now(UTC).isoformat())
+    log.warning("rolled back %s: champion is version %s again (was %s)", MODEL_NAME, previous.version,
+                current.version)
+    return {"champion": str(previous.version), "rolled_back": str(current.version)}

@@ -97,3 +97,12 @@ def start_service(settings: Settings | None = None, port: int = DEFAULT_PORT) ->
         raise
     log.info("model service ready at %s (pid %d)", url, process.pid)
     return {"url": url, "pid": process.pid, "log": str(logs / "service.log")}
+
+
+def restart_if_running(settings: Settings | None = None) -> dict[str, Any] | None:
+    """Restart the service this home runs (it resolves ``champion`` when it starts); None when none runs."""
+    settings = settings or get_settings()
+    pid_file = _pid_file(settings)
+    if not pid_file.exists() or not _alive(int(pid_file.read_text().split()[0])):
+        return None
+    return start_service(settings, port=int(pid_file.read_text().split()[1]))

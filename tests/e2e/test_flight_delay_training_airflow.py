@@ -20,7 +20,7 @@ import optuna
 import pytest
 
 from pipelines.demo import TRAINING_START, airflow_env
-from pipelines.registry import MODEL_NAME, model_input, register_model
+from pipelines.registry import MODEL_NAME, model_input, register_model, rollback_champion
 from pipelines.settings import PROJECT_ROOT, Settings
 from pipelines.tracking import KIND_TAG, RUN_KEY_TAG, run_slug, use_tracking
 from pipelines.training import load_model, read_evaluation, read_splits
@@ -164,3 +164,18 @@ def test_second_run_is_gated_against_the_champion(trained: dict[str, Any], real_
         assert str(client.get_model_version_by_alias(MODEL_NAME, "previous_champion").version) == str(first.version)
     else:
         assert str(champion.version) == str(first.version)
+
+
+
+def test_rollback_makes_the_previous_champion_champion_again(trained: dict[str, Any], real_data: Settings) -> None:
+    """After the second run (the test above): roll back by hand when it was promoted, else there is nothing to do."""
+    use_tracking(real_data)
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    if str(champion.version) == "1":
+        with pytest.raises(RuntimeError, match="no previous champion"):
+            rollback_champion(real_data)
+        return
+    assert rollback_champion(real_data) == {"champion": "1", "rolled_back": str(champion.version)}
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+    assert "rolled_back_at" in client.get_model_version(MODEL_NAME, str(champion.version)).tags
