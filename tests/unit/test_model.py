@@ -203,3 +203,107 @@ def test_numeric_inputs_are_clipped_to_the_training_range(make_training_frame: C
     glitch = frame.head(2).assign(wind_speed=[1048.0, -5.0])
     bounds = frame.head(2).assign(wind_speed=[frame["wind_speed"].max(), frame["wind_speed"].min()])
     assert torch.equal(pre.transform(glitch)[1][:, column], pre.transform(bounds)[1][:, column])
+
+
+def test_categorical_values_match_the_per_value_definition(make_training_frame: Callable[..., pd.DataFrame]) -> None:
+    """The vectorized conversion (each distinct value once) gives what converting every value would."""
+    frame = make_training_frame(200)
+    odd = frame.head(8).copy()
+    odd["carrier"] = ["ZZ", None, "AA", np.nan, pd.NA, "B6", 3, 4.0]
+    odd["route"] = ["JFK-XXX", "JFK-LAX", None, "EWR", pd.NA, "LGA-ORD", "A-B-C", ""]
+    odd["dep_hour"] = [7.0, np.nan, 8.5, 7, "7", None, 23.0, -0.0]
+    floats = frame.assign(dep_hour=frame["dep_hour"].astype(float).where(frame.index % 7 != 0))
+    for data in (frame, odd, floats, frame.iloc[::-1], frame.head(0)):
+        for column in M.CATEGORICAL_COLUMNS:
+            source = (data["route"].astype("string").str.split("-", n=1).str[1] if column == "dest"
+                      else data.get(column, pd.Series([None] * len(data), index=data.index)))
+            expected = [None if pd.isna(v) else str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+                        for v in source.astype("object")]
+            got = M.categorical_values(data, column)
+            assert got.index.equals(data.index) and got.tolist() == expected, column
+    assert M.categorical_values(odd, "dep_hour").tolist() == ["7", None, "8.5", "7", "7", None, "23", "0"]
+    assert M.categorical_values(odd, "dest").tolist() == ["XXX", "LAX", None, None, None, "ORD", "B-C", None]
+
+
+def test_categoricals_share_one_embedding_table(trained: M.TrainedModel) -> None:
+    net = trained.network()
+    tables = [m for m in net.modules() if isinstance(m, torch.nn.Embedding)]
+    cardinalities = trained.preprocessor.cardinalities
+    assert len(tables) == 1 and tables[0].num_embeddings == sum(cardinalities)
+    assert net.offsets.tolist() == np.concatenate([[0], np.cumsum(cardinalities)[:-1]]).tolist()
+    # index 0 (unknown) of each column is its own row: the columns do not share an "unknown" vector
+    assert len(set((net.offsets + M.UNKNOWN_INDEX).tolist())) == len(cardinalities)
+
+
+def test_cpu_embedding_matches_the_stock_lookup_and_gradient() -> None:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(30, M.EMBEDDING_DIM, generator=generator, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 30, (257, 6), generator=generator)
+    grad = torch.randn(257, 6, M.EMBEDDING_DIM, generator=generator, dtype=torch.float64)
+    ours = M._lookup(weight, index)
+    (ours_grad,) = torch.autograd.grad(ours, weight, grad)
+    stock = torch.nn.functional.embedding(index, weight)
+    (stock_grad,) = torch.autograd.grad(stock, weight, grad)
+    assert torch.equal(ours, stock)
+    torch.testing.assert_close(ours_grad, stock_grad)
+    assert torch.autograd.gradcheck(lambda w: M._lookup(w, index[:5]), (weight,))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 1.0])
+def test_dropout_keeps_the_expectation_and_the_rate(p: float) -> None:
+    layer = M.Dropout(p)
+    x = torch.ones(400, 500)
+    torch.manual_seed(0)
+    out = layer(x)
+    torch.manual_seed(0)
+    assert torch.equal(out, layer(x))  # the global generator seeds it, as it does nn.Dropout
+    dropped = float((out == 0).float().mean())
+    assert dropped == pytest.approx(p, abs=0.005)
+    if p < 1:
+        assert float(out.mean()) == pytest.approx(1.0, abs=0.01)
+        kept = out[out != 0]
+        assert torch.allclose(kept, torch.full_like(kept, 65536 / (65536 - round(p * 65536))))
+    assert torch.equal(layer.eval()(x), x)
+    with pytest.raises(ValueError):
+        M.Dropout(1.5)
+
+
+def test_sliced_batches_cover_the_rows_in_order() -> None:
+    cat = torch.arange(20).reshape(10, 2)
+    num = torch.arange(10, dtype=torch.float32).unsqueeze(1)
+    y = torch.arange(10, dtype=torch.float32)
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    batches = list(M.sliced_batches(cat, num, y, order, 4))
+    assert [len(b[2]) for b in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat([b[2] for b in batches]), order.float())
+    assert all(torch.equal(c, cat[order[i * 4:(i + 1) * 4]]) for i, (c, _, _) in enumerate(batches))
+
+
+def test_trained_model_records_its_validation_log_losses(trained: M.TrainedModel) -> None:
+    best = trained.history[trained.best_epoch]
+    assert trained.valid_log_loss == best["valid_log_loss"] == min(h["valid_log_loss"] for h in trained.history)
+    assert trained.valid_log_loss <= trained.valid_log_loss_uncalibrated
+
+
+def test_model_bytes_load_with_weights_only(trained: M.TrainedModel) -> None:
+    import io
+
+    saved = torch.load(io.BytesIO(trained.to_bytes()), weights_only=True)
+    assert {"preprocessor", "params", "state_dict", "calibration", "history", "best_epoch"} <= set(saved)
+    json.dumps({k: saved[k] for k in ("preprocessor", "params", "calibration", "history", "best_epoch")})
+
+
+def test_bench_training_measures_both_paths(make_training_frame: Callable[..., pd.DataFrame]) -> None:
+    from pipelines.bench_training import TARGETS, bench_training, print_training
+
+    frame = make_training_frame()
+    figures = bench_training(frame, params={"batch_size": 256}, valid_days=5, test_days=5,
+                             devices=[torch.device("cpu")])
+    cpu = figures["cpu"]
+    assert cpu["rows"] == len(M.time_split(frame, valid_days=5, test_days=5)[0])
+    assert cpu["batch_size"] == 256 and cpu["torch_threads"] >= 1
+    assert cpu["sliced_samples_per_s"] > 0 and cpu["dataloader_samples_per_s"] > 0
+    assert cpu["speedup_vs_dataloader"] == pytest.approx(
+        cpu["sliced_samples_per_s"] / cpu["dataloader_samples_per_s"], abs=0.06)
+    assert set(figures["met"]) == {"cpu_samples_per_s", "speedup_vs_dataloader"} and figures["targets"] == TARGETS
+    print_training(figures)
