@@ -206,3 +206,11 @@ def open_lake(settings: Settings) -> Lake:
     if "://" in root and not root.startswith("file://"):
         raise ValueError(f"unsupported lake URI {root!r}: use a local path or s3://bucket/prefix")
     return LocalLake(root.removeprefix("file://"))
+
+
+def settings_and_lake(settings: Settings | None = None) -> tuple[Settings, Lake]:
+    """The given settings (or the environment's) and their lake: how the range-level steps start."""
+    from pipelines.settings import get_settings
+
+    settings = settings or get_settings()
+    return settings, open_lake(settings)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from pipelines.lake import open_lake
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
@@ -63,13 +64,7 @@ def model_input(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-try:
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover - mlflow is a dependency; this keeps the module importable without it
-    PythonModel = object  # type: ignore[misc,assignment]
-
-
-class FlightDelayModel(PythonModel):  # type: ignore[misc,valid-type]
+class FlightDelayModel(PythonModel):  # type: ignore[misc]
     """The pyfunc wrapper: loads ``model.pt`` (weights, vocabularies, scaling, calibration) and returns
     disruption probabilities for rows shaped like ``model_input``."""
 

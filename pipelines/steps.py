@@ -13,8 +13,8 @@ from datetime import date, timedelta
 from typing import Any
 
 from pipelines.ingest import ingest_partition
-from pipelines.lake import Lake, open_lake
-from pipelines.settings import Settings, get_settings
+from pipelines.lake import settings_and_lake
+from pipelines.settings import Settings
 from pipelines.source import FEED_TABLES, land_day, land_reference
 from pipelines.validation import Verdict, build_data_docs, promote_partition, validate_partition
 
@@ -46,14 +46,10 @@ def _progress(step: str, done: int, total: int, started: float, every: int = 10)
         log.info("%s: %d/%d partitions (%.1fs)", step, done, total, time.perf_counter() - started)
 
 
-def _open(settings: Settings | None) -> tuple[Settings, Lake]:
-    settings = settings or get_settings()
-    return settings, open_lake(settings)
-
 
 def land_feed(days: Iterable[date], settings: Settings | None = None) -> dict[str, Any]:
     """Simulated source: drop each day's flights and weather CSVs (and the reference tables) into landing/."""
-    settings, lake = _open(settings)
+    settings, lake = settings_and_lake(settings)
     days = list(days)
     started = time.perf_counter()
     land_reference(lake)
@@ -65,7 +61,7 @@ def land_feed(days: Iterable[date], settings: Settings | None = None) -> dict[st
 
 def ingest_feed(days: Iterable[date], settings: Settings | None = None) -> dict[str, Any]:
     """Landing CSV -> typed Parquet in raw/ for every table and day."""
-    settings, lake = _open(settings)
+    settings, lake = settings_and_lake(settings)
     days = list(days)
     started = time.perf_counter()
     rows = {table: 0 for table in FEED_TABLES}
@@ -83,7 +79,7 @@ def ingest_feed(days: Iterable[date], settings: Settings | None = None) -> dict[
 def validate_partitions(days: Iterable[date], settings: Settings | None = None,
                         run_key: str | None = None) -> dict[str, Any]:
     """Run the GX checkpoint of every raw partition, write verdicts, then rebuild Data Docs once."""
-    settings, lake = _open(settings)
+    settings, lake = settings_and_lake(settings)
     days = list(days)
     started = time.perf_counter()
     counts = {"passed": 0, "warned": 0, "quarantined": 0}
@@ -99,7 +95,7 @@ def validate_partitions(days: Iterable[date], settings: Settings | None = None,
 
 def promote_partitions(days: Iterable[date], settings: Settings | None = None) -> dict[str, Any]:
     """Promote passing and warned partitions to validated/, quarantine the rest; never raises for bad data."""
-    settings, lake = _open(settings)
+    settings, lake = settings_and_lake(settings)
     verdicts: list[Verdict] = []
     for day in days:
         for table in FEED_TABLES:

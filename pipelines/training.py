@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.lake import Lake, open_lake, partition_key
+from pipelines.lake import partition_key, settings_and_lake
 from pipelines.settings import Settings, get_settings
 from pipelines.tracking import find_or_create_run, find_run, run_slug, use_tracking
 from pipelines.validation import VERDICT_FILE
@@ -49,10 +49,6 @@ def model_key(run_key: str, name: str) -> str:
     return f"models/{run_slug(run_key)}/{name}"
 
 
-def _open(settings: Settings | None) -> tuple[Settings, Lake]:
-    settings = settings or get_settings()
-    return settings, open_lake(settings)
-
 
 def build_training_set(days: Iterable[date], run_key: str, settings: Settings | None = None, *,
                        valid_days: int = 14, test_days: int = 14) -> dict[str, Any]:
@@ -62,7 +58,7 @@ def build_training_set(days: Iterable[date], run_key: str, settings: Settings | 
     from pipelines.features import LOCAL_TZ
     from pipelines.model import LABEL, TIME_COLUMN, time_split
 
-    settings, lake = _open(settings)
+    settings, lake = settings_and_lake(settings)
     days = sorted(days)
     present = set(lake.partitions("validated", "flights"))
     used = [d for d in days if d in present]
@@ -109,7 +105,7 @@ def build_training_set(days: Iterable[date], run_key: str, settings: Settings | 
 
 
 def read_manifest(run_key: str, settings: Settings | None = None) -> dict[str, Any]:
-    settings, lake = _open(settings)
+    settings, lake = settings_and_lake(settings)
     key = f"training/{run_slug(run_key)}/manifest.json"
     if not lake.exists(key):
         raise FileNotFoundError(f"no training set for run {run_key}: run build_training_set first")
@@ -117,7 +113,7 @@ def read_manifest(run_key: str, settings: Settings | None = None) -> dict[str, A
 
 
 def read_splits(run_key: str, settings: Settings | None = None) -> dict[str, pd.DataFrame]:
-    settings, lake = _open(settings)
+    settings, lake = settings_and_lake(settings)
     read_manifest(run_key, settings)
     return {name: lake.read_parquet(_split_key(run_key, name)) for name in SPLITS}
 
@@ -161,7 +157,7 @@ def train_final_model(run_key: str, settings: Settings | None = None, *, max_epo
     from pipelines.model import DEFAULT_PARAMS, pick_device, train_model
     from pipelines.tuning import log_study, open_study
 
-    settings, lake = _open(settings)
+    settings, lake = settings_and_lake(settings)
     manifest = read_manifest(run_key, settings)
     experiment_id = use_tracking(settings)
     model_file = model_key(run_key, "model.pt")
@@ -208,7 +204,7 @@ def train_final_model(run_key: str, settings: Settings | None = None, *, max_epo
 def load_model(run_key: str, settings: Settings | None = None) -> Any:
     from pipelines.model import TrainedModel
 
-    settings, lake = _open(settings)
+    settings, lake = settings_and_lake(settings)
     return TrainedModel.from_bytes(lake.read_bytes(model_key(run_key, "model.pt")))
 
 
@@ -226,7 +222,7 @@ def evaluate_model(run_key: str, settings: Settings | None = None) -> dict[str, 
     )
     from pipelines.model import LABEL
 
-    settings, lake = _open(settings)
+    settings, lake = settings_and_lake(settings)
     experiment_id = use_tracking(settings)
     final = find_run(experiment_id, run_key, "final")
     if final is None:
@@ -265,7 +261,7 @@ def evaluate_model(run_key: str, settings: Settings | None = None) -> dict[str, 
 
 
 def read_evaluation(run_key: str, settings: Settings | None = None) -> dict[str, Any]:
-    settings, lake = _open(settings)
+    settings, lake = settings_and_lake(settings)
     return dict(json.loads(lake.read_text(model_key(run_key, "evaluation.json"))))
 
 
