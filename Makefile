@@ -8,12 +8,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIPELINE_HOME ?= $(CURDIR)/.pipeline_home
 
-.PHONY: help install run serve stop rollback test bench lint lock clean
+.PHONY: help install run serve status stop rollback test bench lint lock clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-9s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt infra/system-packages.sh
+	@infra/system-packages.sh
 	@echo "Setting up $(VENV) with the pinned stack (a few minutes the first time)..."
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install --quiet --upgrade pip
@@ -22,24 +23,27 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the pinned stack (only when pins change)
+install: $(STAMP) ## Install haproxy and wrk if missing, create .venv with the pinned stack (only when pins change)
 
 run: $(STAMP) ## Run the pipeline through Airflow on embedded defaults (demo window 2013-01-01..03-31)
 	@$(BIN)/python -m pipelines run
 
-serve: $(STAMP) ## Start the model service on 127.0.0.1:3000 in the background (what make run leaves running)
-	@$(BIN)/python -m pipelines serve
+serve: $(STAMP) ## Serve the champion at 127.0.0.1:3000 (Bento, blue/green behind HAProxy); what make run leaves running
+	@$(BIN)/python -m pipelines deploy
 
-stop: $(STAMP) ## Stop the model service started by make run or make serve
+status: $(STAMP) ## Show what the model service serves: live slot, model version, Bento, standby
+	@$(BIN)/python -m pipelines status
+
+stop: $(STAMP) ## Stop the model service (front door and both slots) started by make run or make serve
 	@$(BIN)/python -m pipelines stop
 
-rollback: $(STAMP) ## Make the previous champion model the champion again and restart the service if it runs
+rollback: $(STAMP) ## Make the previous champion the champion again and switch the service back to it
 	@$(BIN)/python -m pipelines rollback
 
 test: $(STAMP) ## Run the whole test suite (unit, data, dags, integration, e2e)
 	@$(BIN)/python -m pytest
 
-bench: $(STAMP) ## Benchmark ingestion, validation, the feature store (vs stock Feast) and training; writes $PIPELINE_HOME/bench/results.json
+bench: $(STAMP) ## Benchmark ingestion, validation, features (vs stock Feast), training, serving (vs bare BentoML); writes $PIPELINE_HOME/bench/results.json
 	@$(BIN)/python -m pipelines bench
 
 lint: $(STAMP) ## ruff (with Airflow's AIR rules) and mypy on pipelines/
@@ -50,6 +54,6 @@ lock: $(STAMP) ## Re-pin constraints.txt from the current environment
 	@{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new
 	@mv constraints.txt.new constraints.txt
 
-clean: ## Stop the model service and delete everything the embedded profile wrote ($PIPELINE_HOME)
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines stop > /dev/null; fi
+clean: ## Stop the model service and the mail server, delete everything the embedded profile wrote ($PIPELINE_HOME)
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines stop > /dev/null; $(BIN)/python -m pipelines mail-stop > /dev/null; fi
 	rm -rf "$(PIPELINE_HOME)"

@@ -20,6 +20,10 @@ The training window is **start_date** .. **end_date** when given, else the **win
 7. `promote_model`: the gate. Challenger and `champion` scored on the same test window; promoted (aliases
    `champion`, `previous_champion`) only above the ROC AUC floor, within the tolerance of the champion (paired
    bootstrap) and without a Brier regression. The decision and its reasons: `models/{run}/promotion.json` and tags.
+8. `deploy_service`: only after a promotion (skipped otherwise, saying why): the champion's Bento is built, started
+   beside the live service, smoke-tested (health, golden requests, a latency burst) and given the traffic of
+   `127.0.0.1:3000`; the previous one stays up for `make rollback`. A failed smoke test rolls back by itself and
+   fails the task (no retries: a deployment is not retried blindly).
 
 Tuning and the final training go to the queue `training` (a GPU worker's queue under Celery; the local executors
 and `airflow dags test` ignore queues). The run key (DAG id, date, run id) names the study, the MLflow runs and the
@@ -31,7 +35,9 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from _notifiers import notify_owners_on_failure
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 RETRAIN_REQUESTS = Asset(name="flight_delay_retrain_requests", uri="retrain://flight_delay_classifier")
 TRAINED_MODEL = Asset(name="flight_delay_trained_model", uri="mlflow://flight_delay/trained")
@@ -63,7 +69,8 @@ def _run() -> tuple[list[date], str, dict[str, Any]]:
     end_date=datetime(2013, 12, 31),
     catchup=True,
     max_active_runs=1,
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
+                  "on_failure_callback": notify_owners_on_failure},
     tags=["training", "optuna", "mlflow", "pytorch"],
     params={
         "start_date": Param(None, type=["null", "string"], format="date", title="Start date",
@@ -139,10 +146,21 @@ def flight_delay_training() -> None:
         _, run_key, _ = _run()
         return promote_model(run_key)
 
+    @task(retries=0)
+    def deploy_service(decision: dict) -> dict:
+        if decision["decision"] != "promote":
+            raise AirflowSkipException(f"version {decision['challenger_version']} was not promoted: nothing to deploy")
+        from pipelines.deployment import deploy_service
+
+        deployed = deploy_service()
+        return {name: deployed.get(name) for name in ("status", "model_version", "bento", "slot", "url")}
+
     workers = start_tuning()
     build_training_set() >> workers
+    decision = promote_model()
     (tune_hyperparameters.expand(worker=workers) >> train_final_model() >> evaluate_model() >> register_model()
-     >> promote_model())
+     >> decision)
+    deploy_service(decision)
 
 
 flight_delay_training()

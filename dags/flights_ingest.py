@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from _notifiers import notify_owners_on_failure
 from airflow.sdk import Asset, AssetAlias, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 VALIDATED_FLIGHTS = Asset(name="validated_flights", uri="file:///lake/validated/flights")
@@ -46,7 +47,8 @@ def _run_window() -> tuple[list, str]:
     end_date=datetime(2013, 12, 31),
     catchup=True,
     max_active_runs=2,
-    default_args={"owner": "data-platform", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args={"owner": "data-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
+                  "on_failure_callback": notify_owners_on_failure},
     tags=["ingestion", "validation", "flights"],
     params={
         "start_date": Param(None, type=["null", "string"], format="date", title="Start date",

@@ -5,8 +5,11 @@ untouched. Later issues add their own sections to the same results file.
 
 Sections: ``ingestion`` (land, ingest, validate, promote the window), ``features`` (see ``bench_features``:
 materialization of the year 2013 into Redis and SQLite, a 90-day training set, online reads; each beside stock
-Feast on the same data in the same run) and ``training`` (see ``bench_training``: samples/s of the default model
-with sliced tensors and with a per-sample DataLoader, CPU and, when present, CUDA).
+Feast on the same data in the same run), ``training`` (see ``bench_training``: samples/s of the default model
+with sliced tensors and with a per-sample DataLoader, CPU and, when present, CUDA), ``serving`` (see
+``bench_serving``: the model service under wrk at concurrency 1, 8 and 32 beside a bare BentoML service with the
+same model, and where one request's time goes) and ``monitoring`` (see ``bench_monitoring``: one day's Evidently
+report and a 30-day one).
 """
 
 from __future__ import annotations
@@ -95,8 +98,21 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
     training = bench_training(training_set(date_range(settings.demo_start, settings.demo_end), scratch))
     _write_results(results_file, "training", training)
     print_training(training)
+
+    from pipelines.bench_serving import bench_serving, print_serving
+
+    serving = bench_serving(scratch, date_range(settings.demo_start, settings.demo_end))
+    _write_results(results_file, "serving", serving)
+    print_serving(serving)
+
+    from pipelines.bench_monitoring import bench_monitoring, print_monitoring
+
+    monitoring = bench_monitoring(scratch)
+    _write_results(results_file, "monitoring", monitoring)
+    print_monitoring(monitoring)
     print(f"Results written to {results_file}")  # noqa: T201 - the command's output
-    return {"ingestion": figures, "features": features, "training": training}
+    return {"ingestion": figures, "features": features, "training": training, "serving": serving,
+            "monitoring": monitoring}
 
 
 def _print_ingestion(figures: dict[str, Any]) -> None:

@@ -104,23 +104,28 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _serve(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.service_process import start_service
+def _deploy(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.deployment import deploy_service
 
-    return start_service(port=args.port)
+    return deploy_service(version=args.version, force=args.force)
+
+
+def _status(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.deployment import status
+
+    return status()
 
 
 def _stop(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.service_process import stop_service
+    from pipelines.deployment import stop_all
 
-    return {"stopped": stop_service()}
+    return {"stopped": stop_all()}
 
 
 def _rollback(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.registry import rollback_champion
-    from pipelines.service_process import restart_if_running
+    from pipelines.deployment import rollback_deployment
 
-    return rollback_champion() | {"service": restart_if_running()}
+    return rollback_deployment()
 
 
 def _summary(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,6 +146,39 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.bench import run_benchmarks
 
     return run_benchmarks(args.start, args.end)
+
+
+def _mail_server(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.mail_server import serve
+    from pipelines.settings import get_settings
+
+    settings = get_settings()
+    serve(settings.smtp_host, args.port or settings.smtp_port, settings.mail_folder)
+    return {"stopped": True}
+
+
+def _mail_start(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.mail_server import start_mail_server
+
+    return start_mail_server()
+
+
+def _mail_stop(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.mail_server import stop_mail_server
+
+    return {"stopped": stop_mail_server()}
+
+
+def _mail(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.mail_server import message_files, read_message
+
+    files = message_files()[-args.last:] if args.last else message_files()
+    messages = []
+    for path in files:
+        message = read_message(path)
+        messages.append({"file": str(path), "to": message["X-RcptTo"], "subject": message["Subject"],
+                         "attachments": [part.get_filename() for part in message.iter_attachments()]})
+    return {"messages": messages}
 
 
 def _iso(value: str) -> date:
@@ -184,13 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-epochs", type=int, default=30, help="epochs per training at most (default 30)")
     train.add_argument("--valid-days", type=int, default=14, help="validation days before the test window")
     train.add_argument("--test-days", type=int, default=14, help="most recent days held out for evaluation")
-    serve = command("serve", _serve, "Start the model service (champion + online features) in the background",
-                    window=False)
-    serve.add_argument("--port", type=int, default=3000, help="port on 127.0.0.1 (default 3000)")
-    command("stop", _stop, "Stop the model service this home started", window=False)
-    command("rollback", _rollback, "Make the previous champion the champion again; restart the service if running",
-            window=False)
+    deploy = command("deploy", _deploy, "Serve the champion (or --version) at 127.0.0.1:$SERVICE_PORT: build its "
+                     "Bento, "
+                     "start it beside the live one, smoke-test, switch traffic", window=False)
+    deploy.add_argument("--version", help="registered model version to serve (default: the champion)")
+    deploy.add_argument("--force", action="store_true", help="redeploy even when that Bento is live already")
+    command("status", _status, "What the model service's front door serves now", window=False)
+    command("stop", _stop, "Stop the model service (front door and both slots) this home started", window=False)
+    command("rollback", _rollback, "Make the previous champion the champion again and serve it", window=False)
     command("summary", _summary, "Print what the lake holds for a window")
+    mail_server = command("mail-server", _mail_server, "Run the embedded mail server in the foreground: every "
+                          "message to $SMTP_HOST:$SMTP_PORT becomes a .eml file in $PIPELINE_HOME/mail/", window=False)
+    mail_server.add_argument("--port", type=int, help="port to listen on (default $SMTP_PORT, 8025)")
+    command("mail-start", _mail_start, "Start this home's mail server in the background (make run does)",
+            window=False)
+    command("mail-stop", _mail_stop, "Stop this home's mail server (the messages stay)", window=False)
+    mail = command("mail", _mail, "List the messages the mail server received: recipients, subject, attachments",
+                   window=False)
+    mail.add_argument("--last", type=int, default=0, help="only the last N messages")
     for name, handler, text in (
         ("run", _run, "Run the DAG chain (ingest, features, training) through Airflow over a window"),
         ("bench", _bench, "Benchmark ingestion, validation, the feature store and training; write bench/results.json"),

@@ -30,18 +30,24 @@ _LOG_LINE = re.compile(r"^\S+ \[(?P<level>\w+)\s*\] (?P<message>.*?)\s+\[(?P<log
 # behind it. A manual run needs a logical date on or after it; the training run of `make run` takes the day after
 # the window (the Monday after the demo window), or this day for windows that end earlier.
 TRAINING_START = date(2013, 4, 1)
-# The chain `make run` drives, in order; each DAG gets the window as its params, plus its own extra params.
+# The chain `make run` drives over the window, in order; each DAG gets the window as its params, plus its own.
 DAGS: dict[str, dict[str, Any]] = {
     "flights_ingest": {},
     "flight_features": {},
     # A few trials keep `make run` short; the DAG's own default (for the weekly run) is 20.
     "flight_delay_training": {"trials": 6, "time_budget_minutes": 5, "max_epochs": 20},
 }
+# Then the days after the window, as production: their feed ingested, their traffic replayed through the live
+# service and each day monitored (flight_delay_monitoring, one run per day, in order).
+REPLAY_DAYS = 3
 _EXCEPTION = re.compile(r"^[\w.]*(Error|Exception): ")
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
-    """Environment for Airflow's embedded profile: SQLite metadata and logs under the home folder."""
+    """Environment for Airflow's embedded profile: SQLite metadata and logs under the home folder, and the
+    ``smtp_default`` connection on the home's mail server (pipelines.mail_server)."""
+    from pipelines.mail_server import smtp_connection
+
     airflow_home = settings.pipeline_home / "airflow"
     airflow_home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -54,6 +60,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "GX_ANALYTICS_ENABLED": "false",
+        "AIRFLOW_CONN_SMTP_DEFAULT": smtp_connection(settings),
     })
     return env
 
@@ -90,26 +97,28 @@ def _for_person(line: str) -> str | None:
 
 
 def _serve_and_ask(settings: Settings, day: date, say: Any) -> dict[str, Any]:
-    """Start the model service on the champion and ask it about a real flight of ``day`` (from the test window)."""
+    """Make sure the front door serves the champion (the training DAG's deploy_service did it after a promotion;
+    this deploys it when nothing runs, e.g. after ``make stop``), and ask it about a real flight of ``day``."""
     import requests
 
+    from pipelines.deployment import deploy_service
     from pipelines.lake import open_lake, partition_key
-    from pipelines.service_process import start_service
     from pipelines.serving import requests_from_flights
 
-    say("Starting the model service (BentoML) on the champion...")
-    service = start_service(settings)
+    service = deploy_service(settings)
     flights = open_lake(settings).read_parquet(partition_key("validated", "flights", day, "data.parquet"))
     body = {"flights": requests_from_flights(flights.head(1))}
     answer = requests.post(f"{service['url']}/predict", json=body, timeout=30)
     answer.raise_for_status()
     (prediction,) = answer.json()
-    say(f"Model service: {service['url']} (pid {service['pid']}, log {service['log']})")
+    logs = settings.pipeline_home / "logs"
+    say(f"Model service: {service['url']} serves version {service['model_version']} as Bento {service['bento']} "
+        f"(slot {service['slot']}; logs {logs}/front.log, {logs}/slot-{service['slot']}.log)")
     say(f"  {prediction['flight_id']}: disruption probability {prediction['probability']:.3f}, "
         f"disrupted={prediction['disrupted']}, model version {prediction['model_version']}")
     say(f"  Ask it yourself: curl -s -X POST {service['url']}/predict -H 'content-type: application/json' "
         f"-d '{json.dumps(body)}'")
-    say("  Stop it: make stop")
+    say("  What it serves: make status   Roll back: make rollback   Stop it: make stop")
     return service | {"prediction": prediction}
 
 
@@ -123,20 +132,27 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
     say = lambda text: print(text, flush=True)  # noqa: E731, T201 - the command's output
 
     say(f"Pipeline home: {settings.pipeline_home}   (full logs: {log_file})")
+    from pipelines.mail_server import message_files, read_messages, start_mail_server
+
+    mail = start_mail_server(settings)
+    mails_before = len(message_files(settings))
+    say(f"Mail server: {mail['host']}:{mail['port']} (Airflow's smtp_default); the owners' emails land in "
+        f"{mail['folder']}/ as .eml files")
     started = time.perf_counter()
-    say("[1/3] Preparing Airflow's metadata database (SQLite)...")
+    replayed = [end + timedelta(days=i) for i in range(1, REPLAY_DAYS + 1)]
+    total = len(DAGS) + 3
+    say(f"[1/{total}] Preparing Airflow's metadata database (SQLite)...")
     if _airflow(["db", "migrate"], env, log_file) != 0:
         raise RuntimeError(f"airflow db migrate failed; see {log_file}")
     window = {"start_date": start.isoformat(), "end_date": end.isoformat()}
     failed = None
     for step, (dag_id, extra) in enumerate(DAGS.items(), 2):
-        say(f"[{step}/{len(DAGS) + 1}] Running DAG {dag_id} through Airflow for {start} .. {end}...")
+        say(f"[{step}/{total}] Running DAG {dag_id} through Airflow for {start} .. {end}...")
         conf = json.dumps(window | extra)
         logical = max(end + timedelta(days=1), TRAINING_START) if dag_id == "flight_delay_training" else end
         if _airflow(["dags", "test", dag_id, logical.isoformat(), "-c", conf], env, log_file, show=True) != 0:
             failed = dag_id
             break
-    elapsed = time.perf_counter() - started
 
     from pipelines.steps import date_range
 
@@ -144,31 +160,60 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
     say("")
     say(format_summary(summary))
     if failed is None:
-        from pipelines.feature_store import feature_summary, format_feature_summary
+        summary |= _training_summary(settings, end, say)
+        say("")
+        say(f"[{total - 1}/{total}] Running DAG flights_ingest for the replayed days {replayed[0]} .. "
+            f"{replayed[-1]}...")
+        conf = json.dumps({"start_date": replayed[0].isoformat(), "end_date": replayed[-1].isoformat()})
+        if _airflow(["dags", "test", "flights_ingest", replayed[-1].isoformat(), "-c", conf], env, log_file,
+                    show=True) != 0:
+            failed = "flights_ingest"
+    if failed is None:
+        say(f"[{total}/{total}] Running DAG flight_delay_monitoring for each replayed day (traffic through the live "
+            "service, labels, Evidently report, email to the owners)...")
+        for day in replayed:
+            conf = json.dumps({"day": day.isoformat()})
+            if _airflow(["dags", "test", "flight_delay_monitoring", day.isoformat(), "-c", conf], env, log_file,
+                        show=True) != 0:
+                failed = "flight_delay_monitoring"
+                break
+        from pipelines.monitoring import format_summary as format_monitoring
+        from pipelines.monitoring import monitoring_history
 
-        features = feature_summary(settings)
-        say(format_feature_summary(features))
-        summary["features"] = features
-        from pipelines.evaluation import format_evaluation
-        from pipelines.training import latest_evaluation
-
-        with warnings.catch_warnings():  # MLflow's SQLAlchemy store warns about its own mappers on first use
-            warnings.simplefilter("ignore", DeprecationWarning)
-            evaluation = latest_evaluation(settings)
-        first, last = (moment[:10] for moment in evaluation["test_window"])
-        say(f"Model evaluation on the test window {first} .. {last} (run {evaluation['run_key']})")
-        say(format_evaluation(evaluation["metrics"], comparison=evaluation["network_vs_logistic_regression"]))
-        from pipelines.registry import format_decision, read_decision
-
-        decision = read_decision(evaluation["run_key"], settings)
-        say(format_decision(decision))
-        summary["promotion"] = decision
-        summary["service"] = _serve_and_ask(settings, end, say)
-        say(f"  MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
-        summary["evaluation"] = evaluation
+        monitored = monitoring_history(settings, before=replayed[-1] + timedelta(days=1))
+        summary["monitoring"] = [day for day in monitored if date.fromisoformat(day["date"]) in replayed]
+        for day in summary["monitoring"]:
+            say(format_monitoring(day))
+            say(f"  report: {day['report_paths']['html']}")
+    elapsed = time.perf_counter() - started
+    mails = read_messages(settings)[mails_before:]
+    say(f"Emails to {settings.model_owners}: {len(mails)} this run, received by the mail server into "
+        f"{settings.mail_folder}/" + "".join(f"\n    {message['Subject']}" for message in mails))
     say(f"  Airflow log: {log_file}")
     say(f"Finished in {elapsed:.0f}s: " + ("all DAG runs succeeded." if failed is None
                                            else f"DAG {failed} FAILED (see the log above)."))
     if failed:
         raise RuntimeError(f"the {failed} run failed; see {log_file}")
     return summary
+
+
+def _training_summary(settings: Settings, end: date, say: Any) -> dict[str, Any]:
+    """Features, the model's evaluation, the gate's decision, and the live service answering a real flight."""
+    from pipelines.evaluation import format_evaluation
+    from pipelines.feature_store import feature_summary, format_feature_summary
+    from pipelines.registry import format_decision, read_decision
+    from pipelines.training import latest_evaluation
+
+    features = feature_summary(settings)
+    say(format_feature_summary(features))
+    with warnings.catch_warnings():  # MLflow's SQLAlchemy store warns about its own mappers on first use
+        warnings.simplefilter("ignore", DeprecationWarning)
+        evaluation = latest_evaluation(settings)
+    first, last = (moment[:10] for moment in evaluation["test_window"])
+    say(f"Model evaluation on the test window {first} .. {last} (run {evaluation['run_key']})")
+    say(format_evaluation(evaluation["metrics"], comparison=evaluation["network_vs_logistic_regression"]))
+    decision = read_decision(evaluation["run_key"], settings)
+    say(format_decision(decision))
+    service = _serve_and_ask(settings, end, say)
+    say(f"  MLflow: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
+    return {"features": features, "evaluation": evaluation, "promotion": decision, "service": service}

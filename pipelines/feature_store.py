@@ -16,7 +16,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -177,9 +177,17 @@ def online_features(entities: pd.DataFrame, settings: Settings | None = None,
     if stock:
         service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
         return store.get_online_features(features=service, entity_rows=rows).to_df()
+    return pd.DataFrame(online_feature_columns(rows, store=store))
+
+
+def online_feature_columns(entities: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
+                           settings: Settings | None = None,
+                           store: FeatureStore | None = None) -> dict[str, list[Any]]:
+    """``online_features`` as columns of plain Python values (``to_dict()`` of the stock response), for entity
+    rows or columns holding ``ENTITY_COLUMNS``: the serving path, which needs no frame."""
     from pipelines.online_reader import read_online
 
-    return pd.DataFrame(read_online(store, FEATURE_SERVICE, rows))
+    return read_online(store or open_store(settings), FEATURE_SERVICE, entities)
 
 
 def feature_summary(settings: Settings | None = None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from pipelines.settings import Settings
 
-ZONES = ("landing", "raw", "validated", "quarantine", "reference", "features", "predictions")
+ZONES = ("landing", "raw", "validated", "quarantine", "reference", "features", "predictions", "labels")
 _PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})$")
 
 

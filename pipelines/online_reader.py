@@ -23,6 +23,7 @@ keys, nested types) goes to the stock ``get_online_features``. ``tests/unit/test
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -248,29 +249,27 @@ class OnlineReader:
                 out.append(replies[at: at + len(keys)])
                 at += len(keys)
             return out
-        # SQLite: one statement over every view's table.
-        parts, params = [], []
-        for i, (table, keys) in enumerate(zip(self.tables, keys_per_view, strict=True)):
-            if keys:
-                parts.append(f'SELECT {i}, entity_key, feature_name, value FROM "{table}" '
-                             f"WHERE entity_key IN ({','.join('?' * len(keys))})")
-                params.extend(keys)
-        found: dict[tuple[int, bytes], dict[str, bytes]] = {}
-        if parts:
-            for view_idx, key, feature, value in self.conn.execute(" UNION ALL ".join(parts), params):
-                found.setdefault((view_idx, key), {})[feature] = value
-        result = []
-        for i, (keys, index) in enumerate(zip(keys_per_view, self.feature_index, strict=True)):
-            rows = []
-            for key in keys:
-                stored = found.get((i, key), {})
-                row: list[bytes | None] = [None] * len(index)
-                for feature, value in stored.items():
-                    if feature in index:
-                        row[index[feature]] = value
-                rows.append(row)
-            result.append(rows)
+        # SQLite: one statement over every view's table, each stored value put straight into its entity's row.
+        result: list[list[Any]] = [[[None] * len(index) for _ in keys]
+                                   for keys, index in zip(keys_per_view, self.feature_index, strict=True)]
+        rows = {(i, key): row for i, (keys, view_rows) in enumerate(zip(keys_per_view, result, strict=True))
+                for key, row in zip(keys, view_rows, strict=True)}
+        if rows:
+            statement = _union_statement(tuple(self.tables), tuple(len(keys) for keys in keys_per_view))
+            params = [key for keys in keys_per_view for key in keys]
+            for view_idx, key, feature, value in self.conn.execute(statement, params):
+                position = self.feature_index[view_idx].get(feature)
+                if position is not None:  # the table holds features the service does not ask for
+                    rows[(view_idx, key)][position] = value
         return result
+
+
+@functools.lru_cache(maxsize=256)
+def _union_statement(tables: tuple[str, ...], counts: tuple[int, ...]) -> str:
+    """The SQLite read of ``counts[i]`` entity keys from each table ``tables[i]``, tagged with the view's index."""
+    return " UNION ALL ".join(f'SELECT {i}, entity_key, feature_name, value FROM "{table}" '
+                              f"WHERE entity_key IN ({','.join('?' * count)})"
+                              for i, (table, count) in enumerate(zip(tables, counts, strict=True)) if count)
 
 
 def _transform_dict(odfv: Any, feature_dict: dict[str, Any]) -> dict[str, Any]:

@@ -154,7 +154,11 @@ def register_model(run_key: str, settings: Settings | None = None) -> dict[str, 
             name="model", python_model=wrapper, artifacts={"model": str(local)}, input_example=example,
             signature=infer_signature(example, wrapper.predict(None, example)), pip_requirements=requirements,
         )
-    tags = lineage_tags(manifest, final.data.tags.get("optuna.study", ""))
+    # Monitoring compares served traffic with this sample of the training data (and the model's scores on it).
+    from pipelines.monitoring import save_reference
+
+    tags = lineage_tags(manifest, final.data.tags.get("optuna.study", "")) | {
+        "monitoring.reference": save_reference(run_key, settings)}
     version = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version.version)
     log.info("register_model: %s version %s (%s)", MODEL_NAME, version.version, info.model_uri)
@@ -169,6 +173,13 @@ def _alias(alias: str) -> ModelVersion | None:
         return MlflowClient().get_model_version_by_alias(MODEL_NAME, alias)
     except MlflowException:
         return None
+
+
+def alias_version(alias: str, settings: Settings | None = None) -> str | None:
+    """The version number behind ``alias`` in the settings' registry, None when the alias is not set."""
+    use_tracking(settings or get_settings())
+    version = _alias(alias)
+    return None if version is None else str(version.version)
 
 
 def decide(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None,

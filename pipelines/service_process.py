@@ -1,9 +1,10 @@
-"""The model service as a background process on this machine: start it, wait until it is ready, stop it by its
-process id. ``make run`` ends with it running; ``make stop`` stops it.
+"""Background processes of this home: start one in its own session (so stopping it stops its children too), wait
+until it answers, stop it by its process id.
 
-The process is ``bentoml serve services.flight_delay_service:FlightDelayService`` in its own session (so stopping it
-stops its workers too), with the settings passed through the environment, its output in
-``$PIPELINE_HOME/logs/service.log`` and its process id in ``$PIPELINE_HOME/service.pid``.
+Each process has a name; its process id and port are in ``$PIPELINE_HOME/run/{name}.pid`` and its output in
+``$PIPELINE_HOME/logs/{name}.log``. ``start_service`` runs one BentoML model service (``bentoml serve``): the
+service's source for development and tests, or a built Bento, which is what ``pipelines.deployment`` starts in its
+blue and green slots behind the front door.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,15 +25,35 @@ from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 3000
 SERVICE = "services.flight_delay_service:FlightDelayService"
 
 
-def _pid_file(settings: Settings) -> Path:
-    return settings.pipeline_home / "service.pid"
+def free_port(span: int = 1) -> int:
+    """A port on 127.0.0.1 that nothing listens on now, with the ``span - 1`` after it free too (a front door and
+    its two slots)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        try:
+            for other in range(port + 1, port + span):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", other))
+        except OSError:
+            continue
+        return port
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.pipeline_home / "run" / f"{name}.pid"
 
 
 def _alive(pid: int) -> bool:
+    try:  # a child of this process that exited stays a zombie (and "alive" to kill) until it is reaped
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child: started by another command
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -41,23 +63,49 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def stop_service(settings: Settings | None = None, timeout_s: float = 30) -> bool:
-    """Stop the service this home started (SIGTERM to its process group, so it flushes its prediction log)."""
-    settings = settings or get_settings()
-    pid_file = _pid_file(settings)
+def running(settings: Settings, name: str) -> dict[str, int] | None:
+    """``{"pid", "port"}`` of the named process when it is alive, else None."""
+    pid_file = _pid_file(settings, name)
+    if not pid_file.exists():
+        return None
+    pid, port = (int(field) for field in pid_file.read_text().split()[:2])
+    return {"pid": pid, "port": port} if _alive(pid) else None
+
+
+def start_process(settings: Settings, name: str, command: list[str], port: int,
+                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``command`` detached from this process: its own session, no inherited stdin/stdout, output appended to
+    its log. A caller's pipe (``make run`` reading Airflow's output) is therefore never held open by it."""
+    logs = settings.pipeline_home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pid_file = _pid_file(settings, name)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{name}.log").open("ab") as sink:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    pid_file.write_text(f"{process.pid} {port}\n")
+    return process
+
+
+def stop_process(settings: Settings, name: str, timeout_s: float = 30) -> bool:
+    """SIGTERM to the named process group (a model service flushes its prediction log), SIGKILL after
+    ``timeout_s``; False when it was not running."""
+    pid_file = _pid_file(settings, name)
     if not pid_file.exists():
         return False
     pid = int(pid_file.read_text().split()[0])
-    if _alive(pid):
+    alive = _alive(pid)
+    if alive:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(0.1)
         if _alive(pid):
+            log.warning("%s (pid %d) did not stop within %.0fs: killed", name, pid, timeout_s)
             os.killpg(pid, signal.SIGKILL)
+        log.info("stopped %s (pid %d)", name, pid)
     pid_file.unlink(missing_ok=True)
-    log.info("stopped the model service (pid %d)", pid)
-    return True
+    return alive
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 120) -> None:
@@ -70,39 +118,37 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout
                 return
         except requests.RequestException:  # not listening yet, or still loading the model
             pass
-        time.sleep(0.5)
+        time.sleep(0.25)
     raise TimeoutError(f"the model service at {url} was not ready within {timeout_s:.0f}s")
 
 
-def start_service(settings: Settings | None = None, port: int = DEFAULT_PORT) -> dict[str, Any]:
-    """(Re)start the service of this home on 127.0.0.1:``port`` and wait until it answers."""
-    settings = settings or get_settings()
-    stop_service(settings)
-    logs = settings.pipeline_home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    # The service reads its settings from the environment: pass on every one that is set here.
-    env = dict(os.environ, BENTOML_HOME=str(settings.pipeline_home / "bentoml"))
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment a service process needs: every setting that is set here, and the home's BentoML store."""
+    env = dict(os.environ, BENTOML_HOME=str(settings.pipeline_home / "bentoml"), BENTOML_DO_NOT_TRACK="True")
     env.update({name.upper(): str(value) for name, value in settings.model_dump().items() if value is not None})
-    command = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE, "--host", "127.0.0.1",
+    return env
+
+
+def start_service(settings: Settings | None = None, port: int | None = None, name: str = "service",
+                  target: str = SERVICE) -> dict[str, Any]:
+    """(Re)start the named model service on 127.0.0.1:``port`` and wait until it answers. ``target`` is the
+    service's import path (it resolves ``champion``) or a Bento tag (it serves the version it was built for)."""
+    settings = settings or get_settings()
+    port = port or settings.service_port
+    stop_process(settings, name)
+    command = [str(Path(sys.executable).parent / "bentoml"), "serve", target, "--host", "127.0.0.1",
                "--port", str(port)]
-    with (logs / "service.log").open("ab") as sink:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    _pid_file(settings).write_text(f"{process.pid} {port}\n")
+    process = start_process(settings, name, command, port, service_env(settings))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
     except Exception:
-        stop_service(settings)
+        stop_process(settings, name)
         raise
-    log.info("model service ready at %s (pid %d)", url, process.pid)
-    return {"url": url, "pid": process.pid, "log": str(logs / "service.log")}
+    log.info("%s ready at %s (pid %d, %s)", name, url, process.pid, target)
+    return {"url": url, "pid": process.pid, "target": target,
+            "log": str(settings.pipeline_home / "logs" / f"{name}.log")}
 
 
-def restart_if_running(settings: Settings | None = None) -> dict[str, Any] | None:
-    """Restart the service this home runs (it resolves ``champion`` when it starts); None when none runs."""
-    settings = settings or get_settings()
-    pid_file = _pid_file(settings)
-    if not pid_file.exists() or not _alive(int(pid_file.read_text().split()[0])):
-        return None
-    return start_service(settings, port=int(pid_file.read_text().split()[1]))
+def stop_service(settings: Settings | None = None, name: str = "service") -> bool:
+    return stop_process(settings or get_settings(), name)

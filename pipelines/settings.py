@@ -10,7 +10,7 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +58,50 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the Optuna studies (PostgreSQL in production, shared by parallel tuning "
                     "workers). Default: a SQLite file under $PIPELINE_HOME/optuna.",
     )
+    service_port: int = Field(
+        default=3000, ge=1, le=65533,
+        description="The model service's front door on 127.0.0.1; the two deployment slots listen on the next two.",
+    )
+    model_owners: str = Field(
+        default="flight-delay-owners@example.com",
+        description="Who owns the model and its DAGs: comma-separated addresses that get the monitoring email "
+                    "after every run and a failure email when a task fails for good.",
+    )
+    smtp_host: str = Field(
+        default="127.0.0.1",
+        description="Where the embedded profile's mail server listens (Airflow's smtp_default connection points "
+                    "at it); production sets AIRFLOW_CONN_SMTP_DEFAULT to the company relay instead.",
+    )
+    smtp_port: int = Field(default=8025, ge=1, le=65535, description="Port of the embedded mail server.")
+    mail_from: str = Field(default="flight-delay-pipeline@example.com", description="Sender of the emails.")
+    email_attachment_max_bytes: int = Field(
+        # An Evidently day report is ~5.5 MB (3.5 MB of it its JavaScript); relays commonly take 10-25 MB.
+        default=8 * 1024 * 1024, ge=0,
+        description="Largest report attached to an email (8 MiB); a larger one is named by its path instead.",
+    )
+    prediction_log_max_age_s: float = Field(
+        default=10.0, gt=0, description="The model service writes its buffered predictions to the lake at least "
+                                        "this often (and every 1,000 rows).")
     demo_start: date = date(2013, 1, 1)
     demo_end: date = date(2013, 3, 31)
+
+    @field_validator("model_owners")
+    @classmethod
+    def _owners_are_addresses(cls, value: str) -> str:
+        owners = [owner.strip() for owner in value.split(",") if owner.strip()]
+        if not owners or any("@" not in owner for owner in owners):
+            raise ValueError(f"MODEL_OWNERS must be comma-separated email addresses, got {value!r}")
+        return ", ".join(owners)
+
+    @property
+    def owners(self) -> list[str]:
+        """``model_owners`` as a list of addresses."""
+        return [owner.strip() for owner in self.model_owners.split(",")]
+
+    @property
+    def mail_folder(self) -> Path:
+        """Where the embedded mail server writes each message it receives, one ``.eml`` file each."""
+        return self.pipeline_home / "mail"
 
     @property
     def lake_root(self) -> str:

@@ -1,7 +1,11 @@
 """BentoML service: disruption probability for scheduled NYC departures, from the registered ``champion`` and the
 online feature store. Everything that decides an answer is ``pipelines.serving``; this file maps it onto HTTP.
 
-    bentoml serve services.flight_delay_service:FlightDelayService --port 3000
+    bentoml serve services.flight_delay_service:FlightDelayService --port 3000    # resolves ``champion``
+    bentoml serve flight_delay:v4-<code hash>                                    # a built Bento: its version
+
+A Bento built by ``pipelines.deployment`` carries the argument ``model_version``, so it serves exactly the version
+it was built for whatever the aliases say later; without it (development) the service resolves ``champion``.
 
 Endpoints: ``POST /predict`` (one or many flights), ``POST /model`` (version, aliases, lineage), and BentoML's own
 ``/healthz``, ``/readyz``, ``/metrics`` and ``/docs.json`` (OpenAPI). Bad input is a 400 naming the field, an
@@ -16,15 +20,39 @@ import bentoml
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from pydantic import Field
 
-from pipelines.serving import FeaturesUnavailable, FlightRequest, Predictor, RequestError
+from pipelines.serving import FeaturesUnavailable, FlightRequest, Predictor, RequestError, load_champion
+from pipelines.settings import get_settings
 
 MAX_FLIGHTS = 1000
+
+
+class JsonBodiesOnly:
+    """ASGI middleware: a ``multipart/form-data`` POST is a 415. The API takes JSON (and the form encoding curl
+    sends by default); BentoML would parse multipart for file inputs this service has none of, and answers a
+    malformed one (no boundary, a body that is not multipart) with a 500."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+            if content_type.split(b";")[0].strip().lower() == b"multipart/form-data":
+                from starlette.responses import JSONResponse
+
+                response = JSONResponse({"error": "Content-Type: send the request as application/json"},
+                                        status_code=415)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @bentoml.service(name="flight_delay", traffic={"timeout": 10}, http={"port": 3000})
 class FlightDelayService:
     def __init__(self) -> None:
-        self.predictor = Predictor()
+        settings = get_settings()
+        version = getattr(bentoml.use_arguments(), "model_version", None)
+        self.predictor = Predictor(settings, champion=load_champion(settings, version))
 
     @bentoml.api(route="/predict")
     def predict(self, flights: Annotated[list[FlightRequest], Field(min_length=1, max_length=MAX_FLIGHTS)]
@@ -45,3 +73,6 @@ class FlightDelayService:
     @bentoml.on_shutdown
     def flush_predictions(self) -> None:
         self.predictor.log.flush()
+
+
+FlightDelayService.add_asgi_middleware(JsonBodiesOnly)

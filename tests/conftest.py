@@ -103,3 +103,40 @@ def real_data(tmp_path_factory: pytest.TempPathFactory, real_days: list) -> Sett
         step(real_days, settings)
     apply_definitions(open_store(settings))
     return settings
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[..., int]:
+    """``free_port(span=1)``: a port on 127.0.0.1 that nothing listens on now (and the ``span - 1`` after it: the
+    model service's front door needs two more for its slots)."""
+    from pipelines.service_process import free_port as find
+
+    return find
+
+
+CHAMPION_RUN_KEY = "service-test/2013-03-01"
+
+
+@pytest.fixture(scope="session")
+def champion_run_key() -> str:
+    return CHAMPION_RUN_KEY
+
+
+@pytest.fixture(scope="session")
+def champion_settings(real_data: Settings, real_days: list, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The real-data home with a champion of its own: a small model trained, registered and promoted by the
+    pipeline's steps (tracking and studies in a folder of this fixture's), and the window materialized online.
+    Shared by the service, fuzz and deployment tests; each starts its own service processes on free ports."""
+    from pipelines.feature_store import materialize_features
+    from pipelines.registry import promote_model, register_model
+    from pipelines.training import train_pipeline
+
+    own = tmp_path_factory.mktemp("champion")
+    settings = real_data.model_copy(update={"experiment_tracking_uri": f"sqlite:///{own / 'mlflow.db'}",
+                                            "experiment_artifacts_uri": (own / "artifacts").as_uri(),
+                                            "optuna_storage": f"sqlite:///{own / 'optuna.db'}"})
+    train_pipeline(real_days, CHAMPION_RUN_KEY, settings, trials=1, max_epochs=3, valid_days=7, test_days=7)
+    register_model(CHAMPION_RUN_KEY, settings)
+    assert promote_model(CHAMPION_RUN_KEY, settings)["decision"] == "promote"
+    materialize_features(real_days, settings)
+    return settings

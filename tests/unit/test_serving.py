@@ -26,11 +26,42 @@ def test_local_time_without_offset_is_new_york_time() -> None:
 
 @pytest.mark.parametrize("change", [{"carrier": "b6"}, {"flight": 0}, {"origin": "BOS"}, {"dest": "BQ"},
                                     {"scheduled_departure": "2013-02-30T10:00"}, {"distance": 0},
-                                    {"scheduled_departure": "1850-01-01T10:00"}, {"extra": True}])
+                                    {"scheduled_departure": "1850-01-01T10:00"}, {"extra": True},
+                                    # found by the fuzz (tests/integration/test_service_fuzz.py): each was a 500
+                                    # (a pytz error, not a ValueError, escaped pydantic) before it was a 400
+                                    {"scheduled_departure": "2013-03-10T02:30:00"},  # the clocks skip 02:00-03:00
+                                    {"scheduled_departure": "0001-01-01T00:00:00"},
+                                    # bounds and types a fuzzer tries
+                                    {"scheduled_departure": "0001-01-01T00:00:00+01:00"},
+                                    {"scheduled_departure": "9999-12-31T23:59:59-23:59"},
+                                    {"scheduled_departure": "1990-01-01T00:00:00+10:00"},  # 1989 in New York
+                                    {"distance": float("nan")}, {"distance": float("inf")}, {"flight": 10**30},
+                                    {"flight": 7.5}, {"dest": "ÄBC"}, {"dest": "LAX\n"}, {"carrier": None},
+                                    {"tailnum": "N" * 11}, {"tailnum": ["N1", None]}])
 def test_request_validation_names_the_field(change: dict[str, object]) -> None:
     with pytest.raises(ValidationError) as error:
         FlightRequest(**FLIGHT | change)
     assert next(iter(change)) in str(error.value)
+
+
+def test_clock_changes_in_new_york_local_time() -> None:
+    """A time the clocks skip is an error naming it; an hour they repeat is its first (daylight) occurrence."""
+    with pytest.raises(ValidationError, match="does not exist in New York"):
+        FlightRequest(**FLIGHT | {"scheduled_departure": "2013-03-10T02:30:00"})
+    after_gap = FlightRequest(**FLIGHT | {"scheduled_departure": "2013-03-10T03:00:00"}).scheduled_departure
+    assert after_gap.utcoffset().total_seconds() == -4 * 3600
+    repeated = FlightRequest(**FLIGHT | {"scheduled_departure": "2013-11-03T01:30:00"}).scheduled_departure
+    assert repeated.utcoffset().total_seconds() == -4 * 3600
+    with_offset = FlightRequest(**FLIGHT | {"scheduled_departure": "2013-03-10T02:30:00-05:00"})
+    assert flight_entities([with_offset])["scheduled_departure"].iloc[0] == pd.Timestamp("2013-03-10T07:30:00Z")
+
+
+def test_request_schema_is_openapi_3_0() -> None:
+    """The service documents OpenAPI 3.0: an exclusive bound is the boolean beside ``minimum``, not 2020-12's
+    number (schemathesis could not generate a single /predict request from that)."""
+    distance = FlightRequest.model_json_schema()["properties"]["distance"]
+    assert distance["minimum"] == 0 and distance["exclusiveMinimum"] is True and distance["maximum"] == 6000
+    assert FlightRequest(**FLIGHT | {"distance": 0.001}).distance == 0.001
 
 
 def test_prediction_log_writes_batches_per_flight_date(lake: Lake) -> None:

@@ -1,0 +1,99 @@
+"""
+### flight_delay_monitoring: the served model, checked every day, with its owners told
+
+One run per day from 2013-04-01 (the first day after the demo window), catchup on, one run at a time (traffic is
+replayed in order). Each run watches the day of its logical date, or the **day** param of a manual trigger.
+
+1. `replay_traffic`: the simulated production traffic. The day's scheduled flights go to the live service over
+   HTTP at their prediction times, with the online store materialized hour by hour, and their predictions are
+   logged to `predictions/`. Off with **replay_traffic** = false where real traffic reaches the service.
+2. `label_predictions`: the day's outcomes (its validated feed) joined to what was served: `labels/`.
+3. `build_drift_report`: Evidently: data drift of the served features against the champion's training reference,
+   drift of the scores, and quality on the labelled trailing window beside the training metrics. HTML, JSON and
+   the summary in `reports/monitoring/date=YYYY-MM-DD/`; the summary carries the retraining decision.
+4. `email_report`: the owners get the summary, with the report attached, through the SMTP connection.
+5. `request_retraining`: when the report asks for it (drift share or a quality drop over the thresholds, enough
+   flights, outside the cooldown), an event of the Asset `flight_delay_retrain_requests`, which schedules
+   `flight_delay_training` on the window it names. Skipped otherwise, with the reasons.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from _notifiers import notify_owners_on_failure, send_monitoring_email
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+RETRAIN_REQUESTS = Asset(name="flight_delay_retrain_requests", uri="retrain://flight_delay_classifier")
+
+
+def _day() -> date:
+    """The monitored day: the **day** param, else the logical date's."""
+    context = get_current_context()
+    if context["params"].get("day"):
+        return date.fromisoformat(context["params"]["day"])
+    return (context["logical_date"] or context["dag_run"].run_after).date()
+
+
+@dag(
+    dag_id="flight_delay_monitoring",
+    doc_md=__doc__,
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=datetime(2013, 4, 1),
+    end_date=datetime(2013, 12, 31),
+    catchup=True,
+    max_active_runs=1,
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1),
+                  "on_failure_callback": notify_owners_on_failure},
+    tags=["monitoring", "evidently", "drift"],
+    params={
+        "day": Param(None, type=["null", "string"], format="date", title="Day",
+                     description="The day to monitor (YYYY-MM-DD). Empty: the run's logical date."),
+        "replay_traffic": Param(True, type="boolean", title="Replay traffic",
+                                description="Send the day's scheduled flights to the live service first (the "
+                                            "simulated production traffic). Off where real traffic arrives."),
+    },
+)
+def flight_delay_monitoring() -> None:
+    @task
+    def replay_traffic() -> dict:
+        if not get_current_context()["params"]["replay_traffic"]:
+            raise AirflowSkipException("replay_traffic is off: monitoring the traffic the service really got")
+        from pipelines.replay import replay_traffic
+
+        return replay_traffic(_day())
+
+    @task(trigger_rule="none_failed")
+    def label_predictions() -> dict:
+        from pipelines.labels import label_predictions
+
+        return label_predictions(_day())
+
+    @task
+    def build_drift_report() -> dict:
+        from pipelines.monitoring import build_drift_report
+
+        return build_drift_report(_day())
+
+    @task
+    def email_report(summary: dict) -> dict:
+        return send_monitoring_email(summary, summary["report_paths"].values())
+
+    @task(outlets=[RETRAIN_REQUESTS])
+    def request_retraining(summary: dict) -> dict:
+        retrain: dict[str, Any] = summary["retrain"]
+        if not retrain["requested"]:
+            raise AirflowSkipException("no retraining: " + "; ".join(retrain["reasons"]))
+        extra = dict(retrain["window"]) | {"monitored_day": summary["date"], "reasons": retrain["reasons"]}
+        get_current_context()["outlet_events"][RETRAIN_REQUESTS].extra = extra
+        return extra
+
+    summary = build_drift_report()
+    replay_traffic() >> label_predictions() >> summary
+    email_report(summary)
+    request_retraining(summary)
+
+
+flight_delay_monitoring()

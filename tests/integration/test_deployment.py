@@ -1,0 +1,203 @@
+"""Deployment for real: Bentos built with ``bentoml build``, blue and green slots started with ``bentoml serve``, the
+HAProxy front door switched through its runtime API, over the shared real-data champion. While versions change,
+clients keep sending requests through the front door the whole time, and every one of them must be answered.
+
+The tests run in order on one deployment: first deploy, a no-op redeploy, a new version under load, a rollback by
+hand under load, and a failed smoke test that rolls back by itself."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pandas as pd
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from pipelines.deployment import (
+    DeployError,
+    SmokePolicy,
+    code_hash,
+    deploy_service,
+    read_state,
+    rollback_deployment,
+    stop_all,
+)
+from pipelines.registry import MODEL_NAME, GatePolicy, alias_version, promote_model, register_model
+from pipelines.service_process import running
+from pipelines.serving import requests_from_flights
+from pipelines.settings import Settings
+from pipelines.tracking import use_tracking
+from pipelines.training import train_pipeline
+
+pytestmark = pytest.mark.integration
+
+SECOND_RUN_KEY = "deployment-test/second"
+
+
+class Traffic:
+    """Clients posting one real flight at a time through the front door, each on its own keep-alive connection,
+    recording every answer's status and model version (or the exception) in order."""
+
+    def __init__(self, url: str, flight: dict[str, Any], clients: int = 2, pause_s: float = 0.01) -> None:
+        self.url, self.body, self.pause_s = url, {"flights": [flight]}, pause_s
+        self.answers: list[list[tuple[int, str | None]]] = [[] for _ in range(clients)]
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+
+    def _client(self, index: int) -> None:
+        with requests.Session() as http:
+            while not self._stop.is_set():
+                try:
+                    response = http.post(f"{self.url}/predict", json=self.body, timeout=30)
+                    version = response.json()[0]["model_version"] if response.status_code == 200 else None
+                    self.answers[index].append((response.status_code, version))
+                except Exception as error:  # a lost request: refused, reset, timed out or garbled
+                    self.failures.append(f"client {index}: {type(error).__name__}: {error}")
+                time.sleep(self.pause_s)
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        time.sleep(1.0)  # traffic is flowing before the change starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(1.0)  # and keeps flowing after it
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def versions(self, client: int) -> list[str | None]:
+        """The versions one client saw, with repeats collapsed: ["1", "2"] is one clean switch."""
+        seen: list[str | None] = []
+        for _, version in self.answers[client]:
+            if not seen or seen[-1] != version:
+                seen.append(version)
+        return seen
+
+    @property
+    def statuses(self) -> set[int]:
+        return {status for answers in self.answers for status, _ in answers}
+
+    @property
+    def total(self) -> int:
+        return sum(len(answers) for answers in self.answers)
+
+
+@pytest.fixture(scope="module")
+def deployment(champion_settings: Settings, free_port: Callable[..., int]) -> Iterator[dict[str, Any]]:
+    settings = champion_settings.model_copy(update={"service_port": free_port(3)})
+    frame = pd.read_parquet(settings.pipeline_home / "lake" / "validated" / "flights" / "date=2013-02-27"
+                            / "data.parquet")
+    state: dict[str, Any] = {"settings": settings, "url": f"http://127.0.0.1:{settings.service_port}",
+                             "flight": requests_from_flights(frame.head(1))[0]}
+    yield state
+    stop_all(settings)
+
+
+def _served_version(deployment: dict[str, Any]) -> str:
+    response = requests.post(f"{deployment['url']}/predict", json={"flights": [deployment["flight"]]}, timeout=30)
+    assert response.status_code == 200, response.text
+    return str(response.json()[0]["model_version"])
+
+
+def _history(settings: Settings) -> list[dict[str, Any]]:
+    lines = (settings.pipeline_home / "deploy" / "history.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_first_deploy_serves_the_champion_through_the_front_door(deployment: dict[str, Any]) -> None:
+    settings = deployment["settings"]
+    record = deploy_service(settings)
+    assert record["status"] == "live" and record["model_version"] == "1" and record["previous"] is None
+    assert record["bento"] == f"flight_delay:v1-{code_hash()}"
+    bento = settings.pipeline_home / "bentoml" / "bentos" / "flight_delay" / record["bento"].split(":")[1]
+    assert "model_version: '1'" in (bento / "bento.yaml").read_text()
+    assert (bento / "env" / "docker" / "Dockerfile").exists()
+    smoke = record["smoke_test"]
+    assert smoke["passed"] and smoke["checks"]["golden"]["max_abs_difference"] < 1e-4
+    assert smoke["checks"]["burst"]["errors"] == 0 and smoke["checks"]["bad_request"] == 400
+    assert _served_version(deployment) == "1"
+    info = requests.post(f"{deployment['url']}/model", json={}, timeout=10).json()
+    assert info["version"] == "1" and "champion" in info["aliases"]
+    use_tracking(settings)
+    tags = MlflowClient().get_model_version(MODEL_NAME, "1").tags
+    assert tags["deployment.status"] == "live" and tags["deployment.bento"] == record["bento"]
+    assert _history(settings)[-1]["status"] == "live"
+
+
+def test_deploying_what_is_live_changes_nothing(deployment: dict[str, Any]) -> None:
+    settings = deployment["settings"]
+    before = read_state(settings)
+    pids = {slot: running(settings, f"slot-{slot}") for slot in before["slots"]}
+    again = deploy_service(settings)
+    assert again["status"] == "unchanged" and again["slot"] == before["live"]
+    assert {slot: running(settings, f"slot-{slot}") for slot in before["slots"]} == pids
+
+
+def test_new_version_goes_live_under_load_without_losing_a_request(deployment: dict[str, Any],
+                                                                   real_days: list) -> None:
+    settings = deployment["settings"]
+    train_pipeline(real_days, SECOND_RUN_KEY, settings, trials=1, max_epochs=2, valid_days=7, test_days=7)
+    register_model(SECOND_RUN_KEY, settings)
+    # The gate is not under test here: a permissive policy makes version 2 the champion whatever it scores.
+    permissive = GatePolicy(roc_auc_floor=0.0, roc_auc_tolerance=1.0, brier_tolerance=1.0)
+    assert promote_model(SECOND_RUN_KEY, settings, permissive)["decision"] == "promote"
+    live_before = read_state(settings)["live"]
+
+    with Traffic(deployment["url"], deployment["flight"]) as traffic:
+        record = deploy_service(settings)
+
+    assert record["status"] == "live" and record["model_version"] == "2" and record["slot"] != live_before
+    assert traffic.failures == [] and traffic.statuses == {200}, traffic.failures[:5]
+    assert traffic.total > 50
+    for client in range(len(traffic.answers)):
+        assert traffic.versions(client) == ["1", "2"], traffic.versions(client)
+    state = read_state(settings)
+    assert state["slots"][live_before]["model_version"] == "1", "the previous slot stays up for a rollback"
+
+
+def test_rollback_by_hand_switches_back_at_once_under_load(deployment: dict[str, Any]) -> None:
+    settings = deployment["settings"]
+    standby = next(slot for slot in read_state(settings)["slots"] if slot != read_state(settings)["live"])
+    with Traffic(deployment["url"], deployment["flight"]) as traffic:
+        result = rollback_deployment(settings)
+    assert result["aliases"] == {"champion": "1", "rolled_back": "2"}
+    assert result["service"]["slot"] == standby and result["service"]["reason"].startswith("rollback by hand")
+    assert traffic.failures == [] and traffic.statuses == {200}
+    for client in range(len(traffic.answers)):
+        assert traffic.versions(client) == ["2", "1"]
+    assert alias_version("champion", settings) == "1" and _served_version(deployment) == "1"
+
+
+def test_failed_smoke_test_rolls_back_by_itself_and_says_why(deployment: dict[str, Any]) -> None:
+    settings = deployment["settings"]
+    client = MlflowClient()
+    use_tracking(settings)
+    # Version 2 promoted again, as the gate would: champion 2, previous champion 1 (the one serving).
+    client.set_registered_model_alias(MODEL_NAME, "previous_champion", "1")
+    client.set_registered_model_alias(MODEL_NAME, "champion", "2")
+    live = read_state(settings)["live"]
+    impossible = SmokePolicy(p99_budget_ms=0.001)
+
+    with Traffic(deployment["url"], deployment["flight"]) as traffic, \
+            pytest.raises(DeployError, match=r"failed its smoke test \(burst p99 .* over the budget.*version 1 is "
+                                             r"still serving"):
+        deploy_service(settings, policy=impossible)
+
+    assert traffic.failures == [] and traffic.statuses == {200}
+    assert all(traffic.versions(client) == ["1"] for client in range(len(traffic.answers)))
+    assert read_state(settings)["live"] == live and _served_version(deployment) == "1"
+    assert alias_version("champion", settings) == "1", "the registry says again what is served"
+    record = _history(settings)[-1]
+    assert record["status"] == "rolled_back" and "over the budget" in record["reason"]
+    assert record["aliases"] == {"champion": "1", "rolled_back": "2"}
+    failed_slot = "green" if live == "blue" else "blue"
+    assert running(settings, f"slot-{failed_slot}") is None
+    assert client.get_model_version(MODEL_NAME, "2").tags["deployment.status"] == "rolled_back"

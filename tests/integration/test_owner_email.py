@@ -1,0 +1,168 @@
+"""The owners' emails over real SMTP: the embedded mail server (pipelines.mail_server) on a free port, Airflow's
+SMTP provider sending through the ``smtp_default`` connection that pipelines.demo.airflow_env defines, and
+assertions on the ``.eml`` files the server wrote.
+
+Airflow is imported inside the tests, after AIRFLOW_HOME points into the test's home.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.demo import airflow_env
+from pipelines.mail_server import message_files, read_messages, start_mail_server, stop_mail_server
+from pipelines.service_process import running
+from pipelines.settings import PROJECT_ROOT, Settings, get_settings
+
+pytestmark = pytest.mark.integration
+
+OWNERS = ["ml-owners@example.com", "oncall@example.com"]
+SUMMARY: dict[str, Any] = {
+    "date": "2013-07-15",
+    "drift_detected": True,
+    "drift_share": 0.2903,
+    "drifted_features": [{"feature": "temp", "score": 0.4123, "drifted": True},
+                         {"feature": "dewp", "score": 0.3311, "drifted": True},
+                         {"feature": "wind_speed", "score": 0.05, "drifted": False}],
+    "feature_count": 31, "drifted_count": 9,
+    "prediction_drift": {"score": 0.18, "drifted": True},
+    "quality": {"labelled_flights": 812, "roc_auc": 0.6432, "training_roc_auc": 0.7101, "brier": 0.1875,
+                "training_brier": 0.1702},
+    "traffic": {"predictions": 1000, "flights": 950},
+    "retrain": {"requested": True, "reasons": ["drift share 0.29 over the threshold 0.25"]},
+}
+
+
+@pytest.fixture
+def mail(home: Path, free_port: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """This home's mail server on a free port, and the embedded Airflow environment (its smtp_default connection
+    included) in this process, as a task would see it."""
+    monkeypatch.setenv("SMTP_PORT", str(free_port()))
+    monkeypatch.setenv("MODEL_OWNERS", ", ".join(OWNERS))
+    settings = get_settings()
+    for name, value in airflow_env(settings).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "dags"))  # as Airflow puts the DAG bundle on sys.path
+    start_mail_server(settings)
+    yield settings
+    stop_mail_server(settings)
+
+
+def _only_message(settings: Settings) -> EmailMessage:
+    messages = read_messages(settings)
+    assert len(messages) == 1, [m["Subject"] for m in messages]
+    return messages[0]
+
+
+def _html(message: EmailMessage) -> str:
+    body = message.get_body(preferencelist=("html",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def _send_monitoring_email(report_paths: list[Any]) -> dict[str, Any]:
+    from _notifiers import send_monitoring_email
+
+    return send_monitoring_email(SUMMARY, report_paths)
+
+
+def test_monitoring_email_arrives_with_numbers_and_the_report(mail: Settings, tmp_path: Path) -> None:
+    report = tmp_path / "drift_report_2013-07-15.html"
+    report.write_text("<html><body>" + "<p>drift</p>" * 20_000 + "</body></html>")  # about 240 KB
+
+    sent = _send_monitoring_email([report, "s3://lake/reports/2013-07-15/drift_report.json"])
+
+    message = _only_message(mail)
+    subject = "[flight_delay] DRIFT on 2013-07-15: 9 of 31 features drifted, predictions drifted, retraining requested"
+    assert message["Subject"] == subject == sent["subject"]
+    assert [a.strip() for a in message["X-RcptTo"].split(",")] == OWNERS
+    assert [a.strip() for a in message["To"].split(",")] == OWNERS
+    assert message["From"] == mail.mail_from
+    body = _html(message)
+    for number in ("29.0%", "9 of 31", "temp", "0.412", "0.331", "812", "0.643", "0.710", "-0.067", "0.188",
+                   "0.170", "1,000", "950"):
+        assert number in body, number
+    assert "s3://lake/reports/2013-07-15/drift_report.json" in body
+    (attachment,) = list(message.iter_attachments())
+    assert attachment.get_filename() == report.name
+    assert attachment.get_content() == report.read_bytes()
+
+
+def test_report_over_the_cap_is_named_not_attached(mail: Settings, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMAIL_ATTACHMENT_MAX_BYTES", "100000")
+    report = tmp_path / "drift_report_2013-07-15.html"
+    report.write_bytes(b"<html>" + b"x" * 150_000 + b"</html>")
+
+    _send_monitoring_email([report])
+
+    message = _only_message(mail)
+    assert list(message.iter_attachments()) == []
+    body = _html(message)
+    assert str(report) in body and "over the 97.7 KiB attachment cap" in body
+
+
+def test_failure_email_with_failed_expectations(mail: Settings) -> None:
+    from _notifiers import send_email
+
+    from pipelines.notifications import failure_email
+
+    expectations = ["weather 2013-12-31: expect_table_row_count_to_be_between: observed 0 -- 60 to 80 rows"]
+    send_email(failure_email("flights_ingest", "check_quarantine", "2013-12-31", "1 partition(s) quarantined",
+                             expectations))
+
+    message = _only_message(mail)
+    assert message["Subject"] == ("[flight_delay] FAILED flights_ingest.check_quarantine on 2013-12-31: "
+                                  "1 critical expectation failed")
+    assert "expect_table_row_count_to_be_between: observed 0" in _html(message)
+
+
+def test_messages_are_files_in_arrival_order_never_half_written(mail: Settings) -> None:
+    with smtplib.SMTP(mail.smtp_host, mail.smtp_port, timeout=10) as client:
+        for i in range(5):
+            client.sendmail("a@example.com", ["b@example.com"], f"Subject: message {i}\r\n\r\nbody {i}\r\n")
+
+    assert [m["Subject"] for m in read_messages(mail)] == [f"message {i}" for i in range(5)]
+    assert sorted(p.name for p in mail.mail_folder.iterdir()) == [p.name for p in message_files(mail)]  # no temp
+
+
+def test_start_is_idempotent_and_stop_stops(mail: Settings) -> None:
+    first = running(mail, "mail")
+
+    again = start_mail_server(mail)
+
+    assert first is not None and again["pid"] == first["pid"] and again["started"] is False
+    assert stop_mail_server(mail) is True
+    with pytest.raises(OSError), socket.create_connection((mail.smtp_host, mail.smtp_port), timeout=2):
+        pass
+
+
+def test_a_port_held_by_another_program_is_refused(home: Path, free_port: Callable[..., int]) -> None:
+    port = free_port()
+    settings = Settings(pipeline_home=home, smtp_port=port)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        with pytest.raises(RuntimeError, match="in use by another program"):
+            start_mail_server(settings)
+    assert running(settings, "mail") is None
+
+
+def test_cli_lists_the_messages(mail: Settings) -> None:
+    import subprocess
+
+    with smtplib.SMTP(mail.smtp_host, mail.smtp_port, timeout=10) as client:
+        client.sendmail("a@example.com", ["b@example.com"], "Subject: hello\r\n\r\nbody\r\n")
+    result = subprocess.run([sys.executable, "-m", "pipelines", "mail"], capture_output=True, text=True,
+                            timeout=60, cwd=PROJECT_ROOT)
+
+    assert result.returncode == 0, result.stderr
+    assert '"subject": "hello"' in result.stdout
