@@ -43,6 +43,7 @@ from pipelines.service_process import (
     stop_process,
     wait_ready,
 )
+from pipelines.serving import SMOKE_TEST_HEADER
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -297,6 +298,7 @@ def smoke_test(settings: Settings, url: str, version: str, policy: SmokePolicy |
     failures: list[str] = []
     checks: dict[str, Any] = {}
     with requests.Session() as http:
+        http.headers[SMOKE_TEST_HEADER] = "1"  # answered, not logged as traffic
         for path in ("/healthz", "/readyz"):
             status = http.get(f"{url}{path}", timeout=10).status_code
             checks[path] = status
@@ -347,6 +349,7 @@ def _burst(url: str, flights: list[dict[str, Any]], policy: SmokePolicy) -> dict
     def client(batch: list[dict[str, Any]]) -> tuple[list[float], int]:
         latencies, errors = [], 0
         with requests.Session() as http:
+            http.headers[SMOKE_TEST_HEADER] = "1"
             for body in batch:
                 started = time.perf_counter()
                 try:

@@ -37,6 +37,8 @@ from pipelines.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 ORIGINS = ("EWR", "JFK", "LGA")
+SMOKE_TEST_HEADER = "X-Smoke-Test"
+"""A request carrying this header is answered but not logged: a deployment's checks are not traffic to monitor."""
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -290,9 +292,10 @@ class Predictor:
                 "lineage": {k: v for k, v in self.champion.tags.items() if k.startswith(("lineage.", "pipeline."))},
                 "gate": {k: v for k, v in self.champion.tags.items() if k.startswith("gate.")}}
 
-    def predict(self, requests: list[FlightRequest]) -> list[dict[str, Any]]:
-        """Answers for ``requests``, in order, each logged. Columns of plain values from the request to the model
-        (no frame on the way): the same answers as the frame path, in a fraction of the time for a few flights."""
+    def predict(self, requests: list[FlightRequest], log: bool = True) -> list[dict[str, Any]]:
+        """Answers for ``requests``, in order, each logged unless ``log`` is off (a deployment's smoke test is not
+        traffic). Columns of plain values from the request to the model (no frame on the way): the same answers
+        as the frame path, in a fraction of the time for a few flights."""
         from pipelines.feature_store import online_feature_columns
 
         for i, request in enumerate(requests):
@@ -306,7 +309,8 @@ class Predictor:
                 from error
         probabilities = self.champion.model.predict_proba_columns(features).tolist()
         answers = self.answers(entities, probabilities)
-        self.log.add(self.log_records(requests, answers, probabilities, features))
+        if log:
+            self.log.add(self.log_records(requests, answers, probabilities, features))
         return answers
 
     def answers(self, entities: dict[str, list[Any]], probabilities: list[float]) -> list[dict[str, Any]]:

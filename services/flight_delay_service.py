@@ -20,7 +20,14 @@ import bentoml
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from pydantic import Field
 
-from pipelines.serving import FeaturesUnavailable, FlightRequest, Predictor, RequestError, load_champion
+from pipelines.serving import (
+    SMOKE_TEST_HEADER,
+    FeaturesUnavailable,
+    FlightRequest,
+    Predictor,
+    RequestError,
+    load_champion,
+)
 from pipelines.settings import get_settings
 
 MAX_FLIGHTS = 1000
@@ -55,11 +62,11 @@ class FlightDelayService:
         self.predictor = Predictor(settings, champion=load_champion(settings, version))
 
     @bentoml.api(route="/predict")
-    def predict(self, flights: Annotated[list[FlightRequest], Field(min_length=1, max_length=MAX_FLIGHTS)]
-                ) -> list[dict[str, Any]]:
+    def predict(self, flights: Annotated[list[FlightRequest], Field(min_length=1, max_length=MAX_FLIGHTS)],
+                ctx: bentoml.Context) -> list[dict[str, Any]]:
         """Disruption probability, decision at the threshold, model version and feature freshness per flight."""
         try:
-            return self.predictor.predict(flights)
+            return self.predictor.predict(flights, log=SMOKE_TEST_HEADER not in ctx.request.headers)
         except RequestError as error:
             raise InvalidArgument(str(error)) from None
         except FeaturesUnavailable as error:
