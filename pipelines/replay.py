@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -105,7 +105,12 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
         raise ReplayError(f"the model service at {url} is not ready ({error}): deploy it first "
                           "(python -m pipelines deploy)") from None
 
-    build_features([day], settings)  # the day's feature tables; what the service sees is set by materialization
+    # The day's feature tables, and the two days' before: the trailing statistics a flight of the day sees are
+    # published the morning after their own day (D-1's at 06:00 on D, D-2's before that). What the service sees
+    # of them is set by the materialization below, hour by hour.
+    validated = set(lake.partitions("validated", "flights"))
+    build_features([d for d in (day - timedelta(days=2), day - timedelta(days=1)) if d in validated] + [day],
+                   settings)
     store = open_store(settings, batch_engine=online_writer.ENGINE)
     # From the start of the day's feature window (its schedule is stamped the day before): rows loaded again are
     # the same rows, and the online store keeps the newest per key.
