@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import requests
 
-from pipelines.features import PREDICTION_LEAD, build_features, scheduled_departure
+from pipelines.features import PLANES_SNAPSHOT, PREDICTION_LEAD, build_features, scheduled_departure
 from pipelines.lake import Lake, open_lake, partition_key
 from pipelines.settings import Settings, get_settings
 
@@ -82,7 +82,7 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
     """Send ``day``'s flights to the service at ``url`` (default: the front door) at their prediction times, and
     return once the service has written their predictions to the lake."""
     from pipelines import online_writer
-    from pipelines.feature_store import open_store, run_window
+    from pipelines.feature_store import apply_definitions, open_store, run_window
     from pipelines.serving import requests_from_flights
 
     settings = settings or get_settings()
@@ -112,10 +112,14 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
     build_features([d for d in (day - timedelta(days=2), day - timedelta(days=1)) if d in validated] + [day],
                    settings)
     store = open_store(settings, batch_engine=online_writer.ENGINE)
+    apply_definitions(store)  # as materialize_features does: the sources point at this home's feature tables
     # From the start of the day's feature window (its schedule is stamped the day before): rows loaded again are
     # the same rows, and the online store keeps the newest per key.
     loaded_until = pd.Timestamp(run_window([day])[0]).tz_convert("UTC")
     views = [view.name for view in store.list_feature_views() if view.name != "plane_attributes"]
+    # The plane snapshot is stamped before 2013: loaded whatever the day, as materialize_features does.
+    store.materialize(start_date=PLANES_SNAPSHOT.to_pydatetime(), end_date=loaded_until.to_pydatetime(),
+                      feature_views=["plane_attributes"])
     logged_before = _logged(lake, day)
     started = time.perf_counter()
     sent = failed = 0
