@@ -24,11 +24,11 @@ LABEL = "disrupted"
 def logged_predictions(lake: Lake, day: date) -> pd.DataFrame:
     """Every prediction served for flights of ``day``, the latest answer per flight (a flight asked about twice
     counts once, with what it was told last)."""
-    prefix = partition_key("predictions", "flight_delay", day, "")
-    parts = [lake.read_parquet(key) for key in lake.list_keys(prefix) if key.endswith(".parquet")]
-    if not parts:
-        return pd.DataFrame()
-    frame = pd.concat(parts, ignore_index=True)
+    from pipelines.serving import read_prediction_log
+
+    frame = read_prediction_log(lake, day)
+    if frame.empty:
+        return frame
     return (frame.sort_values("served_at", kind="stable").drop_duplicates("flight_id", keep="last")
             .reset_index(drop=True))
 

@@ -461,12 +461,10 @@ def build_report(reference: pd.DataFrame, current: pd.DataFrame, labelled: pd.Da
 
 def served_predictions(day: date, settings: Settings | None = None) -> pd.DataFrame:
     """Every prediction-log row of ``day``'s flights (all answers, in the log's order)."""
-    from pipelines.lake import partition_key
+    from pipelines.serving import read_prediction_log
 
     settings, lake = settings_and_lake(settings)
-    prefix = partition_key("predictions", "flight_delay", day, "")
-    parts = [lake.read_parquet(key) for key in lake.list_keys(prefix) if key.endswith(".parquet")]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return read_prediction_log(lake, day)
 
 
 def model_run_key(version: str | None, settings: Settings) -> str:

@@ -73,8 +73,9 @@ def _send(url: str, bodies: list[dict[str, Any]], clients: int) -> tuple[int, in
 
 def _logged(lake: Lake, day: date) -> int:
     """Prediction-log rows of ``day`` in the lake now."""
-    prefix = partition_key("predictions", "flight_delay", day, "")
-    return sum(len(lake.read_parquet(key)) for key in lake.list_keys(prefix) if key.endswith(".parquet"))
+    from pipelines.serving import read_prediction_log
+
+    return len(read_prediction_log(lake, day))
 
 
 def replay_traffic(day: date, settings: Settings | None = None, url: str | None = None, clients: int = 4,

@@ -127,6 +127,13 @@ def requests_from_flights(flights: pd.DataFrame) -> list[dict[str, Any]]:
             for row, departure in zip(flights.itertuples(), departures, strict=True)]
 
 
+def read_prediction_log(lake: Lake, day: date) -> pd.DataFrame:
+    """Every row ``PredictionLog`` wrote for ``day``'s flights (all answers, object by object); empty when none."""
+    prefix = partition_key("predictions", "flight_delay", day, "")
+    parts = [lake.read_parquet(key) for key in lake.list_keys(prefix) if key.endswith(".parquet")]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 class PredictionLog:
     """Buffers prediction records and writes them to the lake in batches (never an object per request): when the
     buffer holds ``batch_rows`` rows or is ``max_age_s`` old, and on ``flush()`` at shutdown.
