@@ -1,8 +1,11 @@
 """
 ### flight_delay_monitoring: the served model, checked every day, with its owners told
 
-One run per day from 2013-04-01 (the first day after the demo window), catchup on, one run at a time (traffic is
-replayed in order). Each run watches the day of its logical date, or the **day** param of a manual trigger.
+One run per day from 2013-04-01 (the first day after the demo window), one run at a time (traffic is replayed in
+order); no catchup: a stretch of days is a backfill, which runs them in order. From the UI's trigger form, keep the
+**Logical date** inside the DAG's dates (2013-04-01 .. 2013-12-31): Airflow marks a run dated outside them
+successful without running any task (the form's default, now, is past 2013). Each run watches the day of its
+logical date, or the **day** param of a manual trigger (any day, earlier ones too).
 
 1. `replay_traffic`: the simulated production traffic. The day's scheduled flights go to the live service over
    HTTP at their prediction times, with the online store materialized hour by hour, and their predictions are
@@ -34,7 +37,7 @@ def _day() -> date:
     context = get_current_context()
     if context["params"].get("day"):
         return date.fromisoformat(context["params"]["day"])
-    return (context["logical_date"] or context["dag_run"].run_after).date()
+    return (context.get("logical_date") or context["dag_run"].run_after).date()
 
 
 @dag(
@@ -43,7 +46,9 @@ def _day() -> date:
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=datetime(2013, 4, 1),
     end_date=datetime(2013, 12, 31),
-    catchup=True,
+    # No catchup: unpausing (the UI's trigger form does) must not start a run for every day of 2013; a replay of
+    # the year is an explicit backfill (the UI's Backfill, or `airflow backfill create`).
+    catchup=False,
     max_active_runs=1,
     default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1),
                   "on_failure_callback": notify_owners_on_failure},

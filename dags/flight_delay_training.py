@@ -1,9 +1,11 @@
 """
 ### flight_delay_training: tune and train the disruption model, and judge it against baselines
 
-Weekly (Mondays 06:00 UTC over 2013, catchup on), on a retrain request (the Asset
+Weekly (Mondays 06:00 UTC over 2013; no catchup, a replay of 2013 is a backfill), on a retrain request (the Asset
 `flight_delay_retrain_requests`, emitted by monitoring; its extra may carry `start_date` / `end_date`), or by hand.
-The training window is **start_date** .. **end_date** when given, else the **window_days** days before the run's date.
+The training window is **start_date** .. **end_date** when given, else the **window_days** days before the run's
+date. From the UI's trigger form, keep the **Logical date** inside the DAG's dates (2013-04-01 .. 2013-12-31):
+Airflow marks a run dated outside them successful without running any task (the form's default, now, is past 2013).
 
 1. `build_training_set`: point-in-time features from Feast (`flight_delay_v1`) for the window's validated flights,
    split by time: train, validation (**valid_days**, for tuning and early stopping), test (the last **test_days**).
@@ -49,7 +51,7 @@ def _run() -> tuple[list[date], str, dict[str, Any]]:
 
     context = get_current_context()
     params = dict(context["params"])
-    when = context["logical_date"] or context["dag_run"].run_after
+    when = context.get("logical_date") or context["dag_run"].run_after
     # A retrain request names the window it wants when params leave it open.
     for events in context["triggering_asset_events"].values():
         for event in events:
@@ -67,7 +69,9 @@ def _run() -> tuple[list[date], str, dict[str, Any]]:
                                  assets=RETRAIN_REQUESTS),
     start_date=datetime(2013, 4, 1),
     end_date=datetime(2013, 12, 31),
-    catchup=True,
+    # No catchup: unpausing (the UI's trigger form does) must not start a run for every day of 2013; a replay of
+    # the year is an explicit backfill (the UI's Backfill, or `airflow backfill create`).
+    catchup=False,
     max_active_runs=1,
     default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
                   "on_failure_callback": notify_owners_on_failure},
@@ -84,7 +88,8 @@ def _run() -> tuple[list[date], str, dict[str, Any]]:
         "test_days": Param(14, type="integer", minimum=1, maximum=60, title="Test days",
                            description="The most recent days, held out for evaluation and the promotion gate."),
         "trials": Param(20, type="integer", minimum=1, maximum=500, title="Optuna trials",
-                        description="Finished trials (complete or pruned) the study should hold."),
+                        description="Finished trials (complete or pruned) the study should hold (with several "
+                                    "tuning workers, each finishes the trial it is running: up to workers - 1 more)."),
         "time_budget_minutes": Param(30, type="number", exclusiveMinimum=0, maximum=1440, title="Time budget",
                                      description="Minutes of tuning; no new trial starts after that."),
         "max_epochs": Param(30, type="integer", minimum=1, maximum=500, title="Max epochs",

@@ -30,7 +30,8 @@ def _run_days() -> list:
 
     context = get_current_context()
     params = context["params"]
-    logical = (context["logical_date"] or context["dag_run"].run_after).date()
+    # An asset-triggered run has no logical date (not even the key): its day is when it was triggered.
+    logical = (context.get("logical_date") or context["dag_run"].run_after).date()
     if params.get("start_date") or params.get("end_date"):
         return partition_dates(logical, params.get("start_date"), params.get("end_date"))
     announced = sorted({

@@ -1,8 +1,11 @@
 """
 ### flights_ingest: the daily flight and weather feed, landed, typed and validated
 
-One run per day of 2013 (the simulated airline feed's year), catchup on; each run handles the partition of its
-logical date. A manual trigger can load a whole window in one run: set **start_date** and **end_date**.
+One run per day of 2013 (the simulated airline feed's year); each run handles the partition of its logical date. No
+catchup: replay a stretch of 2013 as a backfill (the UI's *Backfill*, or `airflow backfill create`). From the UI's
+trigger form, keep the **Logical date** inside the DAG's dates (2013-01-01 .. 2013-12-31): Airflow marks a run
+dated outside them successful without running any task (the form's default, now, is past 2013). A manual trigger
+can load a whole window in one run: set **start_date** and **end_date**.
 
 1. `land_feed`: the source drops the day's flights and weather CSVs into `landing/` (as an airline feed would).
 2. `ingest_feed`: landing CSV -> typed Parquet in `raw/` (atomic overwrite; unreadable fields are flagged, never lost).
@@ -33,7 +36,7 @@ def _run_window() -> tuple[list, str]:
 
     context = get_current_context()
     params = context["params"]
-    logical = context["logical_date"] or context["dag_run"].run_after
+    logical = context.get("logical_date") or context["dag_run"].run_after
     days = partition_dates(logical.date(), params.get("start_date"), params.get("end_date"))
     run_key = f"{context['dag'].dag_id}/{logical.isoformat()}/{context['run_id']}"
     return days, run_key
@@ -45,7 +48,9 @@ def _run_window() -> tuple[list, str]:
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=datetime(2013, 1, 1),
     end_date=datetime(2013, 12, 31),
-    catchup=True,
+    # No catchup: unpausing (the UI's trigger form does) must not start a run for every day of 2013; a replay of
+    # the year is an explicit backfill (the UI's Backfill, or `airflow backfill create`).
+    catchup=False,
     max_active_runs=2,
     default_args={"owner": "data-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
                   "on_failure_callback": notify_owners_on_failure},

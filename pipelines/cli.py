@@ -181,6 +181,25 @@ def _mail(args: argparse.Namespace) -> dict[str, Any]:
     return {"messages": messages}
 
 
+def _up(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.stack import up
+
+    say = lambda text: print(text, flush=True)  # noqa: E731, T201 - progress for the person at the terminal
+    return up(args.profile, say=say)
+
+
+def _down(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.stack import down
+
+    return {"stopped": down(args.profile)}
+
+
+def _stack_status(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.stack import status
+
+    return status(args.profile)
+
+
 def _iso(value: str) -> date:
     try:
         return date.fromisoformat(value)
@@ -191,6 +210,8 @@ def _iso(value: str) -> date:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log library messages too")
+    parser.add_argument("--env-file", type=Path, help="a profile's environment file (infra/prod.env: the "
+                        "production profile); its values apply to every setting and every process started")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Callable[[argparse.Namespace], Any], help_text: str,
@@ -230,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("status", _status, "What the model service's front door serves now", window=False)
     command("stop", _stop, "Stop the model service (front door and both slots) this home started", window=False)
     command("rollback", _rollback, "Make the previous champion the champion again and serve it", window=False)
+    command("up", _up, "Start Airflow (UI, scheduler, DAG processor, triggerer, Celery workers in production), the "
+            "mail server, the model service and the profile's local services; print the UI and its login",
+            window=False)
+    command("down", _down, "Stop everything up started, by process id", window=False)
+    command("stack-status", _stack_status, "Which processes of the stack run (pid and port)", window=False)
     command("summary", _summary, "Print what the lake holds for a window")
     mail_server = command("mail-server", _mail_server, "Run the embedded mail server in the foreground: every "
                           "message to $SMTP_HOST:$SMTP_PORT becomes a .eml file in $PIPELINE_HOME/mail/", window=False)
@@ -262,6 +288,9 @@ def configure_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    from pipelines.stack import apply_profile
+
+    args.profile = apply_profile(args.env_file)  # before any settings are read
     try:
         result = args.handler(args)
     except Exception as error:  # one clear line for a person; the traceback only with --verbose
@@ -270,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             log.error("%s failed: %s", args.command, error)
         return 1
+    if args.command == "up":
+        return 0
     if args.command not in ("summary", "run", "bench"):
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pipelines.airflow_config import airflow_env
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.summary import format_summary, summarize
 
@@ -41,28 +41,6 @@ DAGS: dict[str, dict[str, Any]] = {
 # service and each day monitored (flight_delay_monitoring, one run per day, in order).
 REPLAY_DAYS = 3
 _EXCEPTION = re.compile(r"^[\w.]*(Error|Exception): ")
-
-
-def airflow_env(settings: Settings) -> dict[str, str]:
-    """Environment for Airflow's embedded profile: SQLite metadata and logs under the home folder, and the
-    ``smtp_default`` connection on the home's mail server (pipelines.mail_server)."""
-    from pipelines.mail_server import smtp_connection
-
-    airflow_home = settings.pipeline_home / "airflow"
-    airflow_home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.update({
-        "PIPELINE_HOME": str(settings.pipeline_home),
-        "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "GX_ANALYTICS_ENABLED": "false",
-        "AIRFLOW_CONN_SMTP_DEFAULT": smtp_connection(settings),
-    })
-    return env
 
 
 def _airflow(args: list[str], env: dict[str, str], log_file: Path, show: bool = False) -> int:

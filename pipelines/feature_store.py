@@ -74,6 +74,10 @@ def open_store(settings: Settings | None = None, *, batch_engine: str | None = N
     from feast.repo_config import load_repo_config
 
     config = load_repo_config(FEATURE_REPO, _yaml(settings))
+    if settings.lake_root.startswith("s3://"):  # the offline store reads the feature tables from S3
+        from pipelines.duckdb_s3 import configure_duckdb_s3
+
+        configure_duckdb_s3(settings)
     if batch_engine:
         config.batch_engine_config = batch_engine
     return FeatureStore(repo_path=str(FEATURE_REPO), config=config)

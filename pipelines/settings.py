@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         default=3000, ge=1, le=65533,
         description="The model service's front door on 127.0.0.1; the two deployment slots listen on the next two.",
     )
+    airflow_port: int = Field(
+        default=8080, ge=1, le=65533,
+        description="The Airflow API server (UI, REST API, the workers' Execution API) on 127.0.0.1; the "
+                    "scheduler's and triggerer's log servers take the next two ports.",
+    )
     model_owners: str = Field(
         default="flight-delay-owners@example.com",
         description="Who owns the model and its DAGs: comma-separated addresses that get the monitoring email "
@@ -133,3 +138,23 @@ class Settings(BaseSettings):
 
 def get_settings() -> Settings:
     return Settings()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """A profile's environment file (``KEY=VALUE`` lines, ``#`` comments, optional quotes), as a dict. A relative
+    ``PIPELINE_HOME`` is taken from the repository root, so every command finds the same home."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ValueError(f"{path}:{number}: expected NAME=value, got {line!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[name.strip()] = value
+    if "PIPELINE_HOME" in values and not Path(values["PIPELINE_HOME"]).is_absolute():
+        values["PIPELINE_HOME"] = str(PROJECT_ROOT / values["PIPELINE_HOME"])
+    return values

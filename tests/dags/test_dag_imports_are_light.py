@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.demo import airflow_env
+from pipelines.airflow_config import airflow_env
 from pipelines.settings import PROJECT_ROOT, Settings
 
 DAGS_DIR = PROJECT_ROOT / "dags"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.demo import airflow_env
+from pipelines.airflow_config import airflow_env
 from pipelines.settings import PROJECT_ROOT, Settings
 
 DAGS_DIR = PROJECT_ROOT / "dags"
@@ -41,7 +41,7 @@ FLIGHTS_INGEST_CHAIN = ["land_feed", "ingest_feed", "validate_partitions", "prom
 
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The embedded Airflow environment (pipelines.demo.airflow_env) on a throwaway home, for this module."""
+    """The embedded Airflow environment (pipelines.airflow_config.airflow_env) on a throwaway home, for this module."""
     settings = Settings(pipeline_home=tmp_path_factory.mktemp("dag_integrity") / "home")
     env = airflow_env(settings)
     with pytest.MonkeyPatch.context() as patch:
@@ -150,8 +150,8 @@ def test_dag_serializes_as_the_dag_processor_does(dagbag: Any, path: Path) -> No
     assert sorted(restored.task_ids) == sorted(dag.task_ids)
 
 
-def test_flights_ingest_runs_daily_over_2013_with_catchup(flights_ingest: Any) -> None:
-    assert flights_ingest.catchup is True
+def test_flights_ingest_runs_daily_over_2013_by_backfill_not_catchup(flights_ingest: Any) -> None:
+    assert flights_ingest.catchup is False, "unpausing from the UI must not start a run for every day of 2013"
     assert flights_ingest.start_date == datetime(2013, 1, 1, tzinfo=UTC)
     assert flights_ingest.end_date == datetime(2013, 12, 31, tzinfo=UTC)
 
@@ -256,7 +256,8 @@ def test_flight_delay_training_chain_fans_tuning_out(dagbag: Any) -> None:
 def test_flight_delay_monitoring_runs_daily_in_order_and_requests_retraining(dagbag: Any) -> None:
     monitoring = _dag(dagbag, DAGS_DIR / "flight_delay_monitoring.py")
     training = _dag(dagbag, DAGS_DIR / "flight_delay_training.py")
-    assert monitoring.catchup and monitoring.max_active_runs == 1, "replays must run one day at a time, in order"
+    assert monitoring.max_active_runs == 1, "replays must run one day at a time, in order"
+    assert not monitoring.catchup and not training.catchup, "history is replayed by backfills, not on unpausing"
     assert monitoring.start_date == datetime(2013, 4, 1, tzinfo=UTC)
     assert [t.task_id for t in monitoring.topological_sort()] == [
         "replay_traffic", "label_predictions", "build_drift_report", "email_report", "request_retraining"]

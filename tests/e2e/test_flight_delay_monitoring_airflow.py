@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines.demo import airflow_env
+from pipelines.airflow_config import airflow_env
 from pipelines.deployment import deploy_service, stop_all
 from pipelines.mail_server import read_messages, start_mail_server, stop_mail_server
 from pipelines.registry import promote_model, register_model

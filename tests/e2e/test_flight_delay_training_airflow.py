@@ -23,7 +23,8 @@ import pandas as pd
 import pytest
 import requests
 
-from pipelines.demo import TRAINING_START, airflow_env
+from pipelines.airflow_config import airflow_env
+from pipelines.demo import TRAINING_START
 from pipelines.deployment import rollback_deployment, stop_all
 from pipelines.registry import MODEL_NAME, model_input, register_model
 from pipelines.serving import requests_from_flights

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines.demo import airflow_env
+from pipelines.airflow_config import airflow_env
 from pipelines.feature_store import flight_entities, online_features
 from pipelines.features import FEATURE_TABLES, PLANES_SNAPSHOT
 from pipelines.settings import PROJECT_ROOT, Settings

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.demo import airflow_env
+from pipelines.airflow_config import airflow_env
 from pipelines.mail_server import read_messages, start_mail_server, stop_mail_server
 from pipelines.settings import PROJECT_ROOT, Settings
 

@@ -1,5 +1,5 @@
 """The owners' emails over real SMTP: the embedded mail server (pipelines.mail_server) on a free port, Airflow's
-SMTP provider sending through the ``smtp_default`` connection that pipelines.demo.airflow_env defines, and
+SMTP provider sending through the ``smtp_default`` connection that pipelines.airflow_config.airflow_env defines, and
 assertions on the ``.eml`` files the server wrote.
 
 Airflow is imported inside the tests, after AIRFLOW_HOME points into the test's home.
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.demo import airflow_env
+from pipelines.airflow_config import airflow_env
 from pipelines.mail_server import message_files, read_messages, start_mail_server, stop_mail_server
 from pipelines.service_process import running
 from pipelines.settings import PROJECT_ROOT, Settings, get_settings

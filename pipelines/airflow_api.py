@@ -1,0 +1,104 @@
+"""A small client of Airflow 3's REST API (``/api/v2``): log in, unpause, trigger a DAG run with params, wait for
+it, read its task instances. What a person does from the UI, for scripts and the production end-to-end test."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import requests
+
+log = logging.getLogger(__name__)
+
+FINISHED = {"success", "failed"}
+
+
+class AirflowApiError(RuntimeError):
+    """The API refused a request or a run did not finish as expected; the message carries the API's answer."""
+
+
+@dataclass
+class AirflowClient:
+    """Airflow's REST API at ``url``, logged in as ``user`` (a JWT from ``/auth/token``, renewed when refused)."""
+
+    url: str
+    user: str
+    password: str
+    _session: requests.Session = field(default_factory=requests.Session, repr=False)
+
+    def _login(self) -> None:
+        answer = self._session.post(f"{self.url}/auth/token", json={"username": self.user, "password": self.password},
+                                    timeout=30)
+        if answer.status_code >= 400:
+            raise AirflowApiError(f"login as {self.user} failed: {answer.status_code} {answer.text[:300]}")
+        self._session.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if "Authorization" not in self._session.headers:
+            self._login()
+        answer = self._session.request(method, f"{self.url}/api/v2{path}", timeout=60, **kwargs)
+        if answer.status_code == 401:  # the token expired
+            self._login()
+            answer = self._session.request(method, f"{self.url}/api/v2{path}", timeout=60, **kwargs)
+        if answer.status_code >= 400:
+            raise AirflowApiError(f"{method} {path}: {answer.status_code} {answer.text[:500]}")
+        return answer.json() if answer.content else None
+
+    def wait_for_dags(self, dag_ids: list[str] | tuple[str, ...], timeout_s: float = 180) -> list[dict[str, Any]]:
+        """The DAGs' details once the DAG processor has parsed them (it starts with the stack, then parses)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return [self.request("GET", f"/dags/{dag_id}/details") for dag_id in dag_ids]
+            except AirflowApiError as error:
+                if time.monotonic() > deadline:
+                    raise AirflowApiError(f"not parsed within {timeout_s:.0f}s: {error}") from None
+                time.sleep(2)
+
+    def unpause(self, dag_id: str) -> None:
+        self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, logical_date: date | datetime, conf: dict[str, Any] | None = None) -> str:
+        """Start a run of ``dag_id`` with ``conf`` as its params; its run id. Refuses a logical date outside the
+        DAG's start and end dates: Airflow would accept the run and mark it successful without running any task."""
+        when = logical_date if isinstance(logical_date, datetime) else datetime(*logical_date.timetuple()[:3])
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        details = self.request("GET", f"/dags/{dag_id}/details")
+        first, last = (datetime.fromisoformat(details[key]) if details.get(key) else None
+                       for key in ("start_date", "end_date"))
+        if (first and when < first) or (last and when > last):
+            raise AirflowApiError(f"{dag_id} runs from {first} to {last}: a run dated {when} would run no task; pick a "
+                                  "logical date inside, and give the dates to process as params")
+        run = self.request("POST", f"/dags/{dag_id}/dagRuns",
+                           json={"logical_date": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "conf": conf or {}})
+        log.info("triggered %s %s with %s", dag_id, run["dag_run_id"], conf)
+        return str(run["dag_run_id"])
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}"))
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "run_after"})["dag_runs"])
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        answer = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
+        return list(answer["task_instances"])
+
+    def wait(self, dag_id: str, run_id: str, timeout_s: float = 900, poll_s: float = 3) -> dict[str, Any]:
+        """Wait until the run finishes; the run. Raises when it failed or took longer than ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while (run := self.run(dag_id, run_id))["state"] not in FINISHED:
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"{dag_id} {run_id} still {run['state']} after {timeout_s:.0f}s: "
+                                      f"{self._states(dag_id, run_id)}")
+            time.sleep(poll_s)
+        if run["state"] != "success":
+            raise AirflowApiError(f"{dag_id} {run_id} {run['state']}: {self._states(dag_id, run_id)}")
+        return run
+
+    def _states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        return {f"{ti['task_id']}[{ti['map_index']}]" if ti["map_index"] >= 0 else ti["task_id"]: str(ti["state"])
+                for ti in self.task_instances(dag_id, run_id)}

@@ -1,0 +1,65 @@
+"""The profile switch: environment files, Airflow's configuration for a home, and what the stack would start."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from pipelines.airflow_config import admin_password, airflow_env, passwords_file
+from pipelines.settings import PROJECT_ROOT, Settings, read_env_file
+from pipelines.stack import airflow_processes, celery_queues, names, service_processes
+
+EXAMPLE = PROJECT_ROOT / "infra" / "prod.env.example"
+
+
+def test_env_file_reads_values_quotes_and_comments(tmp_path: Path) -> None:
+    path = tmp_path / "x.env"
+    path.write_text("# a comment\n\nA=1\nexport B='two words'\nC=\"x=y\"\nPIPELINE_HOME=state/home\n")
+    assert read_env_file(path) == {"A": "1", "B": "two words", "C": "x=y",
+                                   "PIPELINE_HOME": str(PROJECT_ROOT / "state" / "home")}
+
+
+def test_env_file_refuses_a_line_that_is_not_an_assignment(tmp_path: Path) -> None:
+    path = tmp_path / "x.env"
+    path.write_text("A=1\nnot an assignment\n")
+    with pytest.raises(ValueError, match=r"x.env:2"):
+        read_env_file(path)
+
+
+def test_the_production_example_is_the_production_profile(tmp_path: Path) -> None:
+    profile = read_env_file(EXAMPLE) | {"PIPELINE_HOME": str(tmp_path)}  # not the example's home in the checkout
+    settings = Settings(**{k.lower(): v for k, v in profile.items() if k.lower() in Settings.model_fields})
+    assert settings.feast_profile == "production" and settings.lake_root.startswith("s3://")
+    assert settings.optuna_url.startswith("postgresql") and settings.tracking_uri.startswith("http://")
+    env = airflow_env(settings, profile)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://")
+    assert celery_queues(env) == ["default", "default,training", "training"]
+    started = [p.name for p in service_processes(settings, env)]
+    assert started == ["s3", "mlflow"], "the S3 API and MLflow server it names on 127.0.0.1 are started here"
+    assert names(settings, profile)[-3:] == ["airflow-worker-1", "airflow-worker-2", "airflow-worker-3"]
+
+
+def test_embedded_airflow_has_auth_on_and_no_celery(settings: Settings) -> None:
+    env = airflow_env(settings)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor" and not celery_queues(env)
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:///")
+    assert [p.name for p in airflow_processes(settings, env)] == [
+        "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
+    assert not service_processes(settings, env)
+
+
+def test_profile_values_win_over_the_embedded_base(settings: Settings) -> None:
+    env = airflow_env(settings, {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "STACK_CELERY_WORKERS": "a b,c"})
+    assert celery_queues(env) == ["a", "b,c"]
+
+
+def test_the_admin_password_and_jwt_secret_are_made_once_and_kept_private(settings: Settings) -> None:
+    password = admin_password(settings)
+    assert len(password) >= 12 and admin_password(settings) == password
+    assert stat.S_IMODE(passwords_file(settings).stat().st_mode) == 0o600
+    secret = airflow_env(settings)["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert len(secret) >= 48 and airflow_env(settings)["AIRFLOW__API_AUTH__JWT_SECRET"] == secret
