@@ -56,7 +56,12 @@ def test_answers_are_the_frame_paths_on_real_flights(champion_settings: Settings
     batch = [FlightRequest(**f) for f in flights]
     expected, probabilities, features = _frame_path(predictor, batch)
     assert predictor.predict(batch) == expected
-    assert [predictor.predict([r])[0] for r in batch[:100]] == expected[:100]
+    # One flight at a time: the same answers, but a batch of one runs other float kernels than a batch of 300, so a
+    # probability may land on the other side of its 6th decimal.
+    singles = [predictor.predict([r])[0] for r in batch[:100]]
+    assert [{**a, "probability": None} for a in singles] == [{**a, "probability": None} for a in expected[:100]]
+    np.testing.assert_allclose([a["probability"] for a in singles], [a["probability"] for a in expected[:100]],
+                               rtol=0, atol=2e-6)
     columns = online_feature_columns(entity_columns(batch), store=predictor.store)
     np.testing.assert_array_equal(predictor.champion.model.predict_proba_columns(columns), probabilities)
     assert len({a["probability"] for a in expected}) > 50  # real, varied answers
@@ -83,7 +88,9 @@ def test_the_bare_service_serves_the_same_probabilities(champion_settings: Setti
     try:
         bare = start_service(champion_settings, port=free_port(), name="bare", target=BARE_SERVICE)
         assert requests.post(f"{bare['url']}/predict", json={"rows": rows}, timeout=30).json() == expected
-        assert requests.post(f"{bare['url']}/predict", json={"rows": rows[:1]}, timeout=30).json() == expected[:1]
+        # A batch of one runs other float32 kernels than a batch of 20: equal to float32's precision.
+        single = requests.post(f"{bare['url']}/predict", json={"rows": rows[:1]}, timeout=30).json()
+        assert single == pytest.approx(expected[:1], rel=0, abs=1e-6)
         assert requests.post(f"{bare['url']}/predict", json={"rows": []}, timeout=30).status_code == 400
     finally:
         stop_service(champion_settings, name="bare")
