@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pipelines.settings import PROJECT_ROOT, Settings
@@ -30,25 +30,25 @@ def passwords_file(settings: Settings) -> Path:
     return airflow_home(settings) / "passwords.json"
 
 
-def admin_password(settings: Settings) -> str:
-    """The UI's ``admin`` password: generated once per home, kept in ``passwords_file`` (mode 600)."""
-    path = passwords_file(settings)
+def _private(path: Path, make: Callable[[], str]) -> str:
+    """The content of ``path``, written with ``make()`` the first time, readable by its owner only (mode 600)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
-        path.write_text(json.dumps({ADMIN: secrets.token_urlsafe(12)}) + "\n")
-    return str(json.loads(path.read_text())[ADMIN])
+        path.write_text(make())
+    return path.read_text()
+
+
+def admin_password(settings: Settings) -> str:
+    """The UI's ``admin`` password: generated once per home, kept in ``passwords_file``."""
+    content = _private(passwords_file(settings), lambda: json.dumps({ADMIN: secrets.token_urlsafe(12)}) + "\n")
+    return str(json.loads(content)[ADMIN])
 
 
 def _home_secret(settings: Settings) -> str:
     """A JWT secret generated once per home: the API server and every worker must sign and check with the same
     one (tasks authenticate to the Execution API with it)."""
-    path = airflow_home(settings) / "jwt_secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    return _private(airflow_home(settings) / "jwt_secret", lambda: secrets.token_urlsafe(48)).strip()
 
 
 def api_url(settings: Settings) -> str:

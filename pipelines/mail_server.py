@@ -2,11 +2,10 @@
 receives as one ``.eml`` file in ``$PIPELINE_HOME/mail/``.
 
 Airflow's ``smtp_default`` connection points at it (``smtp_connection``, set by
-``pipelines.airflow_config.airflow_env``), so
-the owners' emails go through the same SMTP provider code as in production, where the connection names the
-company relay instead. Each file is the message as received, after two envelope headers (``X-MailFrom``,
-``X-RcptTo``: Bcc recipients are in no other header); it is written under a temporary name and then renamed, and
-file names sort by arrival.
+``pipelines.airflow_config.airflow_env``), so the owners' emails go through the same SMTP provider code as in
+production, where the connection names the company relay instead. Each file is the message as received, after two
+envelope headers (``X-MailFrom``, ``X-RcptTo``: Bcc recipients are in no other header); it is written under a
+temporary name and then renamed, and file names sort by arrival.
 
 ``start_mail_server`` runs it as the background process ``mail`` of the home (pipelines.service_process);
 ``python -m pipelines mail-server`` runs it in the foreground.

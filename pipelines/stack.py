@@ -29,13 +29,12 @@ import requests
 
 from pipelines.airflow_config import ADMIN, admin_password, airflow_env, api_url
 from pipelines.service_process import running, start_process, stop_process
-from pipelines.settings import Settings, get_settings
+from pipelines.settings import Settings, get_settings, read_env_file
 
 log = logging.getLogger(__name__)
 
 BIN = Path(sys.executable).parent
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-AIRFLOW_COMPONENTS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 # /api/v2/monitor/health names these components; the API server answering is the first one.
 HEALTH_KEYS = {"airflow-scheduler": "scheduler", "airflow-dag-processor": "dag_processor",
                "airflow-triggerer": "triggerer"}
@@ -122,10 +121,12 @@ def airflow_processes(settings: Settings, env: Mapping[str, str]) -> list[Proces
     return processes
 
 
-def _start(settings: Settings, process: Process, env: Mapping[str, str], timeout_s: float = 180) -> dict[str, Any]:
-    """Start ``process`` unless it runs; wait until its check passes."""
+def _start(settings: Settings, process: Process, env: Mapping[str, str], say: Callable[[str], None],
+           timeout_s: float = 180) -> dict[str, Any]:
+    """Start ``process`` unless it runs; wait until its check passes; say which."""
     current = running(settings, process.name)
     if current is not None:
+        say(f"{process.name}: running (pid {current['pid']})")
         return {"name": process.name, "pid": current["pid"], "started": False}
     started = start_process(settings, process.name, process.command, process.port, dict(env))
     deadline = time.monotonic() + timeout_s
@@ -137,6 +138,7 @@ def _start(settings: Settings, process: Process, env: Mapping[str, str], timeout
         if time.monotonic() > deadline:
             raise StackError(f"{process.name} was not ready within {timeout_s:.0f}s; see {log_file}")
         time.sleep(0.5)
+    say(f"{process.name}: started (pid {started.pid})")
     return {"name": process.name, "pid": started.pid, "started": True}
 
 
@@ -147,7 +149,7 @@ def ensure_databases(env: Mapping[str, str]) -> list[str]:
     targets = set()
     for value in env.values():
         parts = urlsplit(value.removeprefix("db+"))
-        if parts.scheme.startswith("postgresql") and parts.hostname in LOCAL_HOSTS and parts.path.strip("/"):
+        if parts.scheme.startswith("postgresql") and _is_local(value) and parts.path.strip("/"):
             targets.add((parts.hostname, parts.port or 5432, parts.username or "postgres", parts.path.strip("/")))
     created = []
     for host, port, user, name in sorted(targets):
@@ -201,12 +203,9 @@ def up(profile: Mapping[str, str] | None = None, settings: Settings | None = Non
     """Start the stack (what already runs is kept) and return where everything is."""
     settings = settings or get_settings()
     env = _process_env(settings, airflow_env(settings, profile))
-    started: list[dict[str, Any]] = []
     if created := ensure_databases(env):
         say(f"Created PostgreSQL databases: {', '.join(created)}")
-    for process in service_processes(settings, env):
-        started.append(_start(settings, process, env))
-        say(f"{process.name}: {'started' if started[-1]['started'] else 'running'} (pid {started[-1]['pid']})")
+    started = [_start(settings, process, env, say) for process in service_processes(settings, env)]
     if settings.lake_root.startswith("s3://") and (created := ensure_buckets(settings, env)):
         say(f"Created S3 buckets: {', '.join(created)}")
 
@@ -218,9 +217,7 @@ def up(profile: Mapping[str, str] | None = None, settings: Settings | None = Non
     migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
     if migrate.returncode != 0:
         raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}{migrate.stderr[-2000:]}")
-    for process in airflow_processes(settings, env):
-        started.append(_start(settings, process, env))
-        say(f"{process.name}: {'started' if started[-1]['started'] else 'running'} (pid {started[-1]['pid']})")
+    started += [_start(settings, process, env, say) for process in airflow_processes(settings, env)]
     service = _serve_champion(settings, say)
     password = admin_password(settings)
     say(f"Airflow UI: {api_url(settings)}  (log in as {ADMIN} / {password}; the password is kept in "
@@ -274,8 +271,6 @@ def status(profile: Mapping[str, str] | None = None, settings: Settings | None =
 
 def apply_profile(path: Path | None) -> dict[str, str]:
     """Read a profile's environment file into this process's environment (so the settings see it)."""
-    from pipelines.settings import read_env_file
-
     if path is None:
         return {}
     profile = read_env_file(path)
