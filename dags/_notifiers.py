@@ -8,7 +8,7 @@
   expectations.
 * ``send_monitoring_email``: what the monitoring DAG's last task calls with the run's summary and reports.
 
-The messages are composed by ``pipelines.notifications``; the owners and the sender come from the settings
+The messages are composed by ``pipelines.monitoring.notifications``; the owners and the sender come from the settings
 (``MODEL_OWNERS``, ``MAIL_FROM``). Everything is imported inside the functions: DAG files stay cheap to parse.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipelines.notifications import EmailParts
+    from pipelines.monitoring.notifications import EmailParts
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def send_email(parts: EmailParts, conn_id: str = SMTP_CONN_ID) -> dict[str, Any]
 
 def notify_owners_on_failure(context: Mapping[str, Any]) -> None:
     """``on_failure_callback``: email the owners that a task failed for good."""
-    from pipelines.notifications import failed_expectations, failure_email
+    from pipelines.monitoring.notifications import failed_expectations, failure_email
 
     ti = context["ti"]
     error = context.get("exception")
@@ -55,8 +55,8 @@ def send_monitoring_email(summary: Mapping[str, Any], report_paths: Iterable[str
                           conn_id: str = SMTP_CONN_ID) -> dict[str, Any]:
     """Email the model's owners the monitoring run's summary, with its report attached (or named when too large).
     Returns what was sent (recipients, subject, attachments), small enough for XCom."""
-    from pipelines.notifications import monitoring_email
-    from pipelines.settings import get_settings
+    from pipelines.core.settings import get_settings
+    from pipelines.monitoring.notifications import monitoring_email
 
     settings = get_settings()
     return send_email(monitoring_email(summary, report_paths, settings.owners, settings), conn_id)

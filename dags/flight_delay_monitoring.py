@@ -66,19 +66,19 @@ def flight_delay_monitoring() -> None:
     def replay_traffic() -> dict:
         if not get_current_context()["params"]["replay_traffic"]:
             raise AirflowSkipException("replay_traffic is off: monitoring the traffic the service really got")
-        from pipelines.replay import replay_traffic
+        from pipelines.simulation.replay import replay_traffic
 
         return replay_traffic(_day())
 
     @task(trigger_rule="none_failed")
     def label_predictions() -> dict:
-        from pipelines.labels import label_predictions
+        from pipelines.monitoring.labels import label_predictions
 
         return label_predictions(_day())
 
     @task
     def build_drift_report() -> dict:
-        from pipelines.monitoring import build_drift_report
+        from pipelines.monitoring.report import build_drift_report
 
         return build_drift_report(_day())
 

@@ -47,7 +47,7 @@ TRAINED_MODEL = Asset(name="flight_delay_trained_model", uri="mlflow://flight_de
 
 def _run() -> tuple[list[date], str, dict[str, Any]]:
     """The run's training window, its run key and its params."""
-    from pipelines.training import training_window
+    from pipelines.core.dates import training_window
 
     context = get_current_context()
     params = dict(context["params"])
@@ -101,7 +101,7 @@ def _run() -> tuple[list[date], str, dict[str, Any]]:
 def flight_delay_training() -> None:
     @task
     def build_training_set() -> dict:
-        from pipelines.training import build_training_set
+        from pipelines.training.datasets import build_training_set
 
         days, run_key, params = _run()
         return build_training_set(days, run_key, valid_days=int(params["valid_days"]),
@@ -109,14 +109,14 @@ def flight_delay_training() -> None:
 
     @task
     def start_tuning() -> list[int]:
-        from pipelines.training import start_tuning
+        from pipelines.training.steps import start_tuning
 
         _, run_key, params = _run()
         return start_tuning(run_key, workers=int(params["tuning_workers"]))["workers"]
 
     @task(queue="training")
     def tune_hyperparameters(worker: int) -> dict:
-        from pipelines.training import tune_hyperparameters
+        from pipelines.training.steps import tune_hyperparameters
 
         _, run_key, params = _run()
         return tune_hyperparameters(run_key, trials=int(params["trials"]), worker=worker,
@@ -125,28 +125,28 @@ def flight_delay_training() -> None:
 
     @task(queue="training")
     def train_final_model() -> dict:
-        from pipelines.training import train_final_model
+        from pipelines.training.steps import train_final_model
 
         _, run_key, params = _run()
         return train_final_model(run_key, max_epochs=int(params["max_epochs"]))
 
     @task
     def evaluate_model() -> dict:
-        from pipelines.training import evaluate_model
+        from pipelines.training.steps import evaluate_model
 
         _, run_key, _ = _run()
         return evaluate_model(run_key)
 
     @task
     def register_model() -> dict:
-        from pipelines.registry import register_model
+        from pipelines.registry.register import register_model
 
         _, run_key, _ = _run()
         return register_model(run_key)
 
     @task(outlets=[TRAINED_MODEL])
     def promote_model() -> dict:
-        from pipelines.registry import promote_model
+        from pipelines.registry.gate import promote_model
 
         _, run_key, _ = _run()
         return promote_model(run_key)
@@ -155,7 +155,7 @@ def flight_delay_training() -> None:
     def deploy_service(decision: dict) -> dict:
         if decision["decision"] != "promote":
             raise AirflowSkipException(f"version {decision['challenger_version']} was not promoted: nothing to deploy")
-        from pipelines.deployment import deploy_service
+        from pipelines.deploy.blue_green import deploy_service
 
         deployed = deploy_service()
         return {name: deployed.get(name) for name in ("status", "model_version", "bento", "slot", "url")}

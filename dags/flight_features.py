@@ -26,7 +26,7 @@ def _run_days() -> list:
     """Dates from the params, else from the triggering asset events, else the logical date's own day."""
     from datetime import date
 
-    from pipelines.steps import partition_dates
+    from pipelines.core.dates import partition_dates
 
     context = get_current_context()
     params = context["params"]
@@ -61,13 +61,13 @@ def _run_days() -> list:
 def flight_features() -> None:
     @task
     def build_features() -> dict:
-        from pipelines.features import build_features
+        from pipelines.features.tables import build_features
 
         return build_features(_run_days())
 
     @task(outlets=[ONLINE_FEATURES])
     def materialize_features() -> dict:
-        from pipelines.feature_store import materialize_features
+        from pipelines.features.store import materialize_features
 
         return materialize_features(_run_days())
 

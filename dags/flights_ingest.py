@@ -32,7 +32,7 @@ VALIDATED_PARTITIONS = AssetAlias(name="validated_partitions")
 
 def _run_window() -> tuple[list, str]:
     """Partition dates of this run (params, else the logical date) and its run key."""
-    from pipelines.steps import partition_dates
+    from pipelines.core.dates import partition_dates
 
     context = get_current_context()
     params = context["params"]
@@ -65,28 +65,28 @@ def _run_window() -> tuple[list, str]:
 def flights_ingest() -> None:
     @task
     def land_feed() -> dict:
-        from pipelines.steps import land_feed
+        from pipelines.simulation.feed import land_feed
 
         days, _ = _run_window()
         return land_feed(days)
 
     @task
     def ingest_feed() -> dict:
-        from pipelines.steps import ingest_feed
+        from pipelines.ingest.steps import ingest_feed
 
         days, _ = _run_window()
         return ingest_feed(days)
 
     @task
     def validate_partitions() -> dict:
-        from pipelines.steps import validate_partitions
+        from pipelines.validation.steps import validate_partitions
 
         days, run_key = _run_window()
         return validate_partitions(days, run_key=run_key)
 
     @task(outlets=[VALIDATED_PARTITIONS])
     def promote_partitions() -> dict:
-        from pipelines.steps import promote_partitions
+        from pipelines.validation.steps import promote_partitions
 
         days, run_key = _run_window()
         result = promote_partitions(days)
@@ -101,7 +101,7 @@ def flights_ingest() -> None:
     def check_quarantine(promotion: dict) -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.steps import QuarantineError, check_quarantine
+        from pipelines.validation.steps import QuarantineError, check_quarantine
 
         try:
             check_quarantine(promotion)

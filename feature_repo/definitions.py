@@ -1,7 +1,7 @@
 """Feast declarations for flight disruption: entities, sources, feature views and the feature service.
 
 The sources are the feature tables that ``pipelines.features`` writes to ``{lake}/features/{view}/date=.../``;
-``FEATURES_URI`` (set by ``pipelines.feature_store`` from the settings) says where that folder is. Every source
+``FEATURES_URI`` (set by ``pipelines.features.store`` from the settings) says where that folder is. Every source
 has an ``event_timestamp`` meaning "knowable from": Feast's point-in-time join does the rest.
 """
 

@@ -8,7 +8,7 @@
 #   infra/local-stack.sh down [ENV_FILE]    stop every process it started, by process id
 #
 # ENV_FILE defaults to infra/prod.env, made from infra/prod.env.example the first time (with a fresh JWT secret).
-# The same as `make up ENV_FILE=infra/prod.env`; the work is done by pipelines/stack.py.
+# The same as `make up ENV_FILE=infra/prod.env`; the work is done by pipelines/ops/stack.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command=${1:-up}

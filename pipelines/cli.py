@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def _window(args: argparse.Namespace) -> list[date]:
-    from pipelines.steps import date_range
+    from pipelines.core.dates import date_range
 
     if args.date:
         if args.start or args.end:
@@ -27,15 +27,15 @@ def _window(args: argparse.Namespace) -> list[date]:
 
 
 def _land(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.steps import land_feed
+    from pipelines.simulation.feed import land_feed
 
     days = _window(args)
     if not args.corrupt:
         return land_feed(days)
-    from pipelines.corruption import corrupt
-    from pipelines.lake import open_lake
-    from pipelines.settings import get_settings
-    from pipelines.source import feed_csv, land_file
+    from pipelines.core.lake import open_lake
+    from pipelines.core.settings import get_settings
+    from pipelines.simulation.corruption import corrupt
+    from pipelines.simulation.feed import feed_csv, land_file
 
     lake = open_lake(get_settings())
     keys = [land_file(lake, args.table, day, corrupt(args.corrupt, feed_csv(args.table, day))) for day in days]
@@ -43,19 +43,19 @@ def _land(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _ingest(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.steps import ingest_feed
+    from pipelines.ingest.steps import ingest_feed
 
     return ingest_feed(_window(args))
 
 
 def _validate(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.steps import validate_partitions
+    from pipelines.validation.steps import validate_partitions
 
     return validate_partitions(_window(args), run_key=args.run_key)
 
 
 def _promote(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.steps import check_quarantine, promote_partitions
+    from pipelines.validation.steps import check_quarantine, promote_partitions
 
     result = promote_partitions(_window(args))
     check_quarantine(result)
@@ -63,20 +63,20 @@ def _promote(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _features(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.features import build_features
+    from pipelines.features.tables import build_features
 
     return build_features(_window(args))
 
 
 def _materialize(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.feature_store import materialize_features
+    from pipelines.features.store import materialize_features
 
     return materialize_features(_window(args))
 
 
 def _training_set(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.feature_store import training_set
-    from pipelines.settings import get_settings
+    from pipelines.core.settings import get_settings
+    from pipelines.features.store import training_set
 
     days = _window(args)
     frame = training_set(days)
@@ -91,8 +91,8 @@ def _training_set(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     from datetime import UTC, datetime
 
-    from pipelines.evaluation import format_evaluation
-    from pipelines.training import train_pipeline
+    from pipelines.training.evaluation import format_evaluation
+    from pipelines.training.steps import train_pipeline
 
     days = _window(args)
     run_key = args.run_key or f"cli/{days[-1]}/{datetime.now(UTC):%Y%m%dT%H%M%S}"
@@ -105,31 +105,31 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _deploy(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.deployment import deploy_service
+    from pipelines.deploy.blue_green import deploy_service
 
     return deploy_service(version=args.version, force=args.force)
 
 
 def _status(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.deployment import status
+    from pipelines.deploy.blue_green import status
 
     return status()
 
 
 def _stop(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.deployment import stop_all
+    from pipelines.deploy.blue_green import stop_all
 
     return {"stopped": stop_all()}
 
 
 def _rollback(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.deployment import rollback_deployment
+    from pipelines.deploy.blue_green import rollback_deployment
 
     return rollback_deployment()
 
 
 def _summary(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.summary import format_summary, summarize
+    from pipelines.ops.summary import format_summary, summarize
 
     summary = summarize(_window(args))
     print(format_summary(summary))  # noqa: T201 - the command's output
@@ -137,20 +137,20 @@ def _summary(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.demo import run_demo
+    from pipelines.ops.demo import run_demo
 
     return run_demo(args.start, args.end)
 
 
 def _bench(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.bench import run_benchmarks
+    from benchmarks.run import run_benchmarks
 
     return run_benchmarks(args.start, args.end)
 
 
 def _mail_server(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.mail_server import serve
-    from pipelines.settings import get_settings
+    from pipelines.core.settings import get_settings
+    from pipelines.ops.mail_server import serve
 
     settings = get_settings()
     serve(settings.smtp_host, args.port or settings.smtp_port, settings.mail_folder)
@@ -158,19 +158,19 @@ def _mail_server(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _mail_start(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.mail_server import start_mail_server
+    from pipelines.ops.mail_server import start_mail_server
 
     return start_mail_server()
 
 
 def _mail_stop(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.mail_server import stop_mail_server
+    from pipelines.ops.mail_server import stop_mail_server
 
     return {"stopped": stop_mail_server()}
 
 
 def _mail(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.mail_server import message_files, read_message
+    from pipelines.ops.mail_server import message_files, read_message
 
     files = message_files()[-args.last:] if args.last else message_files()
     messages = []
@@ -182,20 +182,20 @@ def _mail(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _up(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.stack import up
+    from pipelines.ops.stack import up
 
     say = lambda text: print(text, flush=True)  # noqa: E731, T201 - progress for the person at the terminal
     return up(args.profile, say=say)
 
 
 def _down(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.stack import down
+    from pipelines.ops.stack import down
 
     return {"stopped": down(args.profile)}
 
 
 def _stack_status(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.stack import status
+    from pipelines.ops.stack import status
 
     return status(args.profile)
 
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     land = command("land", _land, "Source: drop the day's flights and weather CSVs into landing/")
-    land.add_argument("--corrupt", help="land a known-broken flights file instead (see pipelines/corruption.py)")
+    land.add_argument("--corrupt", help="land a known-broken flights file instead (see pipelines/simulation/corruption.py)")
     land.add_argument("--table", default="flights", choices=("flights", "weather"), help="table to corrupt")
     command("ingest", _ingest, "Landing CSV -> typed Parquet in raw/ (atomic overwrite)")
     validate = command("validate", _validate, "Run the GX checkpoints on raw partitions and write verdicts")
@@ -288,7 +288,7 @@ def configure_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    from pipelines.stack import apply_profile
+    from pipelines.ops.stack import apply_profile
 
     args.profile = apply_profile(args.env_file)  # before any settings are read
     try:

@@ -4,7 +4,7 @@ online feature store. Everything that decides an answer is ``pipelines.serving``
     bentoml serve services.flight_delay_service:FlightDelayService --port 3000    # resolves ``champion``
     bentoml serve flight_delay:v4-<code hash>                                    # a built Bento: its version
 
-A Bento built by ``pipelines.deployment`` carries the argument ``model_version``, so it serves exactly the version
+A Bento built by ``pipelines.deploy`` carries the argument ``model_version``, so it serves exactly the version
 it was built for whatever the aliases say later; without it (development) the service resolves ``champion``.
 
 Endpoints: ``POST /predict`` (one or many flights), ``POST /model`` (version, aliases, lineage), and BentoML's own
@@ -20,15 +20,9 @@ import bentoml
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from pydantic import Field
 
-from pipelines.serving import (
-    SMOKE_TEST_HEADER,
-    FeaturesUnavailable,
-    FlightRequest,
-    Predictor,
-    RequestError,
-    load_champion,
-)
-from pipelines.settings import get_settings
+from pipelines.core.settings import get_settings
+from pipelines.serving.contract import SMOKE_TEST_HEADER, FeaturesUnavailable, FlightRequest, RequestError
+from pipelines.serving.predictor import Predictor, load_champion
 
 MAX_FLIGHTS = 1000
 

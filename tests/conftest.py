@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.lake import Lake, open_lake
-from pipelines.settings import Settings, get_settings
+from pipelines.core.lake import Lake, open_lake
+from pipelines.core.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def synthetic_training_frame(n: int = 3000, days: int = 30, seed: int = 0) -> An
     import numpy as np
     import pandas as pd
 
-    from pipelines.model import NUMERIC_COLUMNS
+    from pipelines.training.columns import NUMERIC_COLUMNS
 
     rng = np.random.default_rng(seed)
     origins, dests, carriers = ["JFK", "LGA", "EWR"], ["LAX", "MIA", "ORD", "ATL"], ["AA", "B6", "DL", "UA"]
@@ -85,16 +85,18 @@ REAL_WINDOW = ("2013-01-01", "2013-02-28")
 def real_days() -> list:
     from datetime import date
 
-    from pipelines.steps import date_range
+    from pipelines.core.dates import date_range
 
     return date_range(*(date.fromisoformat(d) for d in REAL_WINDOW))
 
 
 @pytest.fixture(scope="session")
 def real_data(tmp_path_factory: pytest.TempPathFactory, real_days: list) -> Settings:
-    from pipelines.feature_store import apply_definitions, open_store
-    from pipelines.features import build_features
-    from pipelines.steps import ingest_feed, land_feed, promote_partitions, validate_partitions
+    from pipelines.features.store import apply_definitions, open_store
+    from pipelines.features.tables import build_features
+    from pipelines.ingest.steps import ingest_feed
+    from pipelines.simulation.feed import land_feed
+    from pipelines.validation.steps import promote_partitions, validate_partitions
 
     settings = Settings(pipeline_home=tmp_path_factory.mktemp("real_data") / "home", lake_uri=None,
                         s3_endpoint_url=None, feast_profile="embedded", feast_registry_url=None, feast_redis=None,
@@ -109,7 +111,7 @@ def real_data(tmp_path_factory: pytest.TempPathFactory, real_days: list) -> Sett
 def free_port() -> Callable[..., int]:
     """``free_port(span=1)``: a port on 127.0.0.1 that nothing listens on now (and the ``span - 1`` after it: the
     model service's front door needs two more for its slots)."""
-    from pipelines.service_process import free_port as find
+    from pipelines.core.processes import free_port as find
 
     return find
 
@@ -127,9 +129,10 @@ def champion_settings(real_data: Settings, real_days: list, tmp_path_factory: py
     """The real-data home with a champion of its own: a small model trained, registered and promoted by the
     pipeline's steps (tracking and studies in a folder of this fixture's), and the window materialized online.
     Shared by the service, fuzz and deployment tests; each starts its own service processes on free ports."""
-    from pipelines.feature_store import materialize_features
-    from pipelines.registry import promote_model, register_model
-    from pipelines.training import train_pipeline
+    from pipelines.features.store import materialize_features
+    from pipelines.registry.gate import promote_model
+    from pipelines.registry.register import register_model
+    from pipelines.training.steps import train_pipeline
 
     own = tmp_path_factory.mktemp("champion")
     settings = real_data.model_copy(update={"experiment_tracking_uri": f"sqlite:///{own / 'mlflow.db'}",

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.airflow_config import airflow_env
-from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.core.settings import PROJECT_ROOT, Settings
+from pipelines.ops.airflow_config import airflow_env
 
 DAGS_DIR = PROJECT_ROOT / "dags"
 

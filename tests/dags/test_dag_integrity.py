@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.airflow_config import airflow_env
-from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.core.settings import PROJECT_ROOT, Settings
+from pipelines.ops.airflow_config import airflow_env
 
 DAGS_DIR = PROJECT_ROOT / "dags"
 
@@ -41,7 +41,7 @@ FLIGHTS_INGEST_CHAIN = ["land_feed", "ingest_feed", "validate_partitions", "prom
 
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The embedded Airflow environment (pipelines.airflow_config.airflow_env) on a throwaway home, for this module."""
+    """The embedded Airflow environment (pipelines.ops.airflow_config.airflow_env) on a throwaway home, for this module."""
     settings = Settings(pipeline_home=tmp_path_factory.mktemp("dag_integrity") / "home")
     env = airflow_env(settings)
     with pytest.MonkeyPatch.context() as patch:
@@ -227,7 +227,7 @@ def test_flight_delay_training_runs_weekly_and_on_retrain_requests(dagbag: Any) 
     from airflow.sdk import Asset
     from airflow.serialization.serialized_objects import DagSerialization
 
-    from pipelines.demo import TRAINING_START
+    from pipelines.ops.demo import TRAINING_START
 
     training = _dag(dagbag, DAGS_DIR / "flight_delay_training.py")
     assert training.start_date.date() == TRAINING_START

@@ -11,24 +11,25 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines import steps
-from pipelines.corruption import corrupt
-from pipelines.ingest import ingest_partition, parse_feed_csv
-from pipelines.lake import Lake, partition_key
-from pipelines.schemas import FLIGHTS, table_schema
-from pipelines.settings import Settings
-from pipelines.source import FEED_TABLES, feed_csv, land_day, land_file, land_reference
-from pipelines.validation import content_hash, promote_partition, validate_partition
+from pipelines.core.lake import Lake, partition_key
+from pipelines.core.names import FEED_TABLES
+from pipelines.core.settings import Settings
+from pipelines.ingest.parse import ingest_partition, parse_feed_csv
+from pipelines.ingest.schemas import FLIGHTS, table_schema
+from pipelines.simulation.corruption import corrupt
+from pipelines.simulation.feed import feed_csv, land_day, land_feed, land_file, land_reference
+from pipelines.validation.partition import content_hash, promote_partition, validate_partition
+from pipelines.validation.steps import ingest_feed, promote_partitions, validate_partitions
 
 DAY = date(2013, 1, 2)
 
 
 def _run_day(settings: Settings) -> dict[str, Any]:
     """The DAG's chain for one day: land -> ingest -> validate -> promote."""
-    steps.land_feed([DAY], settings)
-    steps.ingest_feed([DAY], settings)
-    steps.validate_partitions([DAY], settings)
-    return steps.promote_partitions([DAY], settings)
+    land_feed([DAY], settings)
+    ingest_feed([DAY], settings)
+    validate_partitions([DAY], settings)
+    return promote_partitions([DAY], settings)
 
 
 def _snapshot(lake: Lake) -> dict[str, bytes]:

@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 
-from pipelines.corruption import CORRUPTIONS, Corruption
-from pipelines.ingest import ingest_partition, raw_key
-from pipelines.lake import Lake, open_lake, partition_key
-from pipelines.schemas import FLIGHTS, PARSE_ERRORS
-from pipelines.settings import Settings
-from pipelines.source import FEED_TABLES, land_day, land_file, land_reference
-from pipelines.steps import QuarantineError, check_quarantine, promote_partitions
-from pipelines.validation import Failure, Verdict, content_hash, promote_partition, validate_partition
+from pipelines.core.lake import Lake, open_lake, partition_key
+from pipelines.core.names import FEED_TABLES
+from pipelines.core.settings import Settings
+from pipelines.ingest.parse import ingest_partition, raw_key
+from pipelines.ingest.schemas import FLIGHTS, PARSE_ERRORS
+from pipelines.simulation.corruption import CORRUPTIONS, Corruption
+from pipelines.simulation.feed import land_day, land_file, land_reference
+from pipelines.validation.partition import Failure, Verdict, content_hash, promote_partition, validate_partition
+from pipelines.validation.steps import QuarantineError, check_quarantine, promote_partitions
 
 CORPUS = Path(__file__).resolve().parent / "landing_corpus"
 DAY = date(2013, 1, 2)

@@ -17,16 +17,24 @@ from typing import Any
 
 import pytest
 
-from pipelines import steps
-from pipelines.lake import Lake, open_lake, partition_key
-from pipelines.schemas import PARSE_ERRORS, table_schema
-from pipelines.settings import Settings
-from pipelines.source import FEED_TABLES, feed_csv
-from pipelines.validation import Failure, content_hash
+from pipelines.core.dates import date_range
+from pipelines.core.lake import Lake, open_lake, partition_key
+from pipelines.core.names import FEED_TABLES
+from pipelines.core.settings import Settings
+from pipelines.ingest.schemas import PARSE_ERRORS, table_schema
+from pipelines.simulation.feed import feed_csv, land_feed
+from pipelines.validation.partition import Failure, content_hash
+from pipelines.validation.steps import (
+    QuarantineError,
+    check_quarantine,
+    ingest_feed,
+    promote_partitions,
+    validate_partitions,
+)
 
 WIND_GLITCH = date(2013, 2, 12)
 NO_WEATHER = date(2013, 12, 31)
-DAYS = [*steps.date_range(date(2013, 1, 1), date(2013, 1, 7)), WIND_GLITCH, NO_WEATHER]
+DAYS = [*date_range(date(2013, 1, 1), date(2013, 1, 7)), WIND_GLITCH, NO_WEATHER]
 EXPECTED = {(table, day): "passed" for table in FEED_TABLES for day in DAYS} | {
     ("weather", WIND_GLITCH): "warned",
     ("weather", NO_WEATHER): "quarantined",
@@ -46,10 +54,10 @@ class RealRun:
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> RealRun:
     """The real days through land -> ingest -> validate -> promote, in a lake of their own."""
     settings = Settings(pipeline_home=tmp_path_factory.mktemp("real_home"), lake_uri=None, s3_endpoint_url=None)
-    steps.land_feed(DAYS, settings)
-    ingested = steps.ingest_feed(DAYS, settings)
-    validated = steps.validate_partitions(DAYS, settings)
-    promotion = steps.promote_partitions(DAYS, settings)
+    land_feed(DAYS, settings)
+    ingested = ingest_feed(DAYS, settings)
+    validated = validate_partitions(DAYS, settings)
+    promotion = promote_partitions(DAYS, settings)
     return RealRun(settings, open_lake(settings), ingested, validated, promotion)
 
 
@@ -127,8 +135,8 @@ def test_day_without_weather_is_quarantined(real_run: RealRun) -> None:
 
 def test_check_quarantine_names_the_empty_weather_day(real_run: RealRun) -> None:
     assert list(real_run.promotion["quarantined"]) == ["weather/2013-12-31"]
-    with pytest.raises(steps.QuarantineError) as raised:
-        steps.check_quarantine(real_run.promotion)
+    with pytest.raises(QuarantineError) as raised:
+        check_quarantine(real_run.promotion)
     message = str(raised.value)
     assert message.startswith("1 partition(s) quarantined")
     assert "weather 2013-12-31 quarantined (0 rows)" in message

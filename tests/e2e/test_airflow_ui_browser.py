@@ -1,7 +1,7 @@
 """About 2 minutes (106-130 s on 2 shared cores: up() ~40 s, the browser and the run ~60 s, down() ~10-20 s): the
 Airflow UI in a real browser, from the login page to a successful flights_ingest run.
 
-Nothing is mocked. The module starts the whole stack with ``pipelines.stack.up`` (``make up``) on a fresh
+Nothing is mocked. The module starts the whole stack with ``pipelines.ops.stack.up`` (``make up``) on a fresh
 PIPELINE_HOME with free ports and the embedded profile: the real API server with the React UI and the simple auth
 manager, the scheduler (LocalExecutor, SQLite), the DAG processor, the triggerer and the SMTP server. Debian's
 headless Chromium (``/usr/bin/chromium``, driven by Playwright; never Playwright's own browser download) then does
@@ -15,7 +15,7 @@ what a person does:
 * the run page is polled until the run succeeds.
 
 The REST API (a JWT from ``POST /auth/token``) then confirms the run's conf holds the typed dates and that the DAG
-was unpaused, the lake has the validated partition, and ``pipelines.stack.down`` really stops every process (no pid
+was unpaused, the lake has the validated partition, and ``pipelines.ops.stack.down`` really stops every process (no pid
 of ``$PIPELINE_HOME/run`` nor any process of its group is left alive).
 
 Screenshots of each stage go to ``$TEST_ARTEFACTS`` (default ``.pipeline_home/test-artefacts/airflow-ui/``, git
@@ -37,9 +37,9 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from pipelines.airflow_api import AirflowClient
-from pipelines.settings import PROJECT_ROOT, Settings, get_settings
-from pipelines.stack import down, names, up
+from pipelines.core.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.ops.stack import down, names, up
+from tests.helpers.airflow_api import AirflowClient
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +82,7 @@ def artefacts_dir() -> Path:
 
 
 def _recorded_pids(settings: Settings) -> dict[str, int]:
-    """``{name: pid}`` of every pid file of the home (``pipelines.service_process`` writes ``pid port``)."""
+    """``{name: pid}`` of every pid file of the home (``pipelines.core.processes`` writes ``pid port``)."""
     pids = {}
     for path in sorted((settings.pipeline_home / "run").glob("*.pid")):
         fields = path.read_text().split()

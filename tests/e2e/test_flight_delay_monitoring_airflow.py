@@ -25,13 +25,16 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines.airflow_config import airflow_env
-from pipelines.deployment import deploy_service, stop_all
-from pipelines.mail_server import read_messages, start_mail_server, stop_mail_server
-from pipelines.registry import promote_model, register_model
-from pipelines.settings import PROJECT_ROOT, Settings
-from pipelines.steps import ingest_feed, land_feed, promote_partitions, validate_partitions
-from pipelines.training import train_pipeline
+from pipelines.core.settings import PROJECT_ROOT, Settings
+from pipelines.deploy.blue_green import deploy_service, stop_all
+from pipelines.ingest.steps import ingest_feed
+from pipelines.ops.airflow_config import airflow_env
+from pipelines.ops.mail_server import read_messages, start_mail_server, stop_mail_server
+from pipelines.registry.gate import promote_model
+from pipelines.registry.register import register_model
+from pipelines.simulation.feed import land_feed
+from pipelines.training.steps import train_pipeline
+from pipelines.validation.steps import promote_partitions, validate_partitions
 
 pytestmark = pytest.mark.e2e
 
@@ -177,7 +180,7 @@ def test_retraining_decision_matches_the_asset_event(monitored: dict[str, Any]) 
 def test_served_features_are_the_point_in_time_features(monitored: dict[str, Any]) -> None:
     """What each replayed flight was served equals what the point-in-time training set gives for its prediction
     time: the hour-by-hour materialization serves exactly what was knowable then (no leak, no stale value)."""
-    from pipelines.feature_store import training_set
+    from pipelines.features.store import training_set
 
     settings = monitored["settings"]
     lake = settings.pipeline_home / "lake"

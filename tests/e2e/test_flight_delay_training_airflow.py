@@ -23,15 +23,17 @@ import pandas as pd
 import pytest
 import requests
 
-from pipelines.airflow_config import airflow_env
-from pipelines.demo import TRAINING_START
-from pipelines.deployment import rollback_deployment, stop_all
-from pipelines.registry import MODEL_NAME, model_input, register_model
-from pipelines.serving import requests_from_flights
-from pipelines.settings import PROJECT_ROOT, Settings
-from pipelines.tracking import KIND_TAG, RUN_KEY_TAG, run_slug, use_tracking
-from pipelines.training import load_model, read_evaluation, read_splits
-from pipelines.tuning import study_name
+from pipelines.core.names import MODEL_NAME
+from pipelines.core.settings import PROJECT_ROOT, Settings
+from pipelines.deploy.blue_green import rollback_deployment, stop_all
+from pipelines.ops.airflow_config import airflow_env
+from pipelines.ops.demo import TRAINING_START
+from pipelines.registry.register import model_input, register_model
+from pipelines.serving.contract import requests_from_flights
+from pipelines.training.datasets import read_splits
+from pipelines.training.steps import load_model, read_evaluation
+from pipelines.training.tracking import KIND_TAG, RUN_KEY_TAG, run_slug, use_tracking
+from pipelines.training.tuning import study_name
 
 pytestmark = pytest.mark.e2e
 

@@ -20,10 +20,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines.airflow_config import airflow_env
-from pipelines.feature_store import flight_entities, online_features
-from pipelines.features import FEATURE_TABLES, PLANES_SNAPSHOT
-from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.core.settings import PROJECT_ROOT, Settings
+from pipelines.features.store import flight_entities, online_features
+from pipelines.features.tables import FEATURE_TABLES, PLANES_SNAPSHOT
+from pipelines.ops.airflow_config import airflow_env
 
 pytestmark = pytest.mark.e2e
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from pipelines.airflow_config import airflow_env
-from pipelines.mail_server import read_messages, start_mail_server, stop_mail_server
-from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.core.settings import PROJECT_ROOT, Settings
+from pipelines.ops.airflow_config import airflow_env
+from pipelines.ops.mail_server import read_messages, start_mail_server, stop_mail_server
 
 pytestmark = pytest.mark.e2e
 

@@ -30,9 +30,9 @@ import pandas as pd
 import pytest
 import requests
 
-from pipelines.airflow_api import AirflowClient
-from pipelines.settings import Settings, get_settings, read_env_file
-from pipelines.stack import down, up, worker_name
+from pipelines.core.settings import Settings, get_settings, read_env_file
+from pipelines.ops.stack import down, up, worker_name
+from tests.helpers.airflow_api import AirflowClient
 
 pytestmark = pytest.mark.e2e
 
@@ -218,8 +218,8 @@ def test_tuning_fanned_out_over_two_workers_sharing_one_postgres_study(chain: St
 def test_features_are_served_from_redis_and_the_service_answers(chain: Stack) -> None:
     import redis
 
-    from pipelines.lake import open_lake, partition_key
-    from pipelines.serving import requests_from_flights
+    from pipelines.core.lake import open_lake, partition_key
+    from pipelines.serving.contract import requests_from_flights
 
     assert redis.Redis.from_url(f"redis://{chain.profile['FEAST_REDIS'].replace(',db=', '/')}").dbsize() > 100
     flights = open_lake(chain.settings).read_parquet(
@@ -236,7 +236,7 @@ def test_features_are_served_from_redis_and_the_service_answers(chain: Stack) ->
 
 
 def test_monitoring_report_is_in_s3_and_the_owners_got_the_email(chain: Stack) -> None:
-    from pipelines.mail_server import read_messages
+    from pipelines.ops.mail_server import read_messages
 
     reports = chain.keys(f"reports/monitoring/date={MONITORED_DAY}/")
     assert {k.rsplit("/", 1)[1] for k in reports} >= {"report.html", "report.json", "summary.json"}
@@ -249,7 +249,7 @@ def test_monitoring_report_is_in_s3_and_the_owners_got_the_email(chain: Stack) -
 
 
 def _validated_frames(stack: Stack, days: list[date]) -> dict[str, pd.DataFrame]:
-    from pipelines.lake import open_lake, partition_key
+    from pipelines.core.lake import open_lake, partition_key
 
     lake = open_lake(stack.settings)
     frames = {}

@@ -18,21 +18,18 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from pipelines.deployment import (
-    DeployError,
-    SmokePolicy,
-    code_hash,
-    deploy_service,
-    read_state,
-    rollback_deployment,
-    stop_all,
-)
-from pipelines.registry import MODEL_NAME, GatePolicy, alias_version, promote_model, register_model
-from pipelines.service_process import running
-from pipelines.serving import requests_from_flights
-from pipelines.settings import Settings
-from pipelines.tracking import use_tracking
-from pipelines.training import train_pipeline
+from pipelines.core.names import MODEL_NAME
+from pipelines.core.processes import running
+from pipelines.core.settings import Settings
+from pipelines.deploy.bento import code_hash
+from pipelines.deploy.blue_green import deploy_service, read_state, rollback_deployment, stop_all
+from pipelines.deploy.service import DeployError
+from pipelines.deploy.smoke import SmokePolicy
+from pipelines.registry.gate import GatePolicy, promote_model
+from pipelines.registry.register import alias_version, register_model
+from pipelines.serving.contract import requests_from_flights
+from pipelines.training.steps import train_pipeline
+from pipelines.training.tracking import use_tracking
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines import steps
-from pipelines.feature_store import (
+from pipelines.core.dates import LOCAL_TZ, date_range
+from pipelines.core.lake import open_lake, partition_key
+from pipelines.core.settings import Settings
+from pipelines.features.store import (
     ENTITY_COLUMNS,
     FEATURE_SERVICE,
     apply_definitions,
@@ -32,11 +34,11 @@ from pipelines.feature_store import (
     run_window,
     training_set,
 )
-from pipelines.features import LOCAL_TZ, PREDICTION_LEAD, WEATHER_FEATURES, build_features, feature_key
-from pipelines.lake import open_lake, partition_key
-from pipelines.settings import Settings
+from pipelines.features.tables import PREDICTION_LEAD, WEATHER_FEATURES, build_features, feature_key
+from pipelines.simulation.feed import land_feed
+from pipelines.validation.steps import ingest_feed, promote_partitions, validate_partitions
 
-DAYS = steps.date_range(date(2013, 1, 1), date(2013, 1, 12))
+DAYS = date_range(date(2013, 1, 1), date(2013, 1, 12))
 DAY = date(2013, 1, 9)  # the day whose flights are predicted
 LATER_DAY = date(2013, 1, 12)  # its schedule is published after DAY's run window ends
 LABEL = "disrupted"
@@ -83,10 +85,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         for name in ("FEAST_HOME", "FEATURES_URI"):  # open_store writes them: restored after the module
             patch.setenv(name, "unset")
         settings = _settings(root / "base")
-        steps.land_feed(DAYS, settings)
-        steps.ingest_feed(DAYS, settings)
-        steps.validate_partitions(DAYS, settings)
-        promotion = steps.promote_partitions(DAYS, settings)
+        land_feed(DAYS, settings)
+        ingest_feed(DAYS, settings)
+        validate_partitions(DAYS, settings)
+        promotion = promote_partitions(DAYS, settings)
         assert promotion["quarantined"] == {}, promotion["quarantined"]
         build_features(DAYS, settings)
         materialize_features(DAYS, settings)
@@ -243,7 +245,7 @@ def test_weather_is_the_latest_observation_at_most_three_hours_before_prediction
 
 
 def test_training_set_has_one_labelled_row_per_validated_flight(flights: pd.DataFrame, training: pd.DataFrame) -> None:
-    from pipelines.features import flight_id
+    from pipelines.features.tables import flight_id
 
     assert len(training) == len(flights)
     assert not training["flight_id"].duplicated().any()
@@ -259,7 +261,7 @@ def test_training_set_has_one_labelled_row_per_validated_flight(flights: pd.Data
 
 
 def test_prediction_time_is_two_hours_before_scheduled_departure(flights: pd.DataFrame, training: pd.DataFrame) -> None:
-    from pipelines.features import flight_id
+    from pipelines.features.tables import flight_id
 
     assert (training["scheduled_departure"] - training["event_timestamp"] == PREDICTION_LEAD).all()
     assert PREDICTION_LEAD == pd.Timedelta(hours=2)

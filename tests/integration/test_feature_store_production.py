@@ -19,8 +19,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines import steps
-from pipelines.feature_store import (
+from pipelines.core.dates import date_range
+from pipelines.core.lake import open_lake, partition_key
+from pipelines.core.settings import Settings
+from pipelines.features.store import (
     ENTITY_COLUMNS,
     FEATURE_SERVICE,
     flight_entities,
@@ -28,16 +30,16 @@ from pipelines.feature_store import (
     online_features,
     open_store,
 )
-from pipelines.features import build_features, feature_key
-from pipelines.lake import open_lake, partition_key
-from pipelines.settings import Settings
+from pipelines.features.tables import build_features, feature_key
+from pipelines.simulation.feed import land_feed
+from pipelines.validation.steps import ingest_feed, promote_partitions, validate_partitions
 
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
 POSTGRES_ADMIN = f"postgresql://postgres@{HOST}:5432/postgres"
 REDIS_PORT = 6379
-DAYS = steps.date_range(date(2013, 1, 1), date(2013, 1, 4))
+DAYS = date_range(date(2013, 1, 1), date(2013, 1, 4))
 VIEWS = {"weather_hourly", "flight_schedule", "carrier_stats", "route_stats", "plane_attributes"}
 NOT_FEATURES = {*ENTITY_COLUMNS, "event_timestamp", "disrupted"}
 
@@ -120,10 +122,10 @@ def profiles(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_
         production = Settings(pipeline_home=root / "production", lake_uri=embedded.lake_root, s3_endpoint_url=None,
                               feast_profile="production", feast_registry_url=postgres_url,
                               feast_redis=f"{HOST}:{REDIS_PORT},db={redis_db}")
-        steps.land_feed(DAYS, embedded)
-        steps.ingest_feed(DAYS, embedded)
-        steps.validate_partitions(DAYS, embedded)
-        assert steps.promote_partitions(DAYS, embedded)["quarantined"] == {}
+        land_feed(DAYS, embedded)
+        ingest_feed(DAYS, embedded)
+        validate_partitions(DAYS, embedded)
+        assert promote_partitions(DAYS, embedded)["quarantined"] == {}
         build_features(DAYS, embedded)
         for settings in (embedded, production):
             materialize_features(DAYS, settings)

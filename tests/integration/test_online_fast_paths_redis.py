@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from pipelines import feature_store as fs
-from pipelines.online_writer import ENGINE
-from pipelines.service_process import free_port
-from pipelines.settings import Settings
+from pipelines.core.processes import free_port
+from pipelines.core.settings import Settings
+from pipelines.features import store as fs
+from pipelines.features.online_writer import ENGINE
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +134,7 @@ def test_store_options_are_honoured(homes: dict[str, Settings], option: dict[str
 
 
 def test_compiled_reader_on_redis(homes: dict[str, Settings]) -> None:
-    from pipelines.online_reader import read_online, reader_for
+    from pipelines.features.online_reader import read_online, reader_for
 
     fs.materialize_features(LAKE.DAYS, homes["ours"])
     store = fs.open_store(homes["ours"])

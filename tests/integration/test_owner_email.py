@@ -1,5 +1,5 @@
-"""The owners' emails over real SMTP: the embedded mail server (pipelines.mail_server) on a free port, Airflow's
-SMTP provider sending through the ``smtp_default`` connection that pipelines.airflow_config.airflow_env defines, and
+"""The owners' emails over real SMTP: the embedded mail server (pipelines.ops.mail_server) on a free port, Airflow's
+SMTP provider sending through the ``smtp_default`` connection that pipelines.ops.airflow_config.airflow_env defines, and
 assertions on the ``.eml`` files the server wrote.
 
 Airflow is imported inside the tests, after AIRFLOW_HOME points into the test's home.
@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from pipelines.airflow_config import airflow_env
-from pipelines.mail_server import message_files, read_messages, start_mail_server, stop_mail_server
-from pipelines.service_process import running
-from pipelines.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.core.processes import running
+from pipelines.core.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.ops.airflow_config import airflow_env
+from pipelines.ops.mail_server import message_files, read_messages, start_mail_server, stop_mail_server
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def test_report_over_the_cap_is_named_not_attached(mail: Settings, tmp_path: Pat
 def test_failure_email_with_failed_expectations(mail: Settings) -> None:
     from _notifiers import send_email
 
-    from pipelines.notifications import failure_email
+    from pipelines.monitoring.notifications import failure_email
 
     expectations = ["weather 2013-12-31: expect_table_row_count_to_be_between: observed 0 -- 60 to 80 rows"]
     send_email(failure_email("flights_ingest", "check_quarantine", "2013-12-31", "1 partition(s) quarantined",

@@ -27,9 +27,9 @@ import boto3
 import pandas as pd
 import pytest
 
-from pipelines.lake import S3Lake, open_lake
-from pipelines.service_process import free_port
-from pipelines.settings import get_settings
+from pipelines.core.lake import S3Lake, open_lake
+from pipelines.core.processes import free_port
+from pipelines.core.settings import get_settings
 
 pytestmark = pytest.mark.integration
 
@@ -322,7 +322,9 @@ def test_open_lake_uses_env_for_uri_and_endpoint(
 
 def test_chain_for_one_day_on_s3(home: Path, s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """land -> ingest -> validate -> promote for 2013-01-02 puts passed, validated partitions in the bucket."""
-    from pipelines.steps import check_quarantine, ingest_feed, land_feed, promote_partitions, validate_partitions
+    from pipelines.ingest.steps import ingest_feed
+    from pipelines.simulation.feed import land_feed
+    from pipelines.validation.steps import check_quarantine, promote_partitions, validate_partitions
 
     monkeypatch.setenv("LAKE_URI", f"s3://{bucket}/lake")
     monkeypatch.setenv("S3_ENDPOINT_URL", s3_server.endpoint)

@@ -20,8 +20,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from pipelines.service_process import start_service, stop_service
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
+from pipelines.deploy.service import start_service, stop_service
 
 pytestmark = pytest.mark.integration
 

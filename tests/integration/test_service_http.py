@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import requests
 
-from pipelines.service_process import start_service, stop_service
-from pipelines.serving import requests_from_flights
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
+from pipelines.deploy.service import start_service, stop_service
+from pipelines.serving.contract import requests_from_flights
 
 pytestmark = pytest.mark.integration
 
@@ -134,8 +134,9 @@ def test_unreachable_online_store_is_a_clear_error_not_a_hang(served: dict[str, 
                                                                tmp_path_factory: pytest.TempPathFactory) -> None:
     """The production profile pointed at a Redis port where nothing listens: the answer is FeaturesUnavailable
     (the service's 503) within seconds."""
-    from pipelines.feature_store import apply_definitions, open_store
-    from pipelines.serving import FeaturesUnavailable, FlightRequest, Predictor, load_champion
+    from pipelines.features.store import apply_definitions, open_store
+    from pipelines.serving.contract import FeaturesUnavailable, FlightRequest
+    from pipelines.serving.predictor import Predictor, load_champion
 
     settings = served["settings"]
     broken = settings.model_copy(update={

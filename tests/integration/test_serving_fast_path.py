@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import requests
 
-from pipelines.features import PREDICTION_LEAD
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
+from pipelines.features.tables import PREDICTION_LEAD
 
 pytestmark = pytest.mark.integration
 
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def flights(champion_settings: Settings, real_days: list) -> list[dict[str, Any]]:
     """Request bodies of real flights on the window's last days, some without a plane."""
-    from pipelines.lake import open_lake, partition_key
-    from pipelines.serving import requests_from_flights
+    from pipelines.core.lake import open_lake, partition_key
+    from pipelines.serving.contract import requests_from_flights
 
     lake = open_lake(champion_settings)
     frame = pd.concat([lake.read_parquet(partition_key("validated", "flights", day, "data.parquet"))
@@ -33,8 +33,8 @@ def flights(champion_settings: Settings, real_days: list) -> list[dict[str, Any]
 
 def _frame_path(predictor: Any, requests_: list[Any]) -> tuple[list[dict[str, Any]], np.ndarray, pd.DataFrame]:
     """What ``Predictor.predict`` computed before it worked on columns."""
-    from pipelines.feature_store import online_features
-    from pipelines.serving import flight_entities
+    from pipelines.features.store import online_features
+    from pipelines.serving.contract import flight_entities
 
     entities = flight_entities(requests_)
     features = online_features(entities, store=predictor.store)
@@ -49,8 +49,10 @@ def _frame_path(predictor: Any, requests_: list[Any]) -> tuple[list[dict[str, An
 
 def test_answers_are_the_frame_paths_on_real_flights(champion_settings: Settings,
                                                      flights: list[dict[str, Any]]) -> None:
-    from pipelines.feature_store import online_feature_columns
-    from pipelines.serving import FlightRequest, Predictor, entity_columns, feature_json
+    from pipelines.features.store import online_feature_columns
+    from pipelines.serving.contract import FlightRequest, entity_columns
+    from pipelines.serving.prediction_log import feature_json
+    from pipelines.serving.predictor import Predictor
 
     predictor = Predictor(champion_settings)
     batch = [FlightRequest(**f) for f in flights]
@@ -75,10 +77,12 @@ def test_answers_are_the_frame_paths_on_real_flights(champion_settings: Settings
 
 def test_the_bare_service_serves_the_same_probabilities(champion_settings: Settings, flights: list[dict[str, Any]],
                                                         free_port: Callable[[], int]) -> None:
-    from pipelines.bench_serving import BARE_SERVICE
-    from pipelines.feature_store import online_feature_columns
-    from pipelines.service_process import start_service, stop_service
-    from pipelines.serving import FlightRequest, Predictor, entity_columns, feature_json
+    from benchmarks.serving import BARE_SERVICE
+    from pipelines.deploy.service import start_service, stop_service
+    from pipelines.features.store import online_feature_columns
+    from pipelines.serving.contract import FlightRequest, entity_columns
+    from pipelines.serving.prediction_log import feature_json
+    from pipelines.serving.predictor import Predictor
 
     predictor = Predictor(champion_settings)
     batch = [FlightRequest(**f) for f in flights[:20]]

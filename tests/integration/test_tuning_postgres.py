@@ -17,10 +17,11 @@ import mlflow
 import optuna
 import pytest
 
-from pipelines.settings import Settings
-from pipelines.tracking import KIND_TAG, RUN_KEY_TAG, use_tracking
-from pipelines.training import build_training_set, start_tuning, tune_hyperparameters
-from pipelines.tuning import study_name
+from pipelines.core.settings import Settings
+from pipelines.training.datasets import build_training_set
+from pipelines.training.steps import start_tuning, tune_hyperparameters
+from pipelines.training.tracking import KIND_TAG, RUN_KEY_TAG, use_tracking
+from pipelines.training.tuning import study_name
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipelines import model as M
-from pipelines.feature_store import training_set
-from pipelines.settings import Settings
+from pipelines.core.names import LABEL
+from pipelines.core.settings import Settings
+from pipelines.features.store import training_set
+from pipelines.training.fit import DEFAULT_PARAMS, time_split, train_model
+from pipelines.training.model import TrainedModel
 
 pytestmark = pytest.mark.model
 
@@ -18,13 +20,13 @@ pytestmark = pytest.mark.model
 @pytest.fixture(scope="module")
 def splits(real_data: Settings, real_days: list) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     frame = training_set(real_days, real_data)
-    return M.time_split(frame, valid_days=7, test_days=7)
+    return time_split(frame, valid_days=7, test_days=7)
 
 
 @pytest.fixture(scope="module")
-def trained(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> M.TrainedModel:
+def trained(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> TrainedModel:
     train, valid, _ = splits
-    return M.train_model(train, valid, M.DEFAULT_PARAMS, seed=0, max_epochs=12, patience=3)
+    return train_model(train, valid, DEFAULT_PARAMS, seed=0, max_epochs=12, patience=3)
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +34,13 @@ def test_days(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> pd.Dat
     return splits[2]
 
 
-def test_model_ranks_real_flights_better_than_chance(trained: M.TrainedModel, test_days: pd.DataFrame) -> None:
-    auc = roc_auc_score(test_days[M.LABEL], trained.predict_proba(test_days))
+def test_model_ranks_real_flights_better_than_chance(trained: TrainedModel, test_days: pd.DataFrame) -> None:
+    auc = roc_auc_score(test_days[LABEL], trained.predict_proba(test_days))
     assert auc > 0.6, f"test ROC AUC {auc:.3f}"
 
 
 @pytest.mark.parametrize("change", ["more_precipitation", "lower_visibility", "both"])
-def test_worse_weather_at_origin_does_not_lower_risk_on_average(trained: M.TrainedModel, test_days: pd.DataFrame,
+def test_worse_weather_at_origin_does_not_lower_risk_on_average(trained: TrainedModel, test_days: pd.DataFrame,
                                                                 change: str) -> None:
     # Within what training saw (Jan-Feb 2013: 99% of hours have under 0.09 in of rain, the wettest 0.41 in).
     worse = test_days.copy()
@@ -50,7 +52,7 @@ def test_worse_weather_at_origin_does_not_lower_risk_on_average(trained: M.Train
     assert risk.mean() >= base.mean(), f"{change}: mean risk {base.mean():.4f} -> {risk.mean():.4f}"
 
 
-def test_flight_number_alone_does_not_change_the_prediction(trained: M.TrainedModel, test_days: pd.DataFrame) -> None:
+def test_flight_number_alone_does_not_change_the_prediction(trained: TrainedModel, test_days: pd.DataFrame) -> None:
     # flight_id is "<date>:<carrier><flight number>:<origin>"; only the number changes here.
     parts = test_days["flight_id"].str.split(":", expand=True)
     renumbered = test_days.assign(flight_id=parts[0] + ":" + test_days["carrier"] + "9999:" + parts[2])

@@ -13,11 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import monitoring as M
-from pipelines.bench_monitoring import prediction_log_rows
-from pipelines.model import DEFAULT_PARAMS, TrainedModel, train_model
-from pipelines.settings import Settings
-from pipelines.training import build_training_set, model_key, read_splits
+from benchmarks.monitoring import prediction_log_rows
+from pipelines.core.settings import Settings
+from pipelines.monitoring.report import build_report, served_frame
+from pipelines.monitoring.retrain import MonitoringPolicy
+from pipelines.training.datasets import build_training_set, model_key, read_splits
+from pipelines.training.fit import DEFAULT_PARAMS, train_model
+from pipelines.training.model import TrainedModel
+from pipelines.training.reference import PREDICTION, REFERENCE_ROWS, load_reference, save_reference
 
 pytestmark = pytest.mark.model
 
@@ -28,7 +31,7 @@ TRAINING = {"metrics": {"network": {"roc_auc": 0.70, "brier": 0.17}}}
 @pytest.fixture(scope="module")
 def trained(real_data: Settings, real_days: list) -> tuple[TrainedModel, pd.DataFrame]:
     """A small model of the run key (written where training writes it) and the run's test days."""
-    from pipelines.lake import open_lake
+    from pipelines.core.lake import open_lake
 
     build_training_set(real_days, RUN_KEY, real_data, valid_days=7, test_days=7)
     splits = read_splits(RUN_KEY, real_data)
@@ -39,8 +42,8 @@ def trained(real_data: Settings, real_days: list) -> tuple[TrainedModel, pd.Data
 
 @pytest.fixture(scope="module")
 def reference(real_data: Settings, trained: tuple[TrainedModel, pd.DataFrame]) -> pd.DataFrame:
-    M.save_reference(RUN_KEY, real_data)
-    return M.load_reference(RUN_KEY, real_data)
+    save_reference(RUN_KEY, real_data)
+    return load_reference(RUN_KEY, real_data)
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +51,18 @@ def served_day(trained: tuple[TrainedModel, pd.DataFrame]) -> pd.DataFrame:
     """The last test day (2013-02-28) as the service would have logged it, parsed back."""
     model, test = trained
     day = test[test["flight_id"].str.startswith("2013-02-28")].reset_index(drop=True)
-    return M.served_frame(prediction_log_rows(day, model.predict_proba(day), "1"))
+    return served_frame(prediction_log_rows(day, model.predict_proba(day), "1"))
 
 
 def _report(reference: pd.DataFrame, current: pd.DataFrame, real_data: Settings, tmp_path: Path) -> dict:
     own_lake = real_data.model_copy(update={"lake_uri": str(tmp_path / "lake")})  # the shared home stays as it is
-    return M.build_report(reference, current, None, TRAINING, pd.Timestamp("2013-02-28").date(), own_lake)
+    return build_report(reference, current, None, TRAINING, pd.Timestamp("2013-02-28").date(), own_lake)
 
 
 def test_the_reference_keeps_its_calibration_through_the_lake(reference: pd.DataFrame,
                                                               trained: tuple[TrainedModel, pd.DataFrame]) -> None:
     meta = reference.attrs["monitoring"]
-    assert meta["run_key"] == RUN_KEY and len(reference) == M.REFERENCE_ROWS
+    assert meta["run_key"] == RUN_KEY and len(reference) == REFERENCE_ROWS
     calibration = meta["calibration"]
     assert calibration["days"] >= 40  # the train split's days (January 1 to mid-February)
     thresholds = calibration["thresholds"]
@@ -67,14 +70,14 @@ def test_the_reference_keeps_its_calibration_through_the_lake(reference: pd.Data
     assert thresholds["temp"] > 0.5 and thresholds["carrier_disruption_rate_28d"] > 0.2
     assert thresholds["carrier"] < 0.2 and thresholds["dep_hour"] < 0.2
     model, _ = trained
-    assert reference[M.PREDICTION].to_numpy() == pytest.approx(model.predict_proba(reference), abs=1e-6)
+    assert reference[PREDICTION].to_numpy() == pytest.approx(model.predict_proba(reference), abs=1e-6)
 
 
 def test_an_ordinary_day_does_not_drift(reference: pd.DataFrame, served_day: pd.DataFrame, real_data: Settings,
                                         tmp_path: Path) -> None:
     assert len(served_day) > 700
     summary = _report(reference, served_day, real_data, tmp_path)
-    assert summary["drift_share"] < M.MonitoringPolicy().drift_share, summary["drifted_features"][:5]
+    assert summary["drift_share"] < MonitoringPolicy().drift_share, summary["drifted_features"][:5]
     assert not summary["retrain"]["requested"]
     # with Evidently's default threshold (0.1) on every feature, the same day "drifts" on most of them
     bare = reference.copy()

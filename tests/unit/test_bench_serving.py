@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pipelines import bench_serving as B
+from benchmarks import serving as B
 
 
 @pytest.fixture

@@ -10,8 +10,10 @@ import subprocess
 
 import pytest
 
-from pipelines.deployment import _front_config, bento_tag, code_hash, read_state, slot_port
-from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.core.settings import PROJECT_ROOT, Settings
+from pipelines.deploy.bento import bento_tag, code_hash
+from pipelines.deploy.blue_green import read_state
+from pipelines.deploy.front_door import _front_config, slot_port
 
 
 def _pins(text: str) -> dict[str, str]:

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import evaluation as E
-from pipelines import model as M
+from pipelines.core.names import LABEL
+from pipelines.training import evaluation as E
+from pipelines.training.fit import time_split
 
 
 def _mann_whitney_auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -74,12 +75,12 @@ def test_calibration_figure_draws_each_model_and_the_diagonal() -> None:
 
 
 def test_baselines_on_the_same_features(make_training_frame: Callable[..., pd.DataFrame]) -> None:
-    train, _, test = M.time_split(make_training_frame(4000, days=40), valid_days=5, test_days=8)
+    train, _, test = time_split(make_training_frame(4000, days=40), valid_days=5, test_days=8)
     baselines = E.fit_baselines(train)
     assert set(baselines) == {"base_rate", "logistic_regression"}
-    y = test[M.LABEL].to_numpy()
+    y = test[LABEL].to_numpy()
     metrics = E.evaluate_predictions(y, {name: model.predict_proba(test) for name, model in baselines.items()})
-    assert np.all(baselines["base_rate"].predict_proba(test) == pytest.approx(train[M.LABEL].mean()))
+    assert np.all(baselines["base_rate"].predict_proba(test) == pytest.approx(train[LABEL].mean()))
     assert metrics["base_rate"]["roc_auc"] == 0.5  # a constant ranks nothing
     assert metrics["logistic_regression"]["roc_auc"] > 0.7
     assert metrics["logistic_regression"]["log_loss"] < metrics["base_rate"]["log_loss"]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import features as F
+from pipelines.features import tables as F
 
 
 def _flights(rows: list[dict]) -> pd.DataFrame:
@@ -63,7 +63,7 @@ def test_schedule_is_known_the_day_before_and_counts_congestion() -> None:
 
 def test_request_features_use_new_york_local_time() -> None:
     """The on-demand view's function, called as Feast calls it (python mode: dict of lists)."""
-    from pipelines.feature_store import definitions
+    from pipelines.features.store import definitions
 
     udf = definitions().request_features.feature_transformation.udf
     departures = [datetime(2013, 1, 2, 11, 40, tzinfo=UTC), datetime(2013, 7, 1, 3, 30, tzinfo=UTC)]

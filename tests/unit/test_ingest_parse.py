@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipelines.ingest import ENCODING, FIELD_COUNT, parse_feed_csv
-from pipelines.schemas import FLIGHTS, PANDAS_DTYPES, PARSE_ERRORS, WEATHER
+from pipelines.ingest.parse import ENCODING, FIELD_COUNT, parse_feed_csv
+from pipelines.ingest.schemas import FLIGHTS, PANDAS_DTYPES, PARSE_ERRORS, WEATHER
 
 FLIGHTS_HEADER = ",".join(FLIGHTS.columns)
 FLIGHT_ROW = "2013,1,2,542,540,2,923,850,33,AA,1141,N619AA,JFK,MIA,160,1089,5,40,2013-01-02T10:00:00Z"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.lake import ZONES, Lake, LocalLake, S3Lake, open_lake, partition_key
-from pipelines.settings import get_settings
+from pipelines.core.lake import ZONES, Lake, LocalLake, S3Lake, open_lake, partition_key
+from pipelines.core.settings import get_settings
 
 
 @pytest.fixture

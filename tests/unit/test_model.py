@@ -10,7 +10,20 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines import model as M
+from benchmarks import training as M_training
+from pipelines.training.columns import CATEGORICAL_COLUMNS, categorical_values
+from pipelines.training.fit import (
+    DEFAULT_PARAMS,
+    fit_platt,
+    sliced_batches,
+    time_split,
+    train_epoch,
+    train_model,
+    training_parts,
+)
+from pipelines.training.model import TrainedModel
+from pipelines.training.network import EMBEDDING_DIM, Dropout, _lookup, pick_device
+from pipelines.training.preprocessing import UNKNOWN_INDEX, Preprocessor
 
 FAST = {"hidden_sizes": [32, 16], "dropout": 0.0, "lr": 3e-3, "batch_size": 256}
 
@@ -30,23 +43,23 @@ def _log_loss(labels: np.ndarray, p: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def splits(make_training_frame: Callable[..., pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    return M.time_split(make_training_frame(), valid_days=5, test_days=5)
+    return time_split(make_training_frame(), valid_days=5, test_days=5)
 
 
 @pytest.fixture(scope="module")
-def trained(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> M.TrainedModel:
+def trained(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> TrainedModel:
     train, valid, _ = splits
-    return M.train_model(train, valid, FAST, seed=0, max_epochs=15, patience=4, device=torch.device("cpu"))
+    return train_model(train, valid, FAST, seed=0, max_epochs=15, patience=4, device=torch.device("cpu"))
 
 
 def test_preprocessor_round_trips_through_json(make_training_frame: Callable[..., pd.DataFrame]) -> None:
     frame = make_training_frame(400)
-    fitted = M.Preprocessor().fit(frame)
-    restored = M.Preprocessor.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    fitted = Preprocessor().fit(frame)
+    restored = Preprocessor.from_dict(json.loads(json.dumps(fitted.to_dict())))
     cat_a, num_a = fitted.transform(frame)
     cat_b, num_b = restored.transform(frame)
     assert cat_a.dtype == torch.int64 and num_a.dtype == torch.float32
-    assert cat_a.shape == (400, len(M.CATEGORICAL_COLUMNS))
+    assert cat_a.shape == (400, len(CATEGORICAL_COLUMNS))
     assert torch.equal(cat_a, cat_b) and torch.equal(num_a, num_b)
     assert "wind_gust" in fitted.missing_indicators and torch.isfinite(num_a).all()
     assert "flight_id" not in fitted.categorical + fitted.numeric
@@ -54,7 +67,7 @@ def test_preprocessor_round_trips_through_json(make_training_frame: Callable[...
 
 def test_dest_comes_from_route_and_unknowns_map_to_zero(make_training_frame: Callable[..., pd.DataFrame]) -> None:
     frame = make_training_frame(400)
-    pre = M.Preprocessor().fit(frame)
+    pre = Preprocessor().fit(frame)
     assert pre.vocabularies["dest"] == ["ATL", "LAX", "MIA", "ORD"]
     odd = frame.head(3).copy()
     odd["carrier"] = ["ZZ", None, "AA"]
@@ -70,7 +83,7 @@ def test_dest_comes_from_route_and_unknowns_map_to_zero(make_training_frame: Cal
     assert torch.isfinite(num).all()
 
 
-def test_training_improves_and_beats_base_rate(trained: M.TrainedModel,
+def test_training_improves_and_beats_base_rate(trained: TrainedModel,
                                                splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
     train, valid, test = splits
     losses = [h["valid_log_loss"] for h in trained.history]
@@ -82,14 +95,14 @@ def test_training_improves_and_beats_base_rate(trained: M.TrainedModel,
     assert len(trained.history) <= 15 and 0 <= trained.best_epoch < len(trained.history)
 
 
-def test_same_seed_same_predictions(trained: M.TrainedModel,
+def test_same_seed_same_predictions(trained: TrainedModel,
                                     splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
     train, valid, test = splits
-    again = M.train_model(train, valid, FAST, seed=0, max_epochs=15, patience=4, device=torch.device("cpu"))
+    again = train_model(train, valid, FAST, seed=0, max_epochs=15, patience=4, device=torch.device("cpu"))
     np.testing.assert_array_equal(trained.predict_proba(test), again.predict_proba(test))
 
 
-def test_predictions_ignore_flight_id(trained: M.TrainedModel,
+def test_predictions_ignore_flight_id(trained: TrainedModel,
                                       splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
     test = splits[2]
     other = test.copy()
@@ -109,20 +122,20 @@ def test_time_split_is_disjoint_and_ordered(splits: tuple[pd.DataFrame, pd.DataF
     assert dates[0].max() < dates[1].min() and dates[1].max() < dates[2].min()
     assert dates[1].nunique() == 5 and dates[2].nunique() == 5
     with pytest.raises(ValueError):
-        M.time_split(train.head(10), valid_days=20, test_days=20)
+        time_split(train.head(10), valid_days=20, test_days=20)
 
 
 def test_on_epoch_called_once_per_epoch(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
     train, valid, _ = splits
     calls: list[tuple[int, float]] = []
-    result = M.train_model(train, valid, FAST, seed=3, max_epochs=4, patience=10,
+    result = train_model(train, valid, FAST, seed=3, max_epochs=4, patience=10,
                            on_epoch=lambda epoch, metric: calls.append((epoch, metric)))
     assert [epoch for epoch, _ in calls] == [0, 1, 2, 3] == list(range(len(result.history)))
     assert all(np.isfinite(metric) for _, metric in calls)
     assert [m for _, m in calls] == [h["valid_log_loss"] for h in result.history]
 
 
-def test_validation_log_loss_is_unweighted(trained: M.TrainedModel,
+def test_validation_log_loss_is_unweighted(trained: TrainedModel,
                                            splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
     valid = splits[1]
     best = trained.history[trained.best_epoch]["valid_log_loss"]
@@ -131,11 +144,11 @@ def test_validation_log_loss_is_unweighted(trained: M.TrainedModel,
 
 def test_pick_device_is_cpu_without_gpu() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert M.pick_device().type == expected
+    assert pick_device().type == expected
 
 
 def test_calibration_makes_the_mean_prediction_the_observed_rate(
-        trained: M.TrainedModel, splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+        trained: TrainedModel, splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
     """pos_weight shifts the raw logits; the Platt scaling fitted on validation shifts them back."""
     valid = splits[1]
     y = valid["disrupted"].to_numpy()
@@ -152,13 +165,13 @@ def test_fit_platt_recovers_a_known_scaling() -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(20000, generator=generator) * 2
     y = (torch.rand(20000, generator=generator) < torch.sigmoid(0.5 * logits - 1.0)).float()
-    a, b = M.fit_platt(logits, y)
+    a, b = fit_platt(logits, y)
     assert a == pytest.approx(0.5, abs=0.05) and b == pytest.approx(-1.0, abs=0.05)
 
 
-def test_model_round_trips_through_bytes(trained: M.TrainedModel,
+def test_model_round_trips_through_bytes(trained: TrainedModel,
                                          splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
-    restored = M.TrainedModel.from_bytes(trained.to_bytes())
+    restored = TrainedModel.from_bytes(trained.to_bytes())
     test = splits[2]
     np.testing.assert_array_equal(trained.predict_proba(test), restored.predict_proba(test))
     assert restored.calibration == trained.calibration and restored.params == trained.params
@@ -170,7 +183,7 @@ def test_imbalance_power_sets_the_class_weight(splits: tuple[pd.DataFrame, pd.Da
     train, valid, _ = splits
     raw_mean = {}
     for power in (0.0, 1.0):
-        model = M.train_model(train, valid, FAST | {"imbalance_power": power}, seed=0, max_epochs=3, patience=3)
+        model = train_model(train, valid, FAST | {"imbalance_power": power}, seed=0, max_epochs=3, patience=3)
         raw_mean[power] = float(torch.sigmoid(model.predict_logits(valid)).mean())
         assert abs(model.predict_proba(valid).mean() - valid["disrupted"].mean()) < 0.03
     assert raw_mean[1.0] > raw_mean[0.0] + 0.05
@@ -180,16 +193,16 @@ def test_dataloader_path_trains_the_same_model_as_slices(splits: tuple[pd.DataFr
                                                                        pd.DataFrame]) -> None:
     """The bench's comparison is fair: same loop, same batches in the same order, so the same weights."""
     train = splits[0]
-    pre = M.Preprocessor().fit(train)
+    pre = Preprocessor().fit(train)
     cat, num = pre.transform(train)
     y = torch.as_tensor(train["disrupted"].to_numpy(), dtype=torch.float32)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
     states = []
-    for batches in (M.sliced_batches, M.loader_batches):
+    for batches in (sliced_batches, M_training.loader_batches):
         torch.manual_seed(0)
-        net, optimizer, criterion = M.training_parts(pre, train, M.DEFAULT_PARAMS | FAST, torch.device("cpu"))
+        net, optimizer, criterion = training_parts(pre, train, DEFAULT_PARAMS | FAST, torch.device("cpu"))
         torch.manual_seed(1)  # the dropout masks
-        loss = M.train_epoch(net, optimizer, criterion, batches(cat, num, y, order, 256))
+        loss = train_epoch(net, optimizer, criterion, batches(cat, num, y, order, 256))
         states.append((loss, net.state_dict()))
     assert states[0][0] == pytest.approx(states[1][0], rel=1e-6)
     for name, value in states[0][1].items():
@@ -198,7 +211,7 @@ def test_dataloader_path_trains_the_same_model_as_slices(splits: tuple[pd.DataFr
 
 def test_numeric_inputs_are_clipped_to_the_training_range(make_training_frame: Callable[..., pd.DataFrame]) -> None:
     frame = make_training_frame(400)
-    pre = M.Preprocessor().fit(frame)
+    pre = Preprocessor().fit(frame)
     column = pre.numeric.index("wind_speed")
     glitch = frame.head(2).assign(wind_speed=[1048.0, -5.0])
     bounds = frame.head(2).assign(wind_speed=[frame["wind_speed"].max(), frame["wind_speed"].min()])
@@ -214,44 +227,44 @@ def test_categorical_values_match_the_per_value_definition(make_training_frame: 
     odd["dep_hour"] = [7.0, np.nan, 8.5, 7, "7", None, 23.0, -0.0]
     floats = frame.assign(dep_hour=frame["dep_hour"].astype(float).where(frame.index % 7 != 0))
     for data in (frame, odd, floats, frame.iloc[::-1], frame.head(0)):
-        for column in M.CATEGORICAL_COLUMNS:
+        for column in CATEGORICAL_COLUMNS:
             source = (data["route"].astype("string").str.split("-", n=1).str[1] if column == "dest"
                       else data.get(column, pd.Series([None] * len(data), index=data.index)))
             expected = [None if pd.isna(v) else str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
                         for v in source.astype("object")]
-            got = M.categorical_values(data, column)
+            got = categorical_values(data, column)
             assert got.index.equals(data.index) and got.tolist() == expected, column
-    assert M.categorical_values(odd, "dep_hour").tolist() == ["7", None, "8.5", "7", "7", None, "23", "0"]
-    assert M.categorical_values(odd, "dest").tolist() == ["XXX", "LAX", None, None, None, "ORD", "B-C", None]
+    assert categorical_values(odd, "dep_hour").tolist() == ["7", None, "8.5", "7", "7", None, "23", "0"]
+    assert categorical_values(odd, "dest").tolist() == ["XXX", "LAX", None, None, None, "ORD", "B-C", None]
 
 
-def test_categoricals_share_one_embedding_table(trained: M.TrainedModel) -> None:
+def test_categoricals_share_one_embedding_table(trained: TrainedModel) -> None:
     net = trained.network()
     tables = [m for m in net.modules() if isinstance(m, torch.nn.Embedding)]
     cardinalities = trained.preprocessor.cardinalities
     assert len(tables) == 1 and tables[0].num_embeddings == sum(cardinalities)
     assert net.offsets.tolist() == np.concatenate([[0], np.cumsum(cardinalities)[:-1]]).tolist()
     # index 0 (unknown) of each column is its own row: the columns do not share an "unknown" vector
-    assert len(set((net.offsets + M.UNKNOWN_INDEX).tolist())) == len(cardinalities)
+    assert len(set((net.offsets + UNKNOWN_INDEX).tolist())) == len(cardinalities)
 
 
 def test_cpu_embedding_matches_the_stock_lookup_and_gradient() -> None:
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(30, M.EMBEDDING_DIM, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(30, EMBEDDING_DIM, generator=generator, dtype=torch.float64, requires_grad=True)
     index = torch.randint(0, 30, (257, 6), generator=generator)
-    grad = torch.randn(257, 6, M.EMBEDDING_DIM, generator=generator, dtype=torch.float64)
-    ours = M._lookup(weight, index)
+    grad = torch.randn(257, 6, EMBEDDING_DIM, generator=generator, dtype=torch.float64)
+    ours = _lookup(weight, index)
     (ours_grad,) = torch.autograd.grad(ours, weight, grad)
     stock = torch.nn.functional.embedding(index, weight)
     (stock_grad,) = torch.autograd.grad(stock, weight, grad)
     assert torch.equal(ours, stock)
     torch.testing.assert_close(ours_grad, stock_grad)
-    assert torch.autograd.gradcheck(lambda w: M._lookup(w, index[:5]), (weight,))
+    assert torch.autograd.gradcheck(lambda w: _lookup(w, index[:5]), (weight,))
 
 
 @pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 1.0])
 def test_dropout_keeps_the_expectation_and_the_rate(p: float) -> None:
-    layer = M.Dropout(p)
+    layer = Dropout(p)
     x = torch.ones(400, 500)
     torch.manual_seed(0)
     out = layer(x)
@@ -265,7 +278,7 @@ def test_dropout_keeps_the_expectation_and_the_rate(p: float) -> None:
         assert torch.allclose(kept, torch.full_like(kept, 65536 / (65536 - round(p * 65536))))
     assert torch.equal(layer.eval()(x), x)
     with pytest.raises(ValueError):
-        M.Dropout(1.5)
+        Dropout(1.5)
 
 
 def test_sliced_batches_cover_the_rows_in_order() -> None:
@@ -273,19 +286,19 @@ def test_sliced_batches_cover_the_rows_in_order() -> None:
     num = torch.arange(10, dtype=torch.float32).unsqueeze(1)
     y = torch.arange(10, dtype=torch.float32)
     order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
-    batches = list(M.sliced_batches(cat, num, y, order, 4))
+    batches = list(sliced_batches(cat, num, y, order, 4))
     assert [len(b[2]) for b in batches] == [4, 4, 2]
     assert torch.equal(torch.cat([b[2] for b in batches]), order.float())
     assert all(torch.equal(c, cat[order[i * 4:(i + 1) * 4]]) for i, (c, _, _) in enumerate(batches))
 
 
-def test_trained_model_records_its_validation_log_losses(trained: M.TrainedModel) -> None:
+def test_trained_model_records_its_validation_log_losses(trained: TrainedModel) -> None:
     best = trained.history[trained.best_epoch]
     assert trained.valid_log_loss == best["valid_log_loss"] == min(h["valid_log_loss"] for h in trained.history)
     assert trained.valid_log_loss <= trained.valid_log_loss_uncalibrated
 
 
-def test_model_bytes_load_with_weights_only(trained: M.TrainedModel) -> None:
+def test_model_bytes_load_with_weights_only(trained: TrainedModel) -> None:
     import io
 
     saved = torch.load(io.BytesIO(trained.to_bytes()), weights_only=True)
@@ -294,13 +307,13 @@ def test_model_bytes_load_with_weights_only(trained: M.TrainedModel) -> None:
 
 
 def test_bench_training_measures_both_paths(make_training_frame: Callable[..., pd.DataFrame]) -> None:
-    from pipelines.bench_training import TARGETS, bench_training, print_training
+    from benchmarks.training import TARGETS, bench_training, print_training
 
     frame = make_training_frame()
     figures = bench_training(frame, params={"batch_size": 256}, valid_days=5, test_days=5,
                              devices=[torch.device("cpu")])
     cpu = figures["cpu"]
-    assert cpu["rows"] == len(M.time_split(frame, valid_days=5, test_days=5)[0])
+    assert cpu["rows"] == len(time_split(frame, valid_days=5, test_days=5)[0])
     assert cpu["batch_size"] == 256 and cpu["torch_threads"] >= 1
     assert cpu["sliced_samples_per_s"] > 0 and cpu["dataloader_samples_per_s"] > 0
     assert cpu["speedup_vs_dataloader"] == pytest.approx(

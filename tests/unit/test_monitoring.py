@@ -17,12 +17,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import monitoring as M
-from pipelines.bench_monitoring import prediction_log_rows
-from pipelines.evaluation import classification_metrics
-from pipelines.lake import Lake, open_lake
-from pipelines.model import CATEGORICAL_COLUMNS, LABEL, NUMERIC_COLUMNS
-from pipelines.settings import Settings
+from benchmarks.monitoring import prediction_log_rows
+from pipelines.core.lake import Lake, open_lake
+from pipelines.core.names import LABEL
+from pipelines.core.settings import Settings
+from pipelines.monitoring.report import build_drift_report, build_report, monitoring_history, read_summary, served_frame
+from pipelines.monitoring.retrain import MonitoringPolicy, decide_retrain
+from pipelines.training.columns import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS
+from pipelines.training.evaluation import classification_metrics
+from pipelines.training.reference import (
+    CALIBRATION_QUANTILE,
+    DRIFT_FEATURES,
+    NOT_DRIFT_TESTED,
+    PREDICTION,
+    THRESHOLD_FLOOR,
+    calibrate_thresholds,
+    feature_frame,
+    reference_key,
+)
 
 DAY = date(2013, 7, 15)
 TRAINING = {"metrics": {"network": {"roc_auc": 0.70, "brier": 0.16}}}  # evaluation.json's shape
@@ -53,7 +65,7 @@ def _scores(frame: pd.DataFrame) -> np.ndarray:
 
 
 def _scored(frame: pd.DataFrame) -> pd.DataFrame:
-    return M.feature_frame(frame, _scores(frame))
+    return feature_frame(frame, _scores(frame))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +73,7 @@ def reference(flights: Flights) -> pd.DataFrame:
     """A calibrated reference: 3,000 of 6,000 training flights over 20 days, thresholds from those days."""
     train = _scored(flights(6000, 20, seed=0))
     sample = train.sample(n=3000, random_state=0).reset_index(drop=True)
-    sample.attrs["monitoring"] = {"calibration": M.calibrate_thresholds(sample, train)}
+    sample.attrs["monitoring"] = {"calibration": calibrate_thresholds(sample, train)}
     return sample
 
 
@@ -85,7 +97,7 @@ def drifted_day(calm_day: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame
     for column in SHIFTED:
         day[column] = day[column] + 3 * reference[column].std()
     day["carrier"] = "UA"
-    day[M.PREDICTION] = np.clip(day[M.PREDICTION] + 0.3, 0, 1)
+    day[PREDICTION] = np.clip(day[PREDICTION] + 0.3, 0, 1)
     day["wind_gust"] = np.nan
     return day
 
@@ -98,7 +110,7 @@ def _home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Settings:
 def calm(tmp_path_factory: pytest.TempPathFactory, reference: pd.DataFrame, calm_day: pd.DataFrame,
          labelled: pd.DataFrame) -> tuple[dict[str, Any], Lake]:
     settings = _home(tmp_path_factory, "calm")
-    return M.build_report(reference, calm_day, labelled, TRAINING, DAY, settings), open_lake(settings)
+    return build_report(reference, calm_day, labelled, TRAINING, DAY, settings), open_lake(settings)
 
 
 @pytest.fixture(scope="module")
@@ -107,24 +119,24 @@ def drifting(tmp_path_factory: pytest.TempPathFactory, reference: pd.DataFrame,
     """The drifted day reported on DAY and again two days later, in one lake (the second within the cooldown)."""
     settings = _home(tmp_path_factory, "drifting")
     few_labels = drifted_day.head(50).assign(**{LABEL: 1})
-    summaries = [M.build_report(reference, drifted_day, few_labels, TRAINING, day, settings)
+    summaries = [build_report(reference, drifted_day, few_labels, TRAINING, day, settings)
                  for day in (DAY, DAY + timedelta(days=2))]
     return summaries, settings
 
 
 def test_calibrated_thresholds_are_never_below_evidentlys_default(reference: pd.DataFrame) -> None:
     calibration = reference.attrs["monitoring"]["calibration"]
-    assert calibration["days"] == 20 and calibration["quantile"] == M.CALIBRATION_QUANTILE
-    assert set(calibration["thresholds"]) == {*M.DRIFT_FEATURES, M.PREDICTION}
-    assert min(calibration["thresholds"].values()) >= M.THRESHOLD_FLOOR
-    assert not set(M.NOT_DRIFT_TESTED) & set(M.DRIFT_FEATURES)
+    assert calibration["days"] == 20 and calibration["quantile"] == CALIBRATION_QUANTILE
+    assert set(calibration["thresholds"]) == {*DRIFT_FEATURES, PREDICTION}
+    assert min(calibration["thresholds"].values()) >= THRESHOLD_FLOOR
+    assert not set(NOT_DRIFT_TESTED) & set(DRIFT_FEATURES)
 
 
 def test_no_drift_when_the_day_is_drawn_like_the_reference(calm: tuple[dict[str, Any], Lake]) -> None:
     summary, _ = calm
     assert summary["thresholds"]["calibrated"]
-    assert summary["tested_features"] == len(M.DRIFT_FEATURES)
-    assert summary["drift_share"] < M.MonitoringPolicy().drift_share and not summary["drift_detected"]
+    assert summary["tested_features"] == len(DRIFT_FEATURES)
+    assert summary["drift_share"] < MonitoringPolicy().drift_share and not summary["drift_detected"]
     assert not summary["prediction_drift"]["drifted"]
     assert not summary["retrain"]["requested"] and summary["retrain"]["window"] is None
     assert summary["retrain"]["triggers"] == []
@@ -147,7 +159,7 @@ def test_reports_land_in_the_lake(calm: tuple[dict[str, Any], Lake]) -> None:
 def test_calibration_scores_are_the_reports(reference: pd.DataFrame, calm_day: pd.DataFrame,
                                             calm: tuple[dict[str, Any], Lake]) -> None:
     """The calibration and the report compute the same score for the same day (one implementation, one input)."""
-    own = M.calibrate_thresholds(reference, calm_day, quantile=1.0)["day_scores"]
+    own = calibrate_thresholds(reference, calm_day, quantile=1.0)["day_scores"]
     for feature in calm[0]["drifted_features"]:
         assert feature["score"] == pytest.approx(own[feature["feature"]]["max"], abs=1e-4), feature["feature"]
 
@@ -156,7 +168,7 @@ def test_quality_on_labelled_flights_beside_the_training_metrics(calm: tuple[dic
                                                                  labelled: pd.DataFrame) -> None:
     summary, lake = calm
     quality = summary["quality"]
-    expected = classification_metrics(labelled[LABEL].to_numpy(), labelled[M.PREDICTION].to_numpy())
+    expected = classification_metrics(labelled[LABEL].to_numpy(), labelled[PREDICTION].to_numpy())
     assert quality["labelled_flights"] == 3500
     assert quality["window"] == {"start_date": "2013-07-08", "end_date": "2013-07-14"}
     assert quality["roc_auc"] == pytest.approx(expected["roc_auc"], abs=1e-4)
@@ -188,14 +200,14 @@ def test_shifted_features_drift_most_drifted_first(drifting: tuple[list[dict[str
 def test_an_empty_feature_is_reported_not_tested(drifting: tuple[list[dict[str, Any]], Settings]) -> None:
     summary = drifting[0][0]
     assert {"feature": "wind_gust", "reason": "no values in the day's traffic"} in summary["untested_features"]
-    assert summary["tested_features"] == len(M.DRIFT_FEATURES) - 1
-    assert {u["feature"] for u in summary["untested_features"]} == {*M.NOT_DRIFT_TESTED, "wind_gust"}
+    assert summary["tested_features"] == len(DRIFT_FEATURES) - 1
+    assert {u["feature"] for u in summary["untested_features"]} == {*NOT_DRIFT_TESTED, "wind_gust"}
 
 
 def test_too_few_labels_are_not_judged(drifting: tuple[list[dict[str, Any]], Settings]) -> None:
     summary = drifting[0][0]
     assert summary["quality"] is None and summary["labelled_flights"] == 50
-    assert f"50 labelled flights (< {M.MonitoringPolicy().min_labelled_flights}): quality not judged" \
+    assert f"50 labelled flights (< {MonitoringPolicy().min_labelled_flights}): quality not judged" \
         in summary["retrain"]["reasons"]
 
 
@@ -207,25 +219,25 @@ def test_the_lakes_history_drives_the_cooldown(drifting: tuple[list[dict[str, An
         in second["retrain"]["reasons"]
     assert second["previous"] == {"date": DAY.isoformat(), "drift_share": first["drift_share"], "roc_auc": None}
     later = DAY + timedelta(days=3)
-    assert [s["date"] for s in M.monitoring_history(settings, before=later)] == [str(DAY), str(DAY + timedelta(2))]
-    assert [s["date"] for s in M.monitoring_history(settings, before=later, lookback_days=2)] == \
+    assert [s["date"] for s in monitoring_history(settings, before=later)] == [str(DAY), str(DAY + timedelta(2))]
+    assert [s["date"] for s in monitoring_history(settings, before=later, lookback_days=2)] == \
         [str(DAY + timedelta(2))]
-    assert M.monitoring_history(settings, before=DAY) == []
-    assert M.read_summary(DAY, settings) == first
+    assert monitoring_history(settings, before=DAY) == []
+    assert read_summary(DAY, settings) == first
 
 
 def test_an_uncalibrated_reference_falls_back_to_evidentlys_default(reference: pd.DataFrame, calm_day: pd.DataFrame,
                                                                     settings: Settings) -> None:
     bare = reference.copy()
     bare.attrs = {}
-    summary = M.build_report(bare, calm_day, None, TRAINING, DAY, settings)
+    summary = build_report(bare, calm_day, None, TRAINING, DAY, settings)
     assert not summary["thresholds"]["calibrated"]
-    assert {f["threshold"] for f in summary["drifted_features"]} == {M.THRESHOLD_FLOOR}
+    assert {f["threshold"] for f in summary["drifted_features"]} == {THRESHOLD_FLOOR}
     assert summary["quality"] is None and summary["labelled_flights"] == 0
 
 
 def test_no_traffic_writes_only_the_summary(reference: pd.DataFrame, settings: Settings, lake: Lake) -> None:
-    summary = M.build_report(reference, M.served_frame(pd.DataFrame()), None, TRAINING, DAY, settings)
+    summary = build_report(reference, served_frame(pd.DataFrame()), None, TRAINING, DAY, settings)
     assert summary["drift_share"] is None and summary["prediction_drift"] is None
     assert summary["traffic"] == {"predictions": 0, "flights": 0, "model_versions": {}}
     assert set(summary["report_keys"]) == {"summary"} and not summary["retrain"]["requested"]
@@ -237,14 +249,14 @@ def test_served_frame_expands_the_log_and_keeps_the_latest_answer(reference: pd.
     drawn.loc[drawn.index[:10], "wind_gust"] = np.nan
     first = prediction_log_rows(drawn, np.full(len(drawn), 0.1), "3", pd.Timestamp("2013-07-15T08:00Z"))
     again = prediction_log_rows(drawn.head(5), np.full(5, 0.9), "4", pd.Timestamp("2013-07-15T09:00Z"))
-    served = M.served_frame(pd.concat([again, first], ignore_index=True))  # the log's order is not serving order
+    served = served_frame(pd.concat([again, first], ignore_index=True))  # the log's order is not serving order
     assert len(served) == 200 and served["flight_id"].is_unique
     assert set(reference.columns) - {LABEL} <= set(served.columns)
     by_id = served.set_index("flight_id")
     repeated = drawn["flight_id"].head(5)
-    assert (by_id.loc[repeated, M.PREDICTION] == 0.9).all() and (by_id.loc[repeated, "model_version"] == "4").all()
+    assert (by_id.loc[repeated, PREDICTION] == 0.9).all() and (by_id.loc[repeated, "model_version"] == "4").all()
     assert (by_id.loc[repeated, "predictions"] == 2).all() and by_id["predictions"].sum() == 205
-    expected = M.feature_frame(drawn).set_index("flight_id")
+    expected = feature_frame(drawn).set_index("flight_id")
     for column in (*CATEGORICAL_COLUMNS, *NUMERIC_COLUMNS):
         pd.testing.assert_series_equal(by_id.loc[expected.index, column], expected[column], check_names=False)
     assert by_id.loc[drawn["flight_id"].head(10), "wind_gust"].isna().all()  # null in the JSON -> NaN
@@ -277,48 +289,48 @@ def _quality(auc: float = 0.70, brier: float = 0.16, n: int = 5000) -> dict[str,
     (_summary(0.3, quality=_quality(auc=0.5, brier=0.3)), ["data_drift", "roc_auc_drop", "brier_rise"]),
 ])
 def test_decide_retrain_thresholds(summary: dict[str, Any], triggers: list[str]) -> None:
-    decision = M.decide_retrain(summary, [], M.MonitoringPolicy())
+    decision = decide_retrain(summary, [], MonitoringPolicy())
     assert decision["triggers"] == triggers and decision["requested"] == bool(triggers)
     assert decision["reasons"] and all(isinstance(r, str) for r in decision["reasons"])
     assert (decision["window"] is not None) == bool(triggers)
 
 
 def test_decide_retrain_says_why_it_does_nothing() -> None:
-    few_flights = M.decide_retrain(_summary(0.5, flights=100), [], M.MonitoringPolicy())
+    few_flights = decide_retrain(_summary(0.5, flights=100), [], MonitoringPolicy())
     assert "only 100 served flights (< 300): not acted on" in " ".join(few_flights["reasons"])
-    calm = M.decide_retrain(_summary(0.0), [], M.MonitoringPolicy())
+    calm = decide_retrain(_summary(0.0), [], MonitoringPolicy())
     assert calm["reasons"][-1] == "nothing beyond its threshold: no retraining"
-    on_prediction = M.decide_retrain(_summary(0.0, prediction_drifted=True), [],
-                                     M.MonitoringPolicy(prediction_drift_triggers=True))
+    on_prediction = decide_retrain(_summary(0.0, prediction_drifted=True), [],
+                                     MonitoringPolicy(prediction_drift_triggers=True))
     assert on_prediction["triggers"] == ["prediction_drift"] and on_prediction["requested"]
 
 
 def test_cooldown_keeps_one_bad_week_from_retraining_every_day() -> None:
-    policy = M.MonitoringPolicy(cooldown_days=7)
+    policy = MonitoringPolicy(cooldown_days=7)
 
     def earlier(days_before: int, requested: bool = True) -> dict[str, Any]:
         return {"date": (DAY - timedelta(days=days_before)).isoformat(), "retrain": {"requested": requested}}
 
     drifting = _summary(0.5)
-    held = M.decide_retrain(drifting, [earlier(10), earlier(3)], policy)
+    held = decide_retrain(drifting, [earlier(10), earlier(3)], policy)
     assert not held["requested"] and held["triggers"] == ["data_drift"] and held["window"] is None
     assert any("within the cooldown of 7 days" in reason for reason in held["reasons"])
-    assert M.decide_retrain(drifting, [earlier(7)], policy)["requested"]  # the cooldown is over
-    assert M.decide_retrain(drifting, [earlier(1, requested=False)], policy)["requested"]  # nothing requested
-    assert M.decide_retrain(drifting, [earlier(-1)], policy)["requested"]  # a later day (a catchup) does not count
-    assert M.decide_retrain(drifting, [earlier(3)], M.MonitoringPolicy(cooldown_days=0))["requested"]
+    assert decide_retrain(drifting, [earlier(7)], policy)["requested"]  # the cooldown is over
+    assert decide_retrain(drifting, [earlier(1, requested=False)], policy)["requested"]  # nothing requested
+    assert decide_retrain(drifting, [earlier(-1)], policy)["requested"]  # a later day (a catchup) does not count
+    assert decide_retrain(drifting, [earlier(3)], MonitoringPolicy(cooldown_days=0))["requested"]
 
 
 def test_build_drift_report_reads_the_day_from_the_lake(reference: pd.DataFrame, flights: Flights, settings: Settings,
                                                         lake: Lake) -> None:
     """The DAG's step: the day's prediction log (two objects, one flight asked twice), the labelled predictions of
     the days before, and the run's reference and evaluation, all from the lake."""
-    from pipelines.training import model_key
+    from pipelines.training.datasets import model_key
 
     run_key = "unit/monitoring"
     stored = reference.copy()
     stored.attrs = reference.attrs | {"monitoring": {**reference.attrs["monitoring"], "run_key": run_key}}
-    lake.write_parquet(M.reference_key(run_key), stored)
+    lake.write_parquet(reference_key(run_key), stored)
     lake.write_text(model_key(run_key, "evaluation.json"), json.dumps(TRAINING))
     served = flights(900, 1, seed=4, first=DAY)
     log = prediction_log_rows(served, _scores(served), "7", pd.Timestamp("2013-07-15T08:00Z"))
@@ -330,10 +342,10 @@ def test_build_drift_report_reads_the_day_from_the_lake(reference: pd.DataFrame,
         past = flights(1200, 1, seed=10 + back, first=day)
         rows = prediction_log_rows(past, _scores(past), "7").assign(**{LABEL: past[LABEL].to_numpy()})
         lake.write_parquet(f"labels/flight_delay/date={day}/data.parquet", rows)
-    summary = M.build_drift_report(DAY, settings, run_key=run_key)
+    summary = build_drift_report(DAY, settings, run_key=run_key)
     assert summary["model_version"] == "7" and summary["model_run_key"] == run_key
     assert summary["traffic"] == {"predictions": 901, "flights": 900, "model_versions": {"7": 900}}
     assert summary["quality"]["labelled_flights"] == 3600
     assert summary["quality"]["window"] == {"start_date": str(DAY - timedelta(3)), "end_date": str(DAY - timedelta(1))}
     assert all(Path(path).is_file() for path in summary["report_paths"].values())
-    assert summary == M.read_summary(DAY, settings)
+    assert summary == read_summary(DAY, settings)

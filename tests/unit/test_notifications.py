@@ -1,4 +1,4 @@
-"""Composition of the owners' emails (pipelines.notifications): subjects that say what happened, the numbers in the
+"""Composition of the owners' emails (pipelines.monitoring.notifications): subjects that say what happened, the numbers in the
 HTML body, the attachment cap, and the failed expectations of a critical validation failure."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from pipelines.notifications import failed_expectations, failure_email, monitoring_email
-from pipelines.settings import Settings
-from pipelines.steps import QuarantineError, check_quarantine
-from pipelines.validation import Failure, Verdict
+from pipelines.core.settings import Settings
+from pipelines.monitoring.notifications import failed_expectations, failure_email, monitoring_email
+from pipelines.validation.partition import Failure, Verdict
+from pipelines.validation.steps import QuarantineError, check_quarantine
 
 FEATURES = [f"feature_{i:02d}" for i in range(31)]
 DRIFT: dict[str, Any] = {

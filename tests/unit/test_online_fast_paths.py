@@ -19,11 +19,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipelines import feature_store as fs
-from pipelines import online_writer as W
-from pipelines.features import feature_key
-from pipelines.lake import open_lake
-from pipelines.settings import Settings
+from pipelines.core.lake import open_lake
+from pipelines.core.settings import Settings
+from pipelines.features import online_writer as W
+from pipelines.features import store as fs
+from pipelines.features.tables import feature_key
 
 DAYS = [date(2013, 1, 1), date(2013, 1, 2), date(2013, 1, 3)]
 
@@ -164,7 +164,7 @@ def test_views_the_encoders_do_not_cover_go_through_the_stock_writer(two_homes: 
 
 
 def test_compiled_reader_returns_what_stock_returns(two_homes: dict[str, Settings]) -> None:
-    from pipelines.online_reader import read_online, reader_for
+    from pipelines.features.online_reader import read_online, reader_for
 
     fs.materialize_features(DAYS, two_homes["ours"])
     store = fs.open_store(two_homes["ours"])
@@ -188,7 +188,7 @@ def test_compiled_reader_returns_what_stock_returns(two_homes: dict[str, Setting
 def test_reader_falls_back_to_stock_outside_its_scope(two_homes: dict[str, Settings]) -> None:
     from feast.errors import RequestDataNotFoundInEntityRowsException
 
-    from pipelines.online_reader import read_online
+    from pipelines.features.online_reader import read_online
 
     fs.materialize_features(DAYS[:1], two_homes["ours"])
     store = fs.open_store(two_homes["ours"])

@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import model as M
-from pipelines.registry import GatePolicy, decide, model_input
+from pipelines.registry.gate import GatePolicy, decide
+from pipelines.registry.register import model_input
+from pipelines.training.columns import NUMERIC_COLUMNS
+from pipelines.training.preprocessing import Preprocessor
 
 POLICY = GatePolicy(resamples=200)
 
@@ -55,8 +57,8 @@ def test_model_input_has_stable_types(make_training_frame: Callable[..., pd.Data
     assert list(rows.columns[:3]) == ["carrier", "origin", "route"] and "flight_id" not in rows
     assert rows["carrier"].iloc[0] is None and rows["dep_hour"].iloc[1] is None
     assert rows["dep_hour"].iloc[2] == str(int(frame["dep_hour"].iloc[2]))  # "7", not "7.0"
-    assert all(rows[c].dtype == "float64" for c in M.NUMERIC_COLUMNS)
-    fitted = M.Preprocessor().fit(frame)
+    assert all(rows[c].dtype == "float64" for c in NUMERIC_COLUMNS)
+    fitted = Preprocessor().fit(frame)
     assert torch_equal(fitted.transform(frame), fitted.transform(rows))
 
 

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from pipelines.lake import Lake
-from pipelines.serving import FlightRequest, PredictionLog, flight_entities
+from pipelines.core.lake import Lake
+from pipelines.serving.contract import FlightRequest, flight_entities
+from pipelines.serving.prediction_log import PredictionLog
 
 FLIGHT = {"carrier": "B6", "flight": 725, "origin": "JFK", "dest": "BQN",
           "scheduled_departure": "2013-03-31T05:40:00", "distance": 1576}

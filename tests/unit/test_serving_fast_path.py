@@ -15,18 +15,22 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines import model as M
-from pipelines.features import LOCAL_TZ
-from pipelines.lake import Lake
-from pipelines.serving import FlightRequest, entity_columns, feature_json, flight_entities
+from pipelines.core.dates import LOCAL_TZ
+from pipelines.core.lake import Lake
+from pipelines.serving.contract import FlightRequest, entity_columns, flight_entities
+from pipelines.serving.prediction_log import feature_json
+from pipelines.training.fit import time_split, train_model
+from pipelines.training.model import TrainedModel
+from pipelines.training.network import EMBEDDING_DIM, _lookup
+from pipelines.training.preprocessing import _ColumnEncoder, _NotPlain
 
 FAST = {"hidden_sizes": [16], "dropout": 0.0, "lr": 3e-3, "batch_size": 256}
 
 
 @pytest.fixture(scope="module")
-def trained(make_training_frame: Callable[..., pd.DataFrame]) -> M.TrainedModel:
-    train, valid, _ = M.time_split(make_training_frame(1500), valid_days=5, test_days=5)
-    return M.train_model(train, valid, FAST, seed=0, max_epochs=2, device=torch.device("cpu"))
+def trained(make_training_frame: Callable[..., pd.DataFrame]) -> TrainedModel:
+    train, valid, _ = time_split(make_training_frame(1500), valid_days=5, test_days=5)
+    return train_model(train, valid, FAST, seed=0, max_epochs=2, device=torch.device("cpu"))
 
 
 def _columns(frame: pd.DataFrame) -> dict[str, list[Any]]:
@@ -49,12 +53,12 @@ def _odd_columns(frame: pd.DataFrame) -> dict[str, list[Any]]:
     return columns
 
 
-def test_transform_columns_is_the_frame_transform(trained: M.TrainedModel,
+def test_transform_columns_is_the_frame_transform(trained: TrainedModel,
                                                   make_training_frame: Callable[..., pd.DataFrame]) -> None:
     pre = trained.preprocessor
     frame = make_training_frame(300, seed=5)
     for columns in (_columns(frame), _odd_columns(frame), _columns(frame.head(1)), _columns(frame.head(0))):
-        cat, num = M._ColumnEncoder(pre).encode(columns)  # the fast path itself: no fallback taken
+        cat, num = _ColumnEncoder(pre).encode(columns)  # the fast path itself: no fallback taken
         expected_cat, expected_num = pre.transform(pd.DataFrame(columns))
         assert cat.dtype == torch.int64 and num.dtype == torch.float32
         assert torch.equal(cat, expected_cat) and torch.equal(num, expected_num)
@@ -64,22 +68,22 @@ def test_transform_columns_is_the_frame_transform(trained: M.TrainedModel,
 @pytest.mark.parametrize("odd", [{"carrier": [True]}, {"temp": ["3.5"]}, {"temp": [np.float64(1.0)]},
                                  {"dep_hour": [2**53]}, {"temp": [True]}, {"route": [5]}])
 def test_values_pandas_would_convert_otherwise_fall_back_to_pandas(
-        trained: M.TrainedModel, make_training_frame: Callable[..., pd.DataFrame], odd: dict[str, list[Any]]) -> None:
+        trained: TrainedModel, make_training_frame: Callable[..., pd.DataFrame], odd: dict[str, list[Any]]) -> None:
     pre = trained.preprocessor
     columns = _columns(make_training_frame(1, seed=2)) | odd
-    with pytest.raises(M._NotPlain):
-        M._ColumnEncoder(pre).encode(columns)
+    with pytest.raises(_NotPlain):
+        _ColumnEncoder(pre).encode(columns)
     cat, num = pre.transform_columns(columns)
     expected_cat, expected_num = pre.transform(pd.DataFrame(columns))
     assert torch.equal(cat, expected_cat) and torch.equal(num, expected_num)
 
 
-def test_ragged_columns_fall_back_and_fail_as_pandas_does(trained: M.TrainedModel) -> None:
+def test_ragged_columns_fall_back_and_fail_as_pandas_does(trained: TrainedModel) -> None:
     with pytest.raises(ValueError):
         trained.preprocessor.transform_columns({"carrier": ["AA", "B6"], "temp": [1.0]})
 
 
-def test_predict_proba_columns_is_predict_proba(trained: M.TrainedModel,
+def test_predict_proba_columns_is_predict_proba(trained: TrainedModel,
                                                 make_training_frame: Callable[..., pd.DataFrame]) -> None:
     frame = make_training_frame(200, seed=9)
     for columns in (_columns(frame), _odd_columns(frame), _columns(frame.iloc[[17]])):
@@ -87,7 +91,7 @@ def test_predict_proba_columns_is_predict_proba(trained: M.TrainedModel,
                                       trained.predict_proba(pd.DataFrame(columns)))
 
 
-def test_the_inference_network_is_built_once_and_never_pickled(trained: M.TrainedModel,
+def test_the_inference_network_is_built_once_and_never_pickled(trained: TrainedModel,
                                                                make_training_frame: Callable[..., pd.DataFrame]
                                                                ) -> None:
     frame = make_training_frame(50, seed=1)
@@ -100,10 +104,10 @@ def test_the_inference_network_is_built_once_and_never_pickled(trained: M.Traine
 
 
 def test_embedding_lookup_without_autograd_is_the_same_gather() -> None:
-    weight = torch.randn(30, M.EMBEDDING_DIM, generator=torch.Generator().manual_seed(0))
+    weight = torch.randn(30, EMBEDDING_DIM, generator=torch.Generator().manual_seed(0))
     index = torch.randint(0, 30, (5, 6), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert torch.equal(M._lookup(weight, index), torch.nn.functional.embedding(index, weight))
+        assert torch.equal(_lookup(weight, index), torch.nn.functional.embedding(index, weight))
 
 
 REQUESTS = [
@@ -166,7 +170,7 @@ def _log_rows(n: int) -> list[dict[str, Any]]:
 
 
 def test_prediction_log_objects_read_back_as_the_pandas_written_ones(lake: Lake) -> None:
-    from pipelines.serving import PredictionLog
+    from pipelines.serving.prediction_log import PredictionLog
 
     rows = _log_rows(30)
     PredictionLog(lake, batch_rows=30).add(rows)
@@ -181,7 +185,7 @@ def test_prediction_log_objects_read_back_as_the_pandas_written_ones(lake: Lake)
 
 
 def test_background_log_writes_due_batches_in_its_thread_and_flush_waits_for_them(lake: Lake) -> None:
-    from pipelines.serving import PredictionLog
+    from pipelines.serving.prediction_log import PredictionLog
 
     log = PredictionLog(lake, batch_rows=10, max_age_s=3600, background=True)
     rows = _log_rows(25)
@@ -200,7 +204,7 @@ def test_background_log_writes_an_old_batch_without_waiting_for_the_next_request
     for them."""
     import time
 
-    from pipelines.serving import PredictionLog
+    from pipelines.serving.prediction_log import PredictionLog
 
     log = PredictionLog(lake, batch_rows=1000, max_age_s=0.5, background=True)
     log.add(_log_rows(3))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.airflow_config import admin_password, airflow_env, passwords_file
-from pipelines.settings import PROJECT_ROOT, Settings, read_env_file
-from pipelines.stack import airflow_processes, celery_queues, names, service_processes
+from pipelines.core.settings import PROJECT_ROOT, Settings, read_env_file
+from pipelines.ops.airflow_config import admin_password, airflow_env, passwords_file
+from pipelines.ops.stack import airflow_processes, celery_queues, names, service_processes
 
 EXAMPLE = PROJECT_ROOT / "infra" / "prod.env.example"
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
-from pipelines.settings import Settings, get_settings
-from pipelines.steps import QuarantineError, check_quarantine, date_range, partition_dates
-from pipelines.validation import Failure, Verdict
+from pipelines.core.dates import date_range, partition_dates
+from pipelines.core.settings import Settings, get_settings
+from pipelines.validation.partition import Failure, Verdict
+from pipelines.validation.steps import QuarantineError, check_quarantine
 
 REPO = Path(__file__).resolve().parents[2]
 D = date(2013, 1, 2)

@@ -11,17 +11,18 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipelines import model as M
-from pipelines.settings import Settings
-from pipelines.tracking import find_or_create_run, use_tracking
-from pipelines.tuning import finished_trials, log_study, open_study, params_from_trial, run_trials
+from pipelines.core.settings import Settings
+from pipelines.training.fit import DEFAULT_PARAMS, time_split, train_model
+from pipelines.training.model import TrainedModel
+from pipelines.training.tracking import find_or_create_run, use_tracking
+from pipelines.training.tuning import finished_trials, log_study, open_study, params_from_trial, run_trials
 
 RUN_KEY = "flight_delay_training/2013-03-31T00:00:00+00:00/manual__test"
 
 
 @pytest.fixture
 def tuning(settings: Settings, make_training_frame: Callable[..., pd.DataFrame]) -> dict[str, Any]:
-    train, valid, _ = M.time_split(make_training_frame(1500, days=20), valid_days=4, test_days=4)
+    train, valid, _ = time_split(make_training_frame(1500, days=20), valid_days=4, test_days=4)
     experiment = use_tracking(settings)
     parent = find_or_create_run(experiment, RUN_KEY, "tuning", run_name="tuning")
     return {"train": train, "valid": valid, "parent": parent, "experiment": experiment}
@@ -35,16 +36,16 @@ def _run(study: Any, tuning: dict[str, Any], n_trials: int) -> dict[str, Any]:
 def test_a_retried_task_resumes_the_study_instead_of_starting_over(settings: Settings, tuning: dict[str, Any],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     trainings = 0
-    real_train_model = M.train_model
+    real_train_model = train_model
 
-    def dies_in_third_training(*args: Any, **kwargs: Any) -> M.TrainedModel:
+    def dies_in_third_training(*args: Any, **kwargs: Any) -> TrainedModel:
         nonlocal trainings
         trainings += 1
         if trainings == 3:
             raise RuntimeError("worker lost")
         return real_train_model(*args, **kwargs)
 
-    monkeypatch.setattr(M, "train_model", dies_in_third_training)
+    monkeypatch.setattr("pipelines.training.fit.train_model", dies_in_third_training)
     with pytest.raises(RuntimeError, match="worker lost"):
         _run(open_study(settings, RUN_KEY), tuning, n_trials=4)
 
@@ -64,7 +65,7 @@ def test_trials_are_nested_runs_and_the_parent_records_the_study(settings: Setti
     study = open_study(settings, RUN_KEY)
     summary = _run(study, tuning, n_trials=3)
     assert summary["best_params"] == params_from_trial(study.best_trial.params)
-    assert set(summary["best_params"]) == set(M.DEFAULT_PARAMS)
+    assert set(summary["best_params"]) == set(DEFAULT_PARAMS)
 
     trials = mlflow.search_runs(experiment_ids=[tuning["experiment"]], output_format="list",
                                 filter_string=f"tags.mlflow.parentRunId = '{tuning['parent']}'")

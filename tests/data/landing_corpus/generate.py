@@ -1,7 +1,7 @@
-"""Writes the landing corpus: one broken flights landing file per kind in ``pipelines.corruption.CORRUPTIONS``.
+"""Writes the landing corpus: one broken flights landing file per kind in ``pipelines.simulation.corruption.CORRUPTIONS``.
 
 Each file is ``corrupt(kind, feed_csv("flights", 2013-01-02))``, written byte for byte (``wrong_encoding`` is
-UTF-16, ``empty_file`` is 0 bytes). Run from the repository root after changing ``pipelines/corruption.py``:
+UTF-16, ``empty_file`` is 0 bytes). Run from the repository root after changing ``pipelines/simulation/corruption.py``:
 
     .venv/bin/python tests/data/landing_corpus/generate.py
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from pipelines.corruption import CORRUPTIONS, corrupt
-from pipelines.source import feed_csv
+from pipelines.simulation.corruption import CORRUPTIONS, corrupt
+from pipelines.simulation.feed import feed_csv
 
 HERE = Path(__file__).resolve().parent
 DAY = date(2013, 1, 2)

@@ -1,0 +1,379 @@
+"""The ``features`` section of ``make bench``: each figure beside stock Feast, on the same data, in the same run.
+
+1. **Data, the year 2013.** The ingestion section has just landed, ingested, validated (GX) and promoted its window
+   (the demo window by default) in the scratch home. The rest of the year is landed and ingested by the same steps,
+   then, by default, **promoted without GX validation** (``raw/`` -> ``validated/`` with the typed schema, as
+   ``promote_partition`` writes it, but no checkpoint and no verdict): validating 275 more days costs about 4
+   minutes on 2 cores and is not what is measured here. ``BENCH_VALIDATE_YEAR=1`` runs the real validate and
+   promote steps for those days instead. The results record which days went which way. Then ``build_features``
+   for the whole year.
+2. **Backfill materialization of the whole year into Redis**: the production profile (SQL registry in a SQLite file
+   under the scratch home; Redis from ``BENCH_REDIS``, default ``127.0.0.1:6379``). Stock ``store.materialize``
+   writes into db 14, ``materialize_features`` (the fast engine of ``pipelines.features.online_writer``) into db 15; both
+   databases are flushed first, both stores warmed up on a one-hour window (imports, registry) before timing.
+   Equality: every key and every hash field of both databases compared byte for byte, and a sample of flights read
+   back through stock ``get_online_features`` from both.
+3. The same on **SQLite** (the embedded profile, two online.db files), compared row for row.
+4. **Training set** (``training_set``, DuckDB point-in-time join) for the 90-day demo window.
+5. **Online reads** of ``flight_delay_v1`` (5 views + the python ODFV) from the Redis store: one flight per call
+   and 100 flights per call, stock ``get_online_features(...).to_dict()`` (cached feature service) against
+   ``online_reader.read_online``, interleaved call by call, every pair of results compared.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.core.settings import Settings
+
+YEAR = (date(2013, 1, 1), date(2013, 12, 31))
+REDIS_DBS = {"stock": 14, "ours": 15}
+TARGETS = {"materialize_year_seconds": 20.0, "training_set_seconds": 10.0, "online_1_p99_ms": 2.0,
+           "online_100_p99_ms": 20.0}
+SINGLE_CALLS = 2000
+BATCH_CALLS = 300
+BATCH_SIZE = 100
+
+
+def _timed(step: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = step(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 1. the year's data
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _promote_without_validation(days: list[date], settings: Settings) -> None:
+    """``raw/`` -> ``validated/`` exactly as ``promote_partition`` writes a passing partition, minus the GX verdict."""
+    from pipelines.core.lake import open_lake, partition_key
+    from pipelines.core.names import FEED_TABLES
+    from pipelines.ingest.schemas import table_schema
+
+    lake = open_lake(settings)
+    for day in days:
+        for table in FEED_TABLES:
+            schema = table_schema(table)
+            raw = lake.read_parquet(partition_key("raw", table, day, "data.parquet"))
+            frame = raw[list(schema.columns)].astype(schema.dtypes)
+            lake.write_parquet(partition_key("validated", table, day, "data.parquet"), frame)
+
+
+def prepare_year(settings: Settings, validated: tuple[date, date]) -> dict[str, Any]:
+    from pipelines.core.dates import date_range
+    from pipelines.features.tables import build_features
+    from pipelines.ingest.steps import ingest_feed
+    from pipelines.simulation.feed import land_feed
+    from pipelines.validation.steps import promote_partitions, validate_partitions
+
+    year = date_range(*YEAR)
+    done = set(date_range(*validated))
+    rest = [d for d in year if d not in done]
+    full = os.environ.get("BENCH_VALIDATE_YEAR") == "1"
+    started = time.perf_counter()
+    if rest:
+        land_feed(rest, settings)
+        ingest_feed(rest, settings)
+        if full:
+            validate_partitions(rest, settings)
+            promote_partitions(rest, settings)
+        else:
+            _promote_without_validation(rest, settings)
+    prepare_s = time.perf_counter() - started
+    built, build_s = _timed(build_features, year, settings)
+    return {
+        "days": len(year),
+        "validated_by_gx": f"{min(done & set(year))}..{max(done & set(year))}" if done & set(year) else None,
+        "promoted_without_validation": (None if full or not rest else f"{rest[0]}..{rest[-1]} ({len(rest)} days)"),
+        "prepare_rest_seconds": round(prepare_s, 2),
+        "build_features_seconds": round(build_s, 2),
+        "feature_rows": built["rows"],
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 2-3. materialization
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _redis_base() -> str:
+    return os.environ.get("BENCH_REDIS", "127.0.0.1:6379")
+
+
+def _redis(db: int) -> Any:
+    from redis import Redis
+
+    host, port = _redis_base().split(",")[0].split(":")
+    return Redis(host=host, port=int(port), db=db)
+
+
+def redis_available() -> bool:
+    try:
+        return bool(_redis(REDIS_DBS["ours"]).ping())
+    except Exception:
+        return False
+
+
+def redis_settings(work: Path, name: str) -> Settings:
+    return Settings(pipeline_home=work, feast_profile="production",
+                    feast_registry_url=f"sqlite:///{work}/feast/registry_{name}.db",
+                    feast_redis=f"{_redis_base()},db={REDIS_DBS[name]}")
+
+
+def sqlite_settings(work: Path, name: str) -> Settings:
+    return Settings(pipeline_home=work / f"sqlite_{name}", lake_uri=str(work / "lake"))
+
+
+def _warm_up(settings: Settings, stock: bool) -> None:
+    """Imports, registry and the first offline read, outside the timing: a one-hour window."""
+    from pipelines.features.online_writer import ENGINE
+    from pipelines.features.store import apply_definitions, open_store
+
+    store = open_store(settings, batch_engine=None if stock else ENGINE)
+    apply_definitions(store)
+    store.materialize(start_date=datetime(2013, 6, 1, 12), end_date=datetime(2013, 6, 1, 13))
+
+
+def _materialize_pair(settings: dict[str, Settings], clear: Any) -> dict[str, Any]:
+    from pipelines.core.dates import date_range
+    from pipelines.features.store import materialize_features
+
+    year = date_range(*YEAR)
+    for name in ("stock", "ours"):
+        _warm_up(settings[name], stock=name == "stock")
+    clear()
+    stock = materialize_features(year, settings["stock"], stock=True)
+    ours = materialize_features(year, settings["ours"])
+    views = ours["views"]
+    read = sum(v["rows_read"] for v in views.values())
+    written = sum(v["rows_written"] for v in views.values())
+
+    def figures(run: dict[str, Any]) -> dict[str, Any]:
+        return {"seconds": run["seconds"], "rows_read_per_s": round(read / run["seconds"]),
+                "rows_written_per_s": round(written / run["seconds"])}
+
+    return {"window": f"{stock['start']} .. {stock['end']}", "rows_read": read, "rows_written": written,
+            "views": views, "stock": figures(stock), "ours": figures(ours),
+            "speedup": round(stock["seconds"] / ours["seconds"], 2),
+            "fast_path_views": sorted(n for n, v in views.items() if v["fast"])}
+
+
+def compare_redis(stock_db: int, ours_db: int) -> dict[str, Any]:
+    """Every key and every field of both databases, byte for byte."""
+    a, b = _redis(stock_db), _redis(ours_db)
+    keys_a, keys_b = set(a.scan_iter(count=10_000)), set(b.scan_iter(count=10_000))
+    differing = 0
+    keys = sorted(keys_a & keys_b)
+    for start in range(0, len(keys), 10_000):
+        with a.pipeline(transaction=False) as pa_, b.pipeline(transaction=False) as pb_:
+            for key in keys[start:start + 10_000]:
+                pa_.hgetall(key)
+                pb_.hgetall(key)
+            differing += sum(x != y for x, y in zip(pa_.execute(), pb_.execute(), strict=True))
+    return {"keys_stock": len(keys_a), "keys_ours": len(keys_b), "keys_only_in_one": len(keys_a ^ keys_b),
+            "differing_hashes": differing, "identical": keys_a == keys_b and differing == 0}
+
+
+def compare_sqlite(stock_db: Path, ours_db: Path) -> dict[str, Any]:
+    a, b = sqlite3.connect(stock_db), sqlite3.connect(ours_db)
+    tables = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+    names = [r[0] for r in a.execute(tables)]
+    rows, identical = 0, names == [r[0] for r in b.execute(tables)]
+    for name in names:
+        query = (f'SELECT entity_key, feature_name, value, value_text, event_ts, created_ts FROM "{name}" '
+                 "ORDER BY entity_key, feature_name")
+        got_a, got_b = a.execute(query).fetchall(), b.execute(query).fetchall()
+        rows += len(got_a)
+        identical = identical and got_a == got_b
+    a.close()
+    b.close()
+    return {"tables": len(names), "rows": rows, "identical": identical}
+
+
+def _sample_entities(settings: Settings, days: list[date]) -> list[dict[str, Any]]:
+    from pipelines.core.lake import open_lake, partition_key
+    from pipelines.features.store import ENTITY_COLUMNS, flight_entities
+
+    lake = open_lake(settings)
+    flights = pd.concat([lake.read_parquet(partition_key("validated", "flights", d, "data.parquet")) for d in days],
+                        ignore_index=True)
+    return list(flight_entities(flights)[ENTITY_COLUMNS].to_dict("records"))
+
+
+def _same(a: dict[str, list[Any]], b: dict[str, list[Any]]) -> bool:
+    if list(a) != list(b):
+        return False
+    for name, values in a.items():
+        for x, y in zip(values, b[name], strict=True):
+            if type(x) is not type(y) or (x != y and not (x != x and y != y)):
+                return False
+    return True
+
+
+def read_back_equal(settings: dict[str, Settings], rows: list[dict[str, Any]]) -> bool:
+    """The same flights read through stock ``get_online_features`` from both online stores."""
+    from pipelines.features.store import FEATURE_SERVICE, open_store
+
+    results = []
+    for name in ("stock", "ours"):
+        store = open_store(settings[name])
+        service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
+        results.append([store.get_online_features(features=service, entity_rows=rows[i:i + 500]).to_dict()
+                        for i in range(0, len(rows), 500)])
+    return all(_same(x, y) for x, y in zip(*results, strict=True))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 5. online reads
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.array(seconds) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "mean_ms": round(float(ms.mean()), 3)}
+
+
+def bench_online(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from pipelines.features.online_reader import read_online, reader_for
+    from pipelines.features.store import FEATURE_SERVICE, open_store
+
+    store = open_store(settings)
+    service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
+
+    def stock(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        return store.get_online_features(features=service, entity_rows=batch).to_dict()
+
+    def ours(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        return read_online(store, FEATURE_SERVICE, batch)
+
+    first = {}
+    for name, read in (("stock", stock), ("ours", ours)):
+        _, first[name] = _timed(read, rows[:1])
+    out: dict[str, Any] = {"store": store.config.online_store.type, "fast_reader": reader_for(store, FEATURE_SERVICE)
+                           is not None, "first_call_ms": {k: round(v * 1000, 1) for k, v in first.items()}}
+    rng = np.random.default_rng(2013)
+    for label, size, calls in (("1_flight", 1, SINGLE_CALLS), (f"{BATCH_SIZE}_flights", BATCH_SIZE, BATCH_CALLS)):
+        times: dict[str, list[float]] = {"stock": [], "ours": []}
+        equal = True
+        for call in range(calls):
+            at = int(rng.integers(0, len(rows) - size))
+            batch = rows[at:at + size]
+            got = {}
+            # Alternate which goes first, so neither always runs on a warmer cache.
+            order = (("stock", stock), ("ours", ours)) if call % 2 == 0 else (("ours", ours), ("stock", stock))
+            for name, read in order:
+                got[name], seconds = _timed(read, batch)
+                times[name].append(seconds)
+            equal = equal and _same(got["stock"], got["ours"])
+        out[label] = {"calls": calls, "stock": _percentiles(times["stock"]), "ours": _percentiles(times["ours"]),
+                      "identical_results": equal}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the section
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def bench_features(scratch: Settings, validated: tuple[date, date], demo: tuple[date, date]) -> dict[str, Any]:
+    from pipelines.core.dates import date_range
+    from pipelines.features.store import apply_definitions, open_store, training_set
+
+    work = scratch.pipeline_home
+    out: dict[str, Any] = {"year": f"{YEAR[0]}..{YEAR[1]}", "data": prepare_year(scratch, validated),
+                           "targets": TARGETS}
+    sample = _sample_entities(scratch, [date(2013, 3, 15), date(2013, 7, 4), date(2013, 12, 31)])
+
+    if redis_available():
+        redis = {name: redis_settings(work, name) for name in REDIS_DBS}
+
+        def flush() -> None:
+            for db in REDIS_DBS.values():
+                _redis(db).flushdb()
+
+        result = _materialize_pair(redis, flush)
+        result["equality"] = compare_redis(REDIS_DBS["stock"], REDIS_DBS["ours"])
+        result["equality"]["read_back_identical"] = read_back_equal(redis, sample)
+        result["store"] = f"redis {_redis_base()} (stock db {REDIS_DBS['stock']}, ours db {REDIS_DBS['ours']})"
+        out["materialize_redis"] = result
+        online_settings = redis["ours"]
+    else:
+        out["materialize_redis"] = {"skipped": f"no Redis at {_redis_base()} (set BENCH_REDIS)"}
+        online_settings = None
+
+    lite = {name: sqlite_settings(work, name) for name in ("stock", "ours")}
+    result = _materialize_pair(lite, lambda: None)
+    result["equality"] = compare_sqlite(*(s.pipeline_home / "feast" / "online.db" for s in lite.values()))
+    result["equality"]["read_back_identical"] = read_back_equal(lite, sample)
+    out["materialize_sqlite"] = result
+
+    days = date_range(*demo)
+    apply_definitions(open_store(scratch))  # the embedded registry, as flight_features leaves it
+    frame, seconds = _timed(training_set, days, scratch)
+    out["training_set"] = {"window": f"{demo[0]}..{demo[1]}", "rows": len(frame), "columns": frame.shape[1],
+                           "seconds": round(seconds, 2), "rows_per_s": round(len(frame) / seconds),
+                           "path": "stock get_historical_features (DuckDB offline store)"}
+
+    out["online"] = bench_online(online_settings or lite["ours"], sample)
+    out["targets_met"] = _targets_met(out)
+    return out
+
+
+def _targets_met(out: dict[str, Any]) -> dict[str, bool]:
+    met = {}
+    redis = out.get("materialize_redis", {})
+    if "ours" in redis:
+        met["materialize_year_within_20s"] = redis["ours"]["seconds"] <= TARGETS["materialize_year_seconds"]
+        met["materialize_not_slower_than_stock"] = redis["ours"]["seconds"] <= redis["stock"]["seconds"]
+        met["materialize_identical_to_stock"] = bool(redis["equality"]["identical"]
+                                                     and redis["equality"]["read_back_identical"])
+    met["training_set_under_10s"] = out["training_set"]["seconds"] < TARGETS["training_set_seconds"]
+    online = out["online"]
+    met["online_1_flight_p99_under_2ms"] = online["1_flight"]["ours"]["p99_ms"] < TARGETS["online_1_p99_ms"]
+    met["online_100_flights_p99_under_20ms"] = (online[f"{BATCH_SIZE}_flights"]["ours"]["p99_ms"]
+                                                < TARGETS["online_100_p99_ms"])
+    return met
+
+
+def print_features(out: dict[str, Any]) -> None:
+    say = print  # noqa: T201 - the command's output
+    data = out["data"]
+    say(f"Features, year {out['year']} ({sum(data['feature_rows'].values()):,} feature rows; built in "
+        f"{data['build_features_seconds']}s; GX-validated {data['validated_by_gx']}, promoted WITHOUT validation "
+        f"{data['promoted_without_validation']})")
+    say(f"  {'materialize (whole year)':<34}{'stock s':>9}{'ours s':>9}{'speedup':>9}"
+        f"{'read rows/s stock':>19}{'ours':>10}{'written rows/s stock':>22}{'ours':>10}  identical")
+    for key, label in (("materialize_redis", "redis"), ("materialize_sqlite", "sqlite")):
+        run = out.get(key, {})
+        if "ours" not in run:
+            say(f"  {label:<34}{run.get('skipped', '-')}")
+            continue
+        same = run["equality"]["identical"] and run["equality"]["read_back_identical"]
+        name = f"{label} ({run['rows_read']:,} read, {run['rows_written']:,} written)"
+        say(f"  {name:<34}{run['stock']['seconds']:>9}{run['ours']['seconds']:>9}{run['speedup']:>8}x"
+            f"{run['stock']['rows_read_per_s']:>19,}{run['ours']['rows_read_per_s']:>10,}"
+            f"{run['stock']['rows_written_per_s']:>22,}{run['ours']['rows_written_per_s']:>10,}  {same}")
+    ts = out["training_set"]
+    say(f"  training_set {ts['window']}: {ts['rows']:,} rows x {ts['columns']} columns in {ts['seconds']}s "
+        f"({ts['rows_per_s']:,} rows/s; {ts['path']})")
+    online = out["online"]
+    say(f"  online read, flight_delay_v1 ({online['store']}; first call stock {online['first_call_ms']['stock']} ms, "
+        f"ours {online['first_call_ms']['ours']} ms)")
+    say(f"    {'':<14}{'stock p50':>11}{'p99':>9}{'ours p50':>11}{'p99':>9}  identical")
+    for label in ("1_flight", f"{BATCH_SIZE}_flights"):
+        row = online[label]
+        say(f"    {label:<14}{row['stock']['p50_ms']:>11}{row['stock']['p99_ms']:>9}{row['ours']['p50_ms']:>11}"
+            f"{row['ours']['p99_ms']:>9}  {row['identical_results']}")
+    say(f"  targets met: {out['targets_met']}")
+

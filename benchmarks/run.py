@@ -1,0 +1,129 @@
+"""``make bench``: throughput of the pipeline's stages, printed as a table and merged into ``results.json``.
+
+Runs the steps directly (no Airflow) on a scratch home under ``$PIPELINE_HOME/bench/work`` so the user's lake is
+untouched. Later issues add their own sections to the same results file.
+
+Sections: ``ingestion`` (land, ingest, validate, promote the window), ``features`` (see ``bench_features``:
+materialization of the year 2013 into Redis and SQLite, a 90-day training set, online reads; each beside stock
+Feast on the same data in the same run), ``training`` (see ``bench_training``: samples/s of the default model
+with sliced tensors and with a per-sample DataLoader, CPU and, when present, CUDA), ``serving`` (see
+``bench_serving``: the model service under wrk at concurrency 1, 8 and 32 beside a bare BentoML service with the
+same model, and where one request's time goes) and ``monitoring`` (see ``bench_monitoring``: one day's Evidently
+report and a 30-day one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from pipelines.core.settings import Settings, get_settings
+
+
+def _timed(step: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = step(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def bench_ingestion(settings: Settings, start: date, end: date) -> dict[str, Any]:
+    from pipelines.core.dates import date_range
+    from pipelines.ingest.steps import ingest_feed
+    from pipelines.simulation.feed import land_feed
+    from pipelines.validation.partition import gx_context
+    from pipelines.validation.steps import promote_partitions, validate_partitions
+
+    days = date_range(start, end)
+    _, land_s = _timed(land_feed, days, settings)
+    ingested, ingest_s = _timed(ingest_feed, days, settings)
+    rows = sum(ingested["rows"].values())
+    # GX loads its project once per process (~3 s); measured apart so the per-row figure is the steady state.
+    _, context_s = _timed(gx_context, settings)
+    validated, validate_s = _timed(validate_partitions, days, settings)
+    _, promote_s = _timed(promote_partitions, days, settings)
+    partitions = len(days) * len(ingested["rows"])
+    return {
+        "window": f"{start}..{end}",
+        "days": len(days),
+        "partitions": partitions,
+        "rows": rows,
+        "land_seconds": round(land_s, 2),
+        "ingest_seconds": round(ingest_s, 2),
+        "ingest_rows_per_s": round(rows / ingest_s),
+        "gx_context_seconds": round(context_s, 2),
+        "validate_seconds": round(validate_s, 2),
+        "validate_rows_per_s": round(rows / validate_s),
+        "validate_partitions_per_s": round(partitions / validate_s, 1),
+        "promote_seconds": round(promote_s, 2),
+        "outcomes": {k: validated[k] for k in ("passed", "warned", "quarantined")},
+    }
+
+
+def _write_results(path: Path, section: str, figures: dict[str, Any]) -> None:
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[section] = figures | {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=True))
+
+
+def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[str, Any]:
+    settings = get_settings()
+    start, end = start or settings.demo_start, end or settings.demo_end
+    bench_dir = settings.pipeline_home / "bench"
+    work = bench_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    scratch = Settings(pipeline_home=work, gx_root=settings.gx_root)
+
+    figures = bench_ingestion(scratch, start, end)
+    results_file = bench_dir / "results.json"
+    _write_results(results_file, "ingestion", figures)
+    _print_ingestion(figures)
+
+    from benchmarks.features import bench_features, print_features
+
+    features = bench_features(scratch, validated=(start, end), demo=(settings.demo_start, settings.demo_end))
+    _write_results(results_file, "features", features)
+    print_features(features)
+
+    from benchmarks.training import bench_training, print_training
+    from pipelines.core.dates import date_range
+    from pipelines.features.store import training_set
+
+    training = bench_training(training_set(date_range(settings.demo_start, settings.demo_end), scratch))
+    _write_results(results_file, "training", training)
+    print_training(training)
+
+    from benchmarks.serving import bench_serving, print_serving
+
+    serving = bench_serving(scratch, date_range(settings.demo_start, settings.demo_end))
+    _write_results(results_file, "serving", serving)
+    print_serving(serving)
+
+    from benchmarks.monitoring import bench_monitoring, print_monitoring
+
+    monitoring = bench_monitoring(scratch)
+    _write_results(results_file, "monitoring", monitoring)
+    print_monitoring(monitoring)
+    print(f"Results written to {results_file}")  # noqa: T201 - the command's output
+    return {"ingestion": figures, "features": features, "training": training, "serving": serving,
+            "monitoring": monitoring}
+
+
+def _print_ingestion(figures: dict[str, Any]) -> None:
+    say = print  # noqa: T201 - the command's output
+    say(f"Ingestion and validation, {figures['window']} ({figures['partitions']} partitions, {figures['rows']:,} rows)")
+    say(f"  {'stage':<12}{'seconds':>10}{'rows/s':>12}")
+    say(f"  {'land':<12}{figures['land_seconds']:>10}{'':>12}")
+    say(f"  {'ingest':<12}{figures['ingest_seconds']:>10}{figures['ingest_rows_per_s']:>12,}")
+    say(f"  {'validate':<12}{figures['validate_seconds']:>10}{figures['validate_rows_per_s']:>12,}")
+    say(f"  {'promote':<12}{figures['promote_seconds']:>10}{'':>12}")
+    say(f"  (GX project load, once per process: {figures['gx_context_seconds']}s; outcomes {figures['outcomes']})")

@@ -1,0 +1,39 @@
+"""TODO docstring (steps, features, training)"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, timedelta
+
+log = logging.getLogger(__name__)
+
+
+def date_range(start: date, end: date) -> list[date]:
+    if end < start:
+        raise ValueError(f"end date {end} is before start date {start}")
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def partition_dates(logical_date: date, start: str | date | None = None, end: str | date | None = None) -> list[date]:
+    """The run's partitions: the explicit window when given, else the logical date's own day."""
+    start, end = start or None, end or None  # an empty form field means "not set"
+    if start is None and end is None:
+        return [logical_date]
+    first = date.fromisoformat(str(start or end))
+    last = date.fromisoformat(str(end or start))
+    return date_range(first, last)
+
+LOCAL_TZ = "America/New_York"
+
+DEFAULT_WINDOW_DAYS = 90
+
+
+def training_window(logical_date: date, start: str | date | None = None, end: str | date | None = None,
+                    window_days: int = DEFAULT_WINDOW_DAYS) -> list[date]:
+    """The explicit window when given; else the ``window_days`` days before the logical date (whose own flights
+    have not happened yet when a run at its start trains)."""
+    from pipelines.core.dates import date_range, partition_dates
+
+    if start or end:
+        return partition_dates(logical_date, start, end)
+    return date_range(logical_date - timedelta(days=window_days), logical_date - timedelta(days=1))

@@ -1,0 +1,230 @@
+"""The lake: one interface over a local folder and S3.
+
+Keys are relative, ``/``-separated paths laid out as ``{zone}/{table}/date=YYYY-MM-DD/{file}``. Every write is
+atomic: the bytes go to a temporary key first and are then moved into place, so a reader never sees half a file
+and a rerun replaces its own partition instead of appending to it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipelines.core.settings import Settings
+
+ZONES = ("landing", "raw", "validated", "quarantine", "reference", "features", "predictions", "labels")
+_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})$")
+
+
+def partition_key(zone: str, table: str, day: date, filename: str) -> str:
+    if zone not in ZONES:
+        raise ValueError(f"unknown lake zone {zone!r}; expected one of {', '.join(ZONES)}")
+    return f"{zone}/{table}/date={day.isoformat()}/{filename}"
+
+
+class Lake(ABC):
+    """Object-store semantics (whole-object put/get, prefix listing) over any backend."""
+
+    uri: str
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[str]:
+        """All keys under ``prefix`` (a folder-like prefix), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one key; deleting a missing key is not an error."""
+
+    def delete_prefix(self, prefix: str) -> None:
+        for key in self.list_keys(prefix):
+            self.delete(key)
+
+    def partitions(self, zone: str, table: str) -> list[date]:
+        """Dates that have at least one object under ``{zone}/{table}/date=.../``."""
+        days = set()
+        for key in self.list_keys(f"{zone}/{table}/"):
+            parts = key.split("/")
+            if len(parts) >= 3 and (m := _PARTITION.match(parts[2])):
+                days.add(date.fromisoformat(m.group(1)))
+        return sorted(days)
+
+    def write_text(self, key: str, text: str) -> None:
+        self.write_bytes(key, text.encode("utf-8"))
+
+    def read_text(self, key: str) -> str:
+        return self.read_bytes(key).decode("utf-8")
+
+    def write_parquet(self, key: str, frame: pd.DataFrame) -> None:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False, engine="pyarrow", compression="zstd")
+        self.write_bytes(key, buffer.getvalue())
+
+    def read_parquet(self, key: str) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.read_parquet(io.BytesIO(self.read_bytes(key)), engine="pyarrow")
+
+    def url(self, key: str) -> str:
+        """Where a person (or another tool) finds this key."""
+        return f"{self.uri.rstrip('/')}/{key}"
+
+
+class LocalLake(Lake):
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents and path != self.root:
+            raise ValueError(f"key {key!r} escapes the lake root {self.root}")
+        return path
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Same folder as the target so os.replace is a rename on one filesystem (atomic).
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def read_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"{key} not found in lake {self.uri}")
+        return path.read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.endswith(".tmp")
+        )
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # Drop folders left empty so partition listings stay truthful.
+        parent = path.parent
+        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+
+class S3Lake(Lake):
+    def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
+        import boto3
+
+        if not uri.startswith("s3://"):
+            raise ValueError(f"S3 lake URI must start with s3://, got {uri!r}")
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ValueError(f"S3 lake URI {uri!r} names no bucket")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = uri.rstrip("/")
+        self.client = boto3.client("s3", endpoint_url=endpoint_url)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        final = self._key(key)
+        tmp = f"{final}.{uuid.uuid4().hex}.tmp"
+        self.client.put_object(Bucket=self.bucket, Key=tmp, Body=data)
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=final, CopySource={"Bucket": self.bucket, "Key": tmp})
+        finally:
+            self.client.delete_object(Bucket=self.bucket, Key=tmp)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"{key} not found in lake {self.uri}") from None
+        return response["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def list_keys(self, prefix: str) -> list[str]:
+        # A prefix names a folder, as on the local lake: "raw/flights" must not match "raw/flights_v2/...".
+        folder = prefix.strip("/")
+        full = self._key(f"{folder}/") if folder else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []) if not obj["Key"].endswith(".tmp"))
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def open_lake(settings: Settings) -> Lake:
+    root = settings.lake_root
+    if root.startswith("s3://"):
+        return S3Lake(root, endpoint_url=settings.s3_endpoint_url)
+    if "://" in root and not root.startswith("file://"):
+        raise ValueError(f"unsupported lake URI {root!r}: use a local path or s3://bucket/prefix")
+    return LocalLake(root.removeprefix("file://"))
+
+
+def settings_and_lake(settings: Settings | None = None) -> tuple[Settings, Lake]:
+    """The given settings (or the environment's) and their lake: how the range-level steps start."""
+    from pipelines.core.settings import get_settings
+
+    settings = settings or get_settings()
+    return settings, open_lake(settings)
+
+
+def landing_key(table: str, day: date) -> str:
+    return partition_key("landing", table, day, f"{table}.csv")
+
+
+def reference_key(table: str) -> str:
+    return f"reference/{table}/{table}.parquet"

@@ -1,0 +1,160 @@
+"""Typed settings from environment variables.
+
+Read when called (``get_settings()``), never at import, so tests and Airflow tasks can point the same code at
+another home, lake or endpoint by changing the environment.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """Everything the steps need to know about where things live."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    pipeline_home: Path = Field(
+        default=PROJECT_ROOT / ".pipeline_home",
+        description="Root folder for everything the embedded profile writes (lake, Airflow, GX output, logs).",
+    )
+    lake_uri: str | None = Field(
+        default=None,
+        description="Lake root: a local folder, or s3://bucket/prefix. Default: $PIPELINE_HOME/lake.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (e.g. http://127.0.0.1:9000); None means AWS itself."
+    )
+    gx_root: Path = Field(
+        default=PROJECT_ROOT / "great_expectations",
+        description="The committed Great Expectations project (suites, checkpoints).",
+    )
+    feast_profile: Literal["embedded", "production"] = Field(
+        default="embedded", description="embedded: SQLite registry and online store; production: PostgreSQL + Redis."
+    )
+    feast_registry_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of Feast's SQL registry (production profile)."
+    )
+    feast_redis: str | None = Field(default=None, description="Redis connection string (production profile).")
+    # Not MLFLOW_TRACKING_URI: MLflow writes that variable itself whenever a tracking URI is set in a process.
+    experiment_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking server or database. Default: a SQLite file under $PIPELINE_HOME/mlflow.",
+    )
+    experiment_artifacts_uri: str | None = Field(
+        default=None,
+        description="Where a new experiment keeps its artifacts (s3://... in production). Default: "
+                    "$PIPELINE_HOME/mlflow/artifacts with the default tracking database, else the server's choice.",
+    )
+    optuna_storage: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the Optuna studies (PostgreSQL in production, shared by parallel tuning "
+                    "workers). Default: a SQLite file under $PIPELINE_HOME/optuna.",
+    )
+    service_port: int = Field(
+        default=3000, ge=1, le=65533,
+        description="The model service's front door on 127.0.0.1; the two deployment slots listen on the next two.",
+    )
+    airflow_port: int = Field(
+        default=8080, ge=1, le=65533,
+        description="The Airflow API server (UI, REST API, the workers' Execution API) on 127.0.0.1; the "
+                    "scheduler's and triggerer's log servers take the next two ports.",
+    )
+    model_owners: str = Field(
+        default="flight-delay-owners@example.com",
+        description="Who owns the model and its DAGs: comma-separated addresses that get the monitoring email "
+                    "after every run and a failure email when a task fails for good.",
+    )
+    smtp_host: str = Field(
+        default="127.0.0.1",
+        description="Where the embedded profile's mail server listens (Airflow's smtp_default connection points "
+                    "at it); production sets AIRFLOW_CONN_SMTP_DEFAULT to the company relay instead.",
+    )
+    smtp_port: int = Field(default=8025, ge=1, le=65535, description="Port of the embedded mail server.")
+    mail_from: str = Field(default="flight-delay-pipeline@example.com", description="Sender of the emails.")
+    email_attachment_max_bytes: int = Field(
+        # An Evidently day report is ~5.5 MB (3.5 MB of it its JavaScript); relays commonly take 10-25 MB.
+        default=8 * 1024 * 1024, ge=0,
+        description="Largest report attached to an email (8 MiB); a larger one is named by its path instead.",
+    )
+    prediction_log_max_age_s: float = Field(
+        default=10.0, gt=0, description="The model service writes its buffered predictions to the lake at least "
+                                        "this often (and every 1,000 rows).")
+    demo_start: date = date(2013, 1, 1)
+    demo_end: date = date(2013, 3, 31)
+
+    @field_validator("model_owners")
+    @classmethod
+    def _owners_are_addresses(cls, value: str) -> str:
+        owners = [owner.strip() for owner in value.split(",") if owner.strip()]
+        if not owners or any("@" not in owner for owner in owners):
+            raise ValueError(f"MODEL_OWNERS must be comma-separated email addresses, got {value!r}")
+        return ", ".join(owners)
+
+    @property
+    def owners(self) -> list[str]:
+        """``model_owners`` as a list of addresses."""
+        return [owner.strip() for owner in self.model_owners.split(",")]
+
+    @property
+    def mail_folder(self) -> Path:
+        """Where the embedded mail server writes each message it receives, one ``.eml`` file each."""
+        return self.pipeline_home / "mail"
+
+    @property
+    def lake_root(self) -> str:
+        return self.lake_uri or str(self.pipeline_home / "lake")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.experiment_tracking_uri or f"sqlite:///{self.pipeline_home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        if self.experiment_artifacts_uri or self.experiment_tracking_uri:
+            return self.experiment_artifacts_uri
+        return (self.pipeline_home / "mlflow" / "artifacts").as_uri()
+
+    @property
+    def optuna_url(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.pipeline_home / 'optuna' / 'studies.db'}"
+
+    @property
+    def gx_output_dir(self) -> Path:
+        """Validation results and Data Docs: generated output, kept in the home folder, not in git."""
+        return self.pipeline_home / "gx"
+
+    @property
+    def data_docs_index(self) -> Path:
+        return self.gx_output_dir / "data_docs" / "index.html"
+
+
+def get_settings() -> Settings:
+    return Settings()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """A profile's environment file (``KEY=VALUE`` lines, ``#`` comments, optional quotes), as a dict. A relative
+    ``PIPELINE_HOME`` is taken from the repository root, so every command finds the same home."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ValueError(f"{path}:{number}: expected NAME=value, got {line!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[name.strip()] = value
+    if "PIPELINE_HOME" in values and not Path(values["PIPELINE_HOME"]).is_absolute():
+        values["PIPELINE_HOME"] = str(PROJECT_ROOT / values["PIPELINE_HOME"])
+    return values

@@ -1,0 +1,279 @@
+"""``make up`` / ``make down``: the running pipeline, as processes of this machine.
+
+Airflow 3 (API server with the UI, scheduler, DAG processor, triggerer, and Celery workers when the executor is
+Celery), the SMTP server the owners' emails go through, and the model service when a champion exists. In the
+production profile (``make up ENV_FILE=infra/prod.env``) the services the environment file names on 127.0.0.1
+are started here too, as local stand-ins for the managed ones: the S3 API (moto's server) and the MLflow
+tracking server (PostgreSQL backend, artifacts on S3); their PostgreSQL databases and S3 buckets are created when
+missing. A service the file names elsewhere (a managed database, AWS itself) is used as it is.
+
+Every process is started detached, with its pid in ``$PIPELINE_HOME/run/`` and its output in
+``$PIPELINE_HOME/logs/``; ``make down`` stops each one by its pid. Starting is idempotent: what already runs is
+kept. Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from pipelines.core.processes import running, start_process, stop_process
+from pipelines.core.settings import Settings, get_settings, read_env_file
+from pipelines.ops.airflow_config import ADMIN, admin_password, airflow_env, api_url
+
+log = logging.getLogger(__name__)
+
+BIN = Path(sys.executable).parent
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+# /api/v2/monitor/health names these components; the API server answering is the first one.
+HEALTH_KEYS = {"airflow-scheduler": "scheduler", "airflow-dag-processor": "dag_processor",
+               "airflow-triggerer": "triggerer"}
+
+
+class StackError(RuntimeError):
+    """A part of the stack did not start; the message says which and where its log is."""
+
+
+@dataclass(frozen=True)
+class Process:
+    """One process of the stack: its name (pid file and log), its command, its port (0: none) and its check."""
+
+    name: str
+    command: list[str]
+    port: int = 0
+    ready: Callable[[], bool] | None = None
+
+
+def _is_local(url: str | None) -> bool:
+    return bool(url) and urlsplit(str(url).removeprefix("db+")).hostname in LOCAL_HOSTS
+
+
+def _port_of(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _answers(url: str, ok: Callable[[requests.Response], bool] = lambda r: r.status_code < 500) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return ok(requests.get(url, timeout=3))
+        except requests.RequestException:
+            return False
+    return check
+
+
+def _log_says(settings: Settings, name: str, text: str) -> Callable[[], bool]:
+    path = settings.pipeline_home / "logs" / f"{name}.log"
+    start = path.stat().st_size if path.exists() else 0
+
+    def check() -> bool:
+        if not path.exists():
+            return False
+        with path.open("rb") as source:
+            source.seek(start)
+            return text.encode() in source.read()
+    return check
+
+
+def _healthy(settings: Settings, key: str) -> Callable[[], bool]:
+    def ok(response: requests.Response) -> bool:
+        return response.status_code == 200 and response.json().get(key, {}).get("status") == "healthy"
+    return _answers(f"{api_url(settings)}/api/v2/monitor/health", ok)
+
+
+def celery_queues(env: Mapping[str, str]) -> list[str]:
+    """The Celery workers to start (``STACK_CELERY_WORKERS``: one entry per worker, the queues it consumes, e.g.
+    ``default default,training training``); none unless the executor is Celery."""
+    if "CeleryExecutor" not in env.get("AIRFLOW__CORE__EXECUTOR", ""):
+        return []
+    return env.get("STACK_CELERY_WORKERS", "default default,training").split()
+
+
+def worker_name(number: int) -> str:
+    return f"airflow-worker-{number}"
+
+
+def airflow_processes(settings: Settings, env: Mapping[str, str]) -> list[Process]:
+    airflow = str(BIN / "airflow")
+    processes = [
+        Process("airflow-api-server", [airflow, "api-server", "--host", "127.0.0.1", "--port",
+                                       str(settings.airflow_port), "--workers", "1"], settings.airflow_port,
+                _answers(f"{api_url(settings)}/api/v2/monitor/health", lambda r: r.status_code == 200)),
+        *(Process(name, [airflow, name.removeprefix("airflow-")], ready=_healthy(settings, key))
+          for name, key in HEALTH_KEYS.items()),
+    ]
+    for number, queues in enumerate(celery_queues(env), 1):
+        name = worker_name(number)
+        # Task logs are files the API server reads from this machine, so no worker serves logs of its own.
+        command = [airflow, "celery", "worker", "--queues", queues, "--celery-hostname", f"{name}@%h",
+                   "--skip-serve-logs"]
+        processes.append(Process(name, command, ready=_log_says(settings, name, " ready.")))
+    return processes
+
+
+def _start(settings: Settings, process: Process, env: Mapping[str, str], say: Callable[[str], None],
+           timeout_s: float = 180) -> dict[str, Any]:
+    """Start ``process`` unless it runs; wait until its check passes; say which."""
+    current = running(settings, process.name)
+    if current is not None:
+        say(f"{process.name}: running (pid {current['pid']})")
+        return {"name": process.name, "pid": current["pid"], "started": False}
+    started = start_process(settings, process.name, process.command, process.port, dict(env))
+    deadline = time.monotonic() + timeout_s
+    log_file = settings.pipeline_home / "logs" / f"{process.name}.log"
+    while process.ready is not None and not process.ready():
+        if started.poll() is not None:
+            stop_process(settings, process.name)
+            raise StackError(f"{process.name} exited with code {started.returncode}; see {log_file}")
+        if time.monotonic() > deadline:
+            raise StackError(f"{process.name} was not ready within {timeout_s:.0f}s; see {log_file}")
+        time.sleep(0.5)
+    say(f"{process.name}: started (pid {started.pid})")
+    return {"name": process.name, "pid": started.pid, "started": True}
+
+
+def ensure_databases(env: Mapping[str, str]) -> list[str]:
+    """Create the PostgreSQL databases that the profile's URLs name on this machine, when missing."""
+    import psycopg
+
+    targets = set()
+    for value in env.values():
+        parts = urlsplit(value.removeprefix("db+"))
+        if parts.scheme.startswith("postgresql") and _is_local(value) and parts.path.strip("/"):
+            targets.add((parts.hostname, parts.port or 5432, parts.username or "postgres", parts.path.strip("/")))
+    created = []
+    for host, port, user, name in sorted(targets):
+        with psycopg.connect(host=host, port=port, user=user, dbname="postgres", autocommit=True) as admin:
+            if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                admin.execute(f'CREATE DATABASE "{name}"')
+                created.append(name)
+    return created
+
+
+def ensure_buckets(settings: Settings, env: Mapping[str, str]) -> list[str]:
+    """Create the S3 buckets of the lake and of MLflow's artifacts, when missing."""
+    from pipelines.core.lake import open_lake
+
+    buckets = {urlsplit(value).netloc for value in (settings.lake_root, env.get("MLFLOW_ARTIFACTS_DESTINATION", ""))
+               if value.startswith("s3://")}
+    client = open_lake(settings).client  # type: ignore[attr-defined]
+    existing = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
+    for bucket in sorted(buckets - existing):
+        client.create_bucket(Bucket=bucket)
+    return sorted(buckets - existing)
+
+
+def service_processes(settings: Settings, env: Mapping[str, str]) -> list[Process]:
+    """The local stand-ins of the managed services the profile names on this machine."""
+    processes = []
+    if settings.s3_endpoint_url and _is_local(settings.s3_endpoint_url):
+        port = _port_of(settings.s3_endpoint_url)
+        processes.append(Process("s3", [str(BIN / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                                        str(port)], port, _answers(settings.s3_endpoint_url + "/")))
+    tracking = settings.experiment_tracking_uri or ""
+    if tracking.startswith("http") and _is_local(tracking):
+        port = _port_of(tracking)
+        command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                   "--backend-store-uri", env["MLFLOW_BACKEND_STORE_URI"], "--serve-artifacts",
+                   "--artifacts-destination", env["MLFLOW_ARTIFACTS_DESTINATION"]]
+        processes.append(Process("mlflow", command, port, _answers(f"{tracking}/health",
+                                                                   lambda r: r.status_code == 200)))
+    return processes
+
+
+def _process_env(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
+    process_env = dict(env)
+    if settings.s3_endpoint_url:  # MLflow's server writes artifacts to the same S3 API as the lake
+        process_env.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+    return process_env
+
+
+def up(profile: Mapping[str, str] | None = None, settings: Settings | None = None,
+       say: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """Start the stack (what already runs is kept) and return where everything is."""
+    settings = settings or get_settings()
+    env = _process_env(settings, airflow_env(settings, profile))
+    if created := ensure_databases(env):
+        say(f"Created PostgreSQL databases: {', '.join(created)}")
+    started = [_start(settings, process, env, say) for process in service_processes(settings, env)]
+    if settings.lake_root.startswith("s3://") and (created := ensure_buckets(settings, env)):
+        say(f"Created S3 buckets: {', '.join(created)}")
+
+    from pipelines.ops.mail_server import start_mail_server
+
+    mail = start_mail_server(settings)
+    say(f"mail server: {mail['host']}:{mail['port']}, messages in {mail['folder']}/")
+    say("Preparing Airflow's metadata database...")
+    migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
+    if migrate.returncode != 0:
+        raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}{migrate.stderr[-2000:]}")
+    started += [_start(settings, process, env, say) for process in airflow_processes(settings, env)]
+    service = _serve_champion(settings, say)
+    password = admin_password(settings)
+    say(f"Airflow UI: {api_url(settings)}  (log in as {ADMIN} / {password}; the password is kept in "
+        f"{settings.pipeline_home / 'airflow' / 'passwords.json'})")
+    return {"ui": api_url(settings), "user": ADMIN, "password": password, "processes": started,
+            "mail": mail, "service": service, "executor": env["AIRFLOW__CORE__EXECUTOR"]}
+
+
+def _serve_champion(settings: Settings, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The model service when a champion exists (the training DAG's deploy_service deploys later ones)."""
+    from pipelines.deploy.blue_green import deploy_service
+    from pipelines.deploy.service import DeployError
+
+    try:
+        service = deploy_service(settings)
+    except DeployError as error:
+        say(f"model service: not started ({error}); the training DAG deploys the champion after a promotion")
+        return None
+    say(f"model service: {service['url']} serves version {service['model_version']}")
+    return service
+
+
+def names(settings: Settings, profile: Mapping[str, str] | None = None) -> list[str]:
+    """Every process this stack may run, in the order ``up`` starts them."""
+    env = _process_env(settings, airflow_env(settings, profile))
+    from pipelines.ops.mail_server import PROCESS as MAIL
+
+    return [p.name for p in service_processes(settings, env)] + [MAIL] + \
+        [p.name for p in airflow_processes(settings, env)]
+
+
+def down(profile: Mapping[str, str] | None = None, settings: Settings | None = None) -> list[str]:
+    """Stop what ``up`` started, by process id, last started first; the names of those that were running."""
+    from pipelines.deploy.blue_green import stop_all
+
+    settings = settings or get_settings()
+    stop_all(settings)
+    stopped = []
+    known = names(settings, profile)
+    # Workers the pid files know of beyond the profile's count (the profile changed since) are stopped too.
+    workers = sorted(path.stem for path in (settings.pipeline_home / "run").glob("airflow-worker-*.pid"))
+    for name in [*dict.fromkeys([*reversed(known), *workers])]:
+        if stop_process(settings, name, timeout_s=60):
+            stopped.append(name)
+    return stopped
+
+
+def status(profile: Mapping[str, str] | None = None, settings: Settings | None = None) -> dict[str, Any]:
+    settings = settings or get_settings()
+    return {name: running(settings, name) for name in names(settings, profile)}
+
+
+def apply_profile(path: Path | None) -> dict[str, str]:
+    """Read a profile's environment file into this process's environment (so the settings see it)."""
+    if path is None:
+        return {}
+    profile = read_env_file(path)
+    os.environ.update(profile)
+    return profile

@@ -1,0 +1,185 @@
+"""The model registry: the trained model logged to MLflow with its lineage, registered as ``flight_delay_classifier``,
+and the promotion gate that moves the ``champion`` alias.
+
+``register_model`` logs the run key's model as an MLflow pyfunc (signature, input example, the preprocessing inside
+``model.pt``) on its final training run and registers it, tagged with its lineage; a rerun of the same run key finds
+the version it registered and registers nothing new. ``promote_model`` scores the new version (``challenger``) and
+the current ``champion`` on the run's test window and promotes only when the challenger clears an absolute floor,
+is not worse than the champion beyond a tolerance on ROC AUC (judged on a paired bootstrap interval) and does not
+regress calibration (Brier) beyond its tolerance. The decision and its reasons are written as JSON and as tags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from pipelines.core.lake import open_lake
+from pipelines.core.names import CHALLENGER, CHAMPION, MODEL_NAME, PREVIOUS_CHAMPION
+from pipelines.core.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.training.tracking import RUN_KEY_TAG, find_run, use_tracking
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+def model_input(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns the model reads, with stable types (text categoricals, float numerics): what a caller sends."""
+    from pipelines.training.columns import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS, categorical_values
+
+    categorical = [c for c in ("carrier", "origin", "route", *CATEGORICAL_COLUMNS) if c != "dest"]
+    out = pd.DataFrame(index=frame.index)
+    for column in dict.fromkeys(categorical):
+        out[column] = categorical_values(frame, column)
+    for column in NUMERIC_COLUMNS:
+        out[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64") if column in frame.columns \
+            else np.nan
+    return out.reset_index(drop=True)
+
+
+class FlightDelayModel(PythonModel):  # type: ignore[misc]
+    """The pyfunc wrapper: loads ``model.pt`` (weights, vocabularies, scaling, calibration) and returns
+    disruption probabilities for rows shaped like ``model_input``."""
+
+    def load_context(self, context: Any) -> None:
+        from pathlib import Path
+
+        from pipelines.training.model import TrainedModel
+
+        self.model = TrainedModel.from_bytes(Path(context.artifacts["model"]).read_bytes())
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
+        return self.model.predict_proba(model_input)
+
+
+def code_version() -> str:
+    """The git commit of the checkout when there is one, else the installed package's version."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"flight-delay-pipeline=={metadata.version('flight-delay-pipeline')}"
+
+
+def lineage_tags(manifest: dict[str, Any], study: str) -> dict[str, str]:
+    """What made the model, as registry tags: the run key, window, partitions and their validation runs, the
+    feature service, the Optuna study, the code and the training set."""
+    validations = manifest.get("validations", [])
+    partitions_sha = hashlib.sha256("".join(v["content_hash"] or "" for v in validations).encode()).hexdigest()
+    gx_runs = sorted({str(v["gx_run_id"]).split("|flights|")[0] for v in validations if v.get("gx_run_id")})
+    return {
+        RUN_KEY_TAG: manifest["run_key"],
+        "lineage.window": "..".join(manifest["window"]),
+        "lineage.partitions": str(len(manifest["partitions"])),
+        "lineage.partitions_sha256": partitions_sha,
+        "lineage.validation_runs": ";".join(gx_runs)[:5000],
+        "lineage.feature_service": manifest["feature_service"],
+        "lineage.optuna_study": study,
+        "lineage.code_version": code_version(),
+        "lineage.training_set_sha256": manifest["training_set_sha256"],
+    }
+
+
+def find_version(run_key: str) -> ModelVersion | None:
+    """The version this run key registered before, if any."""
+    from mlflow import MlflowClient
+
+    for version in MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'"):
+        if version.tags.get(RUN_KEY_TAG) == run_key:
+            return version
+    return None
+
+
+def register_model(run_key: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Log the run key's model as a pyfunc on its final run and register it (alias ``challenger``); check first."""
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    from pipelines.training.datasets import model_key, read_manifest, read_splits
+
+    settings = settings or get_settings()
+    experiment_id = use_tracking(settings)
+    client = MlflowClient()
+    existing = find_version(run_key)
+    if existing is not None:
+        log.info("register_model: %s already registered as version %s", run_key, existing.version)
+        return {"name": MODEL_NAME, "version": existing.version, "registered": False}
+    final = find_run(experiment_id, run_key, "final")
+    if final is None:
+        raise FileNotFoundError(f"no final model for run {run_key}: run train_final_model first")
+    manifest = read_manifest(run_key, settings)
+    example = model_input(read_splits(run_key, settings)["test"].head(5))
+    lake = open_lake(settings)
+    local = settings.pipeline_home / "registry" / final.info.run_id / "model.pt"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(lake.read_bytes(model_key(run_key, "model.pt")))
+    wrapper = FlightDelayModel()
+    wrapper.load_context(type("Context", (), {"artifacts": {"model": str(local)}})())
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"pandas=={pd.__version__}",
+                    f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"]
+    with mlflow.start_run(run_id=final.info.run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=wrapper, artifacts={"model": str(local)}, input_example=example,
+            signature=infer_signature(example, wrapper.predict(None, example)), pip_requirements=requirements,
+        )
+    # Monitoring compares served traffic with this sample of the training data (and the model's scores on it).
+    from pipelines.training.reference import save_reference
+
+    tags = lineage_tags(manifest, final.data.tags.get("optuna.study", "")) | {
+        "monitoring.reference": save_reference(run_key, settings)}
+    version = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version.version)
+    log.info("register_model: %s version %s (%s)", MODEL_NAME, version.version, info.model_uri)
+    return {"name": MODEL_NAME, "version": version.version, "registered": True, "model_uri": info.model_uri}
+
+
+def _alias(alias: str) -> ModelVersion | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(MODEL_NAME, alias)
+    except MlflowException:
+        return None
+
+
+def alias_version(alias: str, settings: Settings | None = None) -> str | None:
+    """The version number behind ``alias`` in the settings' registry, None when the alias is not set."""
+    use_tracking(settings or get_settings())
+    version = _alias(alias)
+    return None if version is None else str(version.version)
+
+
+def rollback_champion(settings: Settings | None = None) -> dict[str, Any]:
+    """Make ``previous_champion`` the ``champion`` again (by hand: ``make rollback``). The rolled-back version keeps
+    the alias ``challenger`` and a ``rolled_back_at`` tag; with no previous champion there is nothing to do."""
+    from mlflow import MlflowClient
+
+    settings = settings or get_settings()
+    use_tracking(settings)
+    current, previous = _alias(CHAMPION), _alias(PREVIOUS_CHAMPION)
+    if previous is None or current is None:
+        raise RuntimeError(f"{MODEL_NAME} has no previous champion to roll back to")
+    client = MlflowClient()
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, previous.version)
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, current.version)
+    client.delete_registered_model_alias(MODEL_NAME, PREVIOUS_CHAMPION)
+    client.set_model_version_tag(MODEL_NAME, current.version, "rolled_back_at", datetime.now(UTC).isoformat())
+    log.warning("rolled back %s: champion is version %s again (was %s)", MODEL_NAME, previous.version,
+                current.version)
+    return {"champion": str(previous.version), "rolled_back": str(current.version)}

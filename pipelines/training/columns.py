@@ -1,0 +1,52 @@
+"""TODO docstring (model)"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+CATEGORICAL_COLUMNS: tuple[str, ...] = ("carrier", "origin", "dest", "dep_hour", "dep_weekday", "plane_type")
+WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib")
+SCHEDULE_COLUMNS = ("origin_hour_departures", "origin_day_departures", "carrier_origin_day_departures")
+CARRIER_COLUMNS = tuple(f"carrier_{stat}_{w}d" for w in (7, 28)
+                        for stat in ("flights", "disruption_rate", "cancel_rate", "mean_arr_delay"))
+ROUTE_COLUMNS = tuple(f"route_{stat}_28d" for stat in ("flights", "disruption_rate", "cancel_rate", "mean_arr_delay"))
+PLANE_COLUMNS = ("plane_age", "plane_seats", "plane_engines")
+REQUEST_COLUMNS = ("dep_month", "log_distance")
+NUMERIC_COLUMNS: tuple[str, ...] = (WEATHER_COLUMNS + SCHEDULE_COLUMNS + CARRIER_COLUMNS + ROUTE_COLUMNS
+                                    + PLANE_COLUMNS + REQUEST_COLUMNS)
+
+
+def categorical_values(frame: pd.DataFrame, column: str) -> pd.Series:
+    """The column as strings with missing values as None; ``dest`` is derived from ``route`` ("JFK-LAX")."""
+    if column == "dest" and "dest" not in frame.columns and "route" in frame.columns:
+        codes, routes = pd.factorize(frame["route"].astype("string"))  # split each distinct route once
+        dests = pd.Series(routes, dtype="string").str.split("-", n=1).str[1].astype("object").tolist()
+        values = pd.Series(np.array([*dests, None], dtype=object)[codes], index=frame.index, dtype="object")
+    elif column in frame.columns:
+        values = frame[column]
+    else:
+        return pd.Series([None] * len(frame), index=frame.index, dtype="object")
+    values = values.astype("object")
+    missing = pd.isna(values)
+    # Each distinct value is converted once (a column has at most a few hundred), then spread by its code.
+    codes, uniques = pd.factorize(values)
+    text = np.array([category_text(v) for v in uniques] + [None], dtype=object)
+    return pd.Series(text[codes], index=values.index, dtype="object").where(~missing, None)
+
+
+def category_text(value: Any) -> str:
+    # Integers that pandas turned into floats because of missing values (dep_hour 7.0) keep their integer text.
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def numeric_values(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """float64 values with NaN for missing (or absent) values."""
+    if column not in frame.columns:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[column], errors="coerce").astype("float64").to_numpy(na_value=np.nan)

@@ -1,0 +1,192 @@
+"""Tabular PyTorch model for flight disruption on the ``flight_delay_v1`` training set.
+
+Only the core lives here: preprocessing, the network, a training loop with early stopping and a time-based split.
+Tuning (Optuna), tracking (MLflow) and orchestration (Airflow) build on top of ``train_model`` and its ``on_epoch``
+callback.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pipelines.core.dates import LOCAL_TZ
+from pipelines.core.names import LABEL, TIME_COLUMN
+from pipelines.training.model import TrainedModel
+from pipelines.training.network import FlightDelayNet, build_net, pick_device
+from pipelines.training.preprocessing import Preprocessor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "hidden_sizes": [64, 32], "dropout": 0.2, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 1024,
+    # pos_weight = (negatives / positives) ** imbalance_power: 0 ignores the imbalance, 1 balances the classes.
+    "imbalance_power": 0.5,
+}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _labels(frame: pd.DataFrame) -> torch.Tensor:
+    return torch.as_tensor(frame[LABEL].astype("float32").to_numpy(), dtype=torch.float32)
+
+
+@torch.no_grad()
+def _logits(net: nn.Module, cat: torch.Tensor, num: torch.Tensor, batch_size: int) -> torch.Tensor:
+    net.eval()
+    return torch.cat([net(cat[i:i + batch_size], num[i:i + batch_size]).float()
+                      for i in range(0, len(cat), batch_size)])
+
+
+def fit_platt(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Platt scaling: the (a, b) minimizing the unweighted log loss of sigmoid(a * logit + b) on held-out rows.
+    It undoes the shift that ``pos_weight`` puts into the logits, so probabilities mean what they say."""
+    logits, y = logits.detach().float().cpu(), y.detach().float().cpu()
+    a, b = torch.ones(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([a, b], lr=1.0, max_iter=50, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(a * logits + b, y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(a.detach()), float(b.detach())
+
+
+def _log_loss(logits: torch.Tensor, y: torch.Tensor, calibration: tuple[float, float] = (1.0, 0.0)) -> float:
+    a, b = calibration
+    return float(nn.functional.binary_cross_entropy_with_logits(a * logits.float() + b, y.float()))
+
+
+def train_model(train_frame: pd.DataFrame, valid_frame: pd.DataFrame, params: dict[str, Any] | None = None,
+                seed: int = 0, max_epochs: int = 30, patience: int = 5,
+                on_epoch: Callable[[int, float], None] | None = None,
+                device: torch.device | None = None) -> TrainedModel:
+    """Fit the preprocessor on ``train_frame`` and train with early stopping on the calibrated validation log loss.
+
+    Tensors stay on the device and batches are slices of a shuffled index (no DataLoader: the data fits in memory
+    and per-row collation would dominate). Class imbalance is explicit: ``pos_weight`` = (negatives/positives) **
+    ``imbalance_power``. Each epoch, Platt scaling is fitted on the validation logits and the validation log loss
+    is measured after it, so the metric compares models with any ``pos_weight`` fairly; the best epoch's
+    calibration is kept with the model. ``on_epoch(epoch, valid_log_loss)`` runs after each epoch so a tuner can
+    report and prune (it may raise).
+    """
+    params = {**DEFAULT_PARAMS, **(params or {})}
+    device = device or pick_device()
+    _seed_everything(seed)
+    preprocessor = Preprocessor().fit(train_frame)
+    cat_train, num_train = (t.to(device) for t in preprocessor.transform(train_frame))
+    cat_valid, num_valid = (t.to(device) for t in preprocessor.transform(valid_frame))
+    y_train, y_valid = _labels(train_frame).to(device), _labels(valid_frame).to(device)
+
+    net, optimizer, criterion = training_parts(preprocessor, train_frame, params, device)
+    batch_size = int(params["batch_size"])
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(net.state_dict())
+    best_calibration = (1.0, 0.0)
+    history: list[dict[str, float]] = []
+    for epoch in range(max_epochs):
+        order = torch.randperm(len(y_train), generator=generator).to(device)
+        train_loss = train_epoch(net, optimizer, criterion,
+                                 sliced_batches(cat_train, num_train, y_train, order, batch_size))
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = _logits(net, cat_valid, num_valid, batch_size * 8)
+        calibration = fit_platt(logits, y_valid)
+        valid_loss = _log_loss(logits, y_valid, calibration)
+        history.append({"epoch": float(epoch), "train_loss": train_loss,
+                        "valid_log_loss": valid_loss, "valid_log_loss_uncalibrated": _log_loss(logits, y_valid)})
+        log.info("epoch %d: train loss %.4f, valid log loss %.4f (uncalibrated %.4f)", epoch, train_loss, valid_loss,
+                 history[-1]["valid_log_loss_uncalibrated"])
+        if on_epoch is not None:
+            on_epoch(epoch, valid_loss)
+        if valid_loss < best_loss - 1e-6:
+            best_loss, best_epoch, best_calibration = valid_loss, epoch, calibration
+            best_state = copy.deepcopy(net.state_dict())
+        elif epoch - best_epoch >= patience:
+            log.info("early stop at epoch %d (best %d, %.4f)", epoch, best_epoch, best_loss)
+            break
+
+    state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
+    return TrainedModel(preprocessor=preprocessor, state_dict=state, params=params, history=history,
+                        best_epoch=best_epoch, calibration=best_calibration)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def sliced_batches(cat: torch.Tensor, num: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
+                   batch_size: int) -> Iterator[Batch]:
+    """Batches of tensors already on the device, in ``order``: one gather per tensor per epoch (a shuffled copy),
+    then contiguous slices of it, which are views: no copy and no index per batch."""
+    yield from zip(cat[order].split(batch_size), num[order].split(batch_size), y[order].split(batch_size),
+                   strict=True)
+
+
+def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                batches: Iterable[Batch]) -> float:
+    """One pass over ``batches`` (bf16 autocast on CUDA); returns the mean training loss. The loss is summed on the
+    device and read once at the end: no host sync per batch."""
+    net.train()
+    device = next(net.parameters()).device
+    total, rows = torch.zeros((), device=device), 0
+    for cat, num, y in batches:
+        cat, num, y = (t.to(device, non_blocking=True) for t in (cat, num, y))
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = net(cat, num)
+        loss = criterion(logits.float(), y)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(y)
+        rows += len(y)
+    return float(total) / max(1, rows)
+
+
+def training_parts(preprocessor: Preprocessor, train_frame: pd.DataFrame, params: dict[str, Any],
+                   device: torch.device) -> tuple[FlightDelayNet, torch.optim.Optimizer, nn.Module]:
+    """The network, optimizer and loss (with the class weight) for ``params``, on ``device``."""
+    y = train_frame[LABEL].astype("float64")
+    positives = float(y.sum())
+    balanced = (len(y) - positives) / positives if positives > 0 else 1.0
+    pos_weight = torch.tensor(balanced ** float(params["imbalance_power"]), device=device)
+    net = build_net(preprocessor, params).to(device)
+    # The fused kernel updates every parameter in one call (CPU and CUDA); same Adam, less per-step overhead.
+    optimizer = torch.optim.Adam(net.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"]),
+                                 fused=device.type in ("cpu", "cuda"))
+    return net, optimizer, nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+def time_split(frame: pd.DataFrame, valid_days: int, test_days: int) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                                                pd.DataFrame]:
+    """Split by the New York calendar date of ``scheduled_departure``: the last ``test_days`` dates are the test
+    set, the ``valid_days`` before them validation, the rest training, so evaluation always looks at the future."""
+    departure = pd.to_datetime(frame[TIME_COLUMN])
+    if departure.dt.tz is not None:
+        departure = departure.dt.tz_convert(LOCAL_TZ).dt.tz_localize(None)
+    dates = departure.dt.normalize()
+    days = np.sort(dates.unique())
+    if len(days) <= valid_days + test_days:
+        raise ValueError(f"need more than {valid_days + test_days} distinct days, got {len(days)}")
+    test_start = days[len(days) - test_days] if test_days > 0 else None
+    valid_start = days[len(days) - test_days - valid_days]
+    is_test = dates >= test_start if test_start is not None else pd.Series(False, index=frame.index)
+    is_valid = (dates >= valid_start) & ~is_test
+    is_train = ~is_valid & ~is_test
+    parts = (frame[is_train], frame[is_valid], frame[is_test])
+    return tuple(p.sort_values(TIME_COLUMN, kind="stable").reset_index(drop=True) for p in parts)  # type: ignore[return-value]

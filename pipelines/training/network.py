@@ -1,0 +1,121 @@
+"""TODO docstring (model)"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines.training.preprocessing import Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+class _CpuEmbedding(torch.autograd.Function):
+    """The shared-table lookup on the CPU with a vectorized backward: ``index_add_`` of the output gradient into
+    the table's rows. Stock ``embedding_dense_backward`` on the CPU issues one tiny BLAS call per looked-up row,
+    which cost more than the whole forward pass of the network. Same values, same gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = weight.shape[0]
+        return _gather(weight, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (index,) = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.shape[-1])
+        return rows.new_zeros(ctx.rows, rows.shape[1]).index_add_(0, index.reshape(-1), rows), None
+
+
+def _gather(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return weight.index_select(0, index.reshape(-1)).view(*index.shape, weight.shape[1])
+
+
+def _lookup(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``nn.functional.embedding(index, weight)``; on the CPU through ``_CpuEmbedding`` (CUDA keeps the stock,
+    deterministic kernel). Without autograd (inference) the same gather is called directly: the Function's
+    per-call machinery was a tenth of a one-flight prediction."""
+    if weight.device.type != "cpu":
+        return nn.functional.embedding(index, weight)
+    if torch.is_grad_enabled():
+        return _CpuEmbedding.apply(weight, index)  # type: ignore[no-any-return]
+    return _gather(weight, index)
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` (zero with probability ``p``, scale the rest by 1/(1-p)) with a cheaper mask on the CPU.
+
+    Stock CPU dropout draws one random number per element, which made it the largest single cost of a training
+    step here. On the CPU each 64-bit draw is cut into four 16-bit integers instead, one per element: ``p`` is
+    rounded to a multiple of 1/65536 and the scale uses the rounded value, so the expectation is exact. Other
+    devices use ``nn.functional.dropout``. No parameters: state dicts are those of ``nn.Dropout``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        self.p = float(p)
+        self._dropped = round(self.p * 65536)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self._dropped == 0:
+            return x
+        if x.device.type != "cpu":
+            return nn.functional.dropout(x, self.p, training=True)
+        if self._dropped == 65536:
+            return x * 0.0
+        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, 2**63 - 1)
+        keep = words.view(torch.int16)[:x.numel()].view(x.shape) >= self._dropped - 32768
+        return x * (keep * (65536 / (65536 - self._dropped)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+EMBEDDING_DIM = 8
+"""One width for every categorical: the vocabularies are small (3 origins to ~100 destinations), and one width lets
+all columns share one table, looked up in a single gather."""
+
+
+class FlightDelayNet(nn.Module):
+    """Embeddings of the categoricals, concatenated with the numerics, then an MLP to one disruption logit, plus a
+    linear path from the same inputs (wide and deep): the additive effects that dominate this problem do not have
+    to be relearned through the hidden layers.
+
+    The categorical columns share one embedding table; each column's indices are shifted by an offset into its own
+    rows, so the lookup (and its backward) is one operation instead of one per column."""
+
+    def __init__(self, cardinalities: list[int], n_numeric: int, hidden_sizes: list[int] | tuple[int, ...] = (64, 32),
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.offsets: torch.Tensor
+        self.register_buffer("offsets", torch.tensor([0, *np.cumsum(cardinalities)[:-1].tolist()], dtype=torch.int64))
+        self.embedding = nn.Embedding(int(sum(cardinalities)), EMBEDDING_DIM)
+        width = len(cardinalities) * EMBEDDING_DIM + n_numeric
+        layers: list[nn.Module] = []
+        in_width = width
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(in_width, int(hidden)), nn.ReLU(), Dropout(float(dropout))]
+            in_width = int(hidden)
+        layers.append(nn.Linear(in_width, 1))
+        self.mlp = nn.Sequential(*layers)
+        self.linear = nn.Linear(width, 1)
+
+    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([_lookup(self.embedding.weight, cat + self.offsets).flatten(1), num], dim=1)
+        return (self.mlp(x) + self.linear(x)).squeeze(-1)
+
+
+def pick_device() -> torch.device:
+    """CUDA when there is a GPU, else CPU: the same code trains on a laptop and on the GPU worker."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_net(preprocessor: Preprocessor, params: dict[str, Any]) -> FlightDelayNet:
+    return FlightDelayNet(preprocessor.cardinalities, preprocessor.n_numeric,
+                          hidden_sizes=list(params["hidden_sizes"]), dropout=float(params["dropout"]))

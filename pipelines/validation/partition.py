@@ -1,0 +1,261 @@
+"""Validation with Great Expectations 1.x, and the promote-or-quarantine decision it drives.
+
+The suites live in ``great_expectations/`` (one per feed table, same name as its checkpoint and data asset); each
+expectation carries a GX ``severity``. ``validate_partition`` runs a raw partition through its checkpoint and writes a
+verdict next to it; ``promote_partition`` acts on that verdict:
+
+* any *critical* failure: the partition and its verdict go to ``quarantine/``; ``validated/`` keeps what it had;
+* only *warning* failures: promoted to ``validated/``, the warnings recorded in its ``validation.json``;
+* clean: promoted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+
+from pipelines.core.lake import Lake, partition_key, reference_key
+from pipelines.ingest.parse import raw_key
+from pipelines.ingest.schemas import table_schema
+
+if TYPE_CHECKING:
+    from pipelines.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Status = Literal["passed", "warned", "quarantined"]
+VERDICT_FILE = "validation.json"
+DATA_FILE = "data.parquet"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed expectation, in words a person can act on."""
+
+    expectation: str
+    severity: str
+    description: str
+    column: str | None = None
+    unexpected_count: int | None = None
+    unexpected_percent: float | None = None
+    examples: list[Any] = field(default_factory=list)
+    observed: Any = None
+    error: str | None = None
+
+    def sentence(self) -> str:
+        target = f"{self.expectation}({self.column})" if self.column else self.expectation
+        if self.error:
+            return f"{target}: could not be evaluated: {self.error}"
+        if self.unexpected_count is not None:
+            share = f" ({self.unexpected_percent:.1f}%)" if self.unexpected_percent is not None else ""
+            sample = f", e.g. {self.examples[:3]}" if self.examples else ""
+            return f"{target}: {self.unexpected_count} rows{share} failed{sample} -- {self.description}"
+        return f"{target}: observed {self.observed!r} -- {self.description}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    table: str
+    date: str
+    status: Status
+    rows: int
+    failures: list[Failure]
+    gx_run_id: str | None = None
+    run_key: str | None = None
+
+    @property
+    def critical(self) -> list[Failure]:
+        return [f for f in self.failures if f.severity == "critical"]
+
+    @property
+    def warnings(self) -> list[Failure]:
+        return [f for f in self.failures if f.severity != "critical"]
+
+    def reason(self) -> str:
+        chosen = self.critical if self.status == "quarantined" else self.warnings
+        if not chosen:
+            return f"{self.table} {self.date}: all expectations met ({self.rows} rows)"
+        evaluated = [f for f in chosen if not f.error]
+        unevaluated = [f for f in chosen if f.error]
+        lines = [f"  - {f.sentence()}" for f in evaluated]
+        if unevaluated:
+            # Usually one cause (a missing column) behind many expectations: say it once.
+            columns = sorted({f.column for f in unevaluated if f.column})
+            lines.append(f"  - {len(unevaluated)} expectations could not be evaluated"
+                         f"{' on ' + ', '.join(columns) if columns else ''}: {unevaluated[0].error}")
+        body = "\n".join(lines)
+        return f"{self.table} {self.date} {self.status} ({self.rows} rows), {len(chosen)} failed:\n{body}"
+
+    def to_json(self, gx_result: dict[str, Any] | None = None, **extra: Any) -> str:
+        body: dict[str, Any] = asdict(self) | {"reason": self.reason()} | extra
+        if gx_result is not None:
+            body["gx_result"] = gx_result
+        return json.dumps(body, indent=2, default=str, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Verdict:
+        body = json.loads(text)
+        return cls(
+            table=body["table"], date=body["date"], status=body["status"], rows=body["rows"],
+            failures=[Failure(**f) for f in body["failures"]], gx_run_id=body.get("gx_run_id"),
+            run_key=body.get("run_key"),
+        )
+
+
+def verdict_key(zone: str, table: str, day: date) -> str:
+    return partition_key(zone, table, day, VERDICT_FILE)
+
+
+@lru_cache(maxsize=4)
+def _context(gx_root: Path, output_dir: Path) -> Any:
+    import great_expectations as gx
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return gx.get_context(mode="file", context_root_dir=str(gx_root),
+                          runtime_environment={"gx_output_dir": str(output_dir)})
+
+
+def gx_context(settings: Settings) -> Any:
+    """The committed GX project, writing its results and Data Docs into the home folder."""
+    return _context(settings.gx_root.resolve(), settings.gx_output_dir.resolve())
+
+
+def _parameters(lake: Lake, day: date) -> dict[str, Any]:
+    airlines = lake.read_parquet(reference_key("airlines"))
+    airports = lake.read_parquet(reference_key("airports"))
+    return {
+        "airline_codes": sorted(airlines["carrier"].dropna().unique().tolist()),
+        "airport_codes": sorted(airports["faa"].dropna().unique().tolist()),
+        "partition_year": day.year, "partition_month": day.month, "partition_day": day.day,
+    }
+
+
+def _failure(result: Any) -> Failure:
+    config = result.expectation_config
+    kwargs = config.kwargs
+    body = result.result or {}
+    error = None
+    info = result.exception_info or {}
+    if "raised_exception" not in info:  # GX 1.x keys metric errors by metric id
+        info = next((v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")), {})
+    if info.get("raised_exception"):
+        error = (str(info.get("exception_message", "")).strip().splitlines() or ["(no message)"])[0][:300]
+    column = kwargs.get("column") or (",".join(kwargs["column_list"]) if kwargs.get("column_list") else None)
+    observed = body.get("observed_value")
+    if isinstance(observed, list) and config.type == "expect_table_columns_to_match_set":
+        # Say which columns are missing or extra, not the whole observed list.
+        details = body.get("details", {}).get("mismatched", {})
+        observed = {k: v for k, v in details.items() if v} or observed
+    return Failure(
+        expectation=config.type,
+        severity=str(getattr(config, "severity", None) or "critical").split(".")[-1].lower(),
+        description=config.description or "",
+        column=column,
+        unexpected_count=body.get("unexpected_count"),
+        unexpected_percent=body.get("unexpected_percent"),
+        examples=[_plain(v) for v in body.get("partial_unexpected_list") or []][:5],
+        observed=_plain(observed),
+        error=error,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy of GX result values (numpy scalars, timestamps)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value
+
+
+def validate_partition(lake: Lake, settings: Settings, table: str, day: date, run_key: str | None = None,
+                       result_ids: list[Any] | None = None) -> Verdict:
+    """Run the table's checkpoint on the raw partition and write the verdict beside it.
+
+    The GX result's identifier is appended to ``result_ids`` when given, so Data Docs can be built for just
+    these results.
+    """
+    table_schema(table)  # fail early on an unknown table name
+    source = raw_key(table, day)
+    if not lake.exists(source):
+        raise FileNotFoundError(f"no raw partition for {table} on {day}: expected {lake.url(source)}; run ingest first")
+    frame = lake.read_parquet(source)
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    checkpoint = gx_context(settings).checkpoints.get(table)
+    # The run key becomes GX's run name, so results in the store and Data Docs trace back to the DAG run
+    # (GX store keys may not contain '/').
+    run_name = f"{run_key or 'manual'}|{table}|{day.isoformat()}".replace("/", "|")
+    run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=_parameters(lake, day),
+                         run_id=RunIdentifier(run_name=run_name))
+    (identifier, suite_result), = run.run_results.items()
+    if result_ids is not None:
+        result_ids.append(identifier)
+    failures = [_failure(r) for r in suite_result.results if not r.success]
+    status: Status = "passed"
+    if any(f.severity == "critical" for f in failures):
+        status = "quarantined"
+    elif failures:
+        status = "warned"
+    verdict = Verdict(table=table, date=day.isoformat(), status=status, rows=len(frame), failures=failures,
+                      gx_run_id=f"{identifier.run_id.run_name}@{identifier.run_id.run_time}", run_key=run_key)
+    lake.write_text(verdict_key("raw", table, day), verdict.to_json(gx_result=suite_result.to_json_dict()))
+    log.log(logging.WARNING if failures else logging.DEBUG, verdict.reason())
+    return verdict
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """Hash of the rows and column names, independent of Parquet writer details."""
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def promote_partition(lake: Lake, table: str, day: date) -> Verdict:
+    """Act on the raw partition's verdict: promote to ``validated/`` or move to ``quarantine/``."""
+    source_verdict = verdict_key("raw", table, day)
+    if not lake.exists(source_verdict):
+        raise FileNotFoundError(f"{table} {day} has no verdict at {lake.url(source_verdict)}; run validate first")
+    verdict_text = lake.read_text(source_verdict)
+    verdict = Verdict.from_json(verdict_text)
+    raw = lake.read_bytes(raw_key(table, day))
+    if verdict.status == "quarantined":
+        # The validated partition (if any) stays exactly as it was: bad input never replaces good data.
+        lake.write_bytes(partition_key("quarantine", table, day, DATA_FILE), raw)
+        lake.write_text(verdict_key("quarantine", table, day), verdict_text)
+        return verdict
+    schema = table_schema(table)
+    frame = pd.read_parquet(io.BytesIO(raw))[list(schema.columns)].astype(schema.dtypes)
+    digest = content_hash(frame)
+    lake.write_parquet(partition_key("validated", table, day, DATA_FILE), frame)
+    lake.write_text(verdict_key("validated", table, day),
+                    verdict.to_json(content_hash=digest, dropped_columns=_extra_columns(verdict)))
+    # A good delivery supersedes an earlier bad one for the same day.
+    lake.delete_prefix(f"quarantine/{table}/date={day.isoformat()}/")
+    return verdict
+
+
+def _extra_columns(verdict: Verdict) -> list[str]:
+    for failure in verdict.failures:
+        if failure.expectation == "expect_table_columns_to_match_set" and isinstance(failure.observed, dict):
+            return sorted(failure.observed.get("unexpected", []))
+    return []
+
+
+def build_data_docs(settings: Settings, result_ids: list[Any] | None = None) -> Path:
+    """Render Data Docs pages for ``result_ids`` (all stored results when None) and rebuild the index."""
+    gx_context(settings).build_data_docs(resource_identifiers=result_ids or None)
+    return settings.data_docs_index

@@ -1,0 +1,65 @@
+"""The ingestion chain as range-level steps: each takes a list of partition dates and returns a small dict.
+
+These are what the ``flights_ingest`` DAG's tasks and the CLI call; each works partition by partition, so one
+bad day never blocks the others, and logs its progress so a long window is never silent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from datetime import date
+from typing import Any
+
+from pipelines.core.lake import settings_and_lake
+from pipelines.core.names import FEED_TABLES
+from pipelines.core.progress import log_progress
+from pipelines.core.settings import Settings
+from pipelines.validation.partition import Verdict, build_data_docs, promote_partition, validate_partition
+
+log = logging.getLogger(__name__)
+
+
+class QuarantineError(RuntimeError):
+    """Raised after promotion when any partition failed a critical expectation."""
+
+
+def validate_partitions(days: Iterable[date], settings: Settings | None = None,
+                        run_key: str | None = None) -> dict[str, Any]:
+    """Run the GX checkpoint of every raw partition, write verdicts, then rebuild Data Docs once."""
+    settings, lake = settings_and_lake(settings)
+    days = list(days)
+    started = time.perf_counter()
+    counts = {"passed": 0, "warned": 0, "quarantined": 0}
+    result_ids: list[object] = []
+    for i, day in enumerate(days, 1):
+        for table in FEED_TABLES:
+            counts[validate_partition(lake, settings, table, day, run_key=run_key, result_ids=result_ids).status] += 1
+        log_progress("validate_partitions", i, len(days), started)
+    # Only this run's pages are rendered: rebuilding every stored result would grow with each run.
+    docs = build_data_docs(settings, result_ids)
+    return counts | {"data_docs": str(docs), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def promote_partitions(days: Iterable[date], settings: Settings | None = None) -> dict[str, Any]:
+    """Promote passing and warned partitions to validated/, quarantine the rest; never raises for bad data."""
+    settings, lake = settings_and_lake(settings)
+    verdicts: list[Verdict] = []
+    for day in days:
+        for table in FEED_TABLES:
+            verdicts.append(promote_partition(lake, table, day))
+    promoted = [v for v in verdicts if v.status != "quarantined"]
+    return {
+        "validated": {f"{v.table}/{v.date}": v.rows for v in promoted},
+        "warned": {f"{v.table}/{v.date}": v.reason() for v in verdicts if v.status == "warned"},
+        "quarantined": {f"{v.table}/{v.date}": v.reason() for v in verdicts if v.status == "quarantined"},
+    }
+
+
+def check_quarantine(promotion: dict[str, Any]) -> None:
+    """Fail loudly, naming each quarantined partition's failed expectations and counts."""
+    quarantined: dict[str, str] = promotion.get("quarantined", {})
+    if quarantined:
+        details = "\n".join(quarantined.values())
+        raise QuarantineError(f"{len(quarantined)} partition(s) quarantined on critical expectations:\n{details}")
