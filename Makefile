@@ -53,7 +53,7 @@ test: $(STAMP) ## Run the whole test suite (unit, data, dags, integration, e2e)
 	@$(BIN)/python -m pytest
 
 bench: $(STAMP) ## Benchmark ingestion, validation, features (vs stock Feast), training, serving (vs bare BentoML); writes $PIPELINE_HOME/bench/results.json
-	@$(PIPELINES) bench
+	@$(BIN)/python -m benchmarks $(if $(ENV_FILE),--env-file $(ENV_FILE))
 
 lint: $(STAMP) ## ruff (with Airflow's AIR rules) and mypy on pipelines/
 	@$(BIN)/ruff check .

@@ -3,12 +3,12 @@
 Runs the steps directly (no Airflow) on a scratch home under ``$PIPELINE_HOME/bench/work`` so the user's lake is
 untouched. Later issues add their own sections to the same results file.
 
-Sections: ``ingestion`` (land, ingest, validate, promote the window), ``features`` (see ``bench_features``:
+Sections: ``ingestion`` (land, ingest, validate, promote the window), ``features`` (``benchmarks/features.py``:
 materialization of the year 2013 into Redis and SQLite, a 90-day training set, online reads; each beside stock
-Feast on the same data in the same run), ``training`` (see ``bench_training``: samples/s of the default model
-with sliced tensors and with a per-sample DataLoader, CPU and, when present, CUDA), ``serving`` (see
-``bench_serving``: the model service under wrk at concurrency 1, 8 and 32 beside a bare BentoML service with the
-same model, and where one request's time goes) and ``monitoring`` (see ``bench_monitoring``: one day's Evidently
+Feast on the same data in the same run), ``training`` (``benchmarks/training.py``: samples/s of the default model
+with sliced tensors and with a per-sample DataLoader, CPU and, when present, CUDA), ``serving`` (
+``benchmarks/serving.py``: the model service under wrk at concurrency 1, 8 and 32 beside a bare BentoML service with the
+same model, and where one request's time goes) and ``monitoring`` (``benchmarks/monitoring.py``: one day's Evidently
 report and a 30-day one).
 """
 

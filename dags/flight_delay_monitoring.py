@@ -22,22 +22,13 @@ logical date, or the **day** param of a manual trigger (any day, earlier ones to
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from _assets import RETRAIN_REQUESTS
 from _notifiers import notify_owners_on_failure, send_monitoring_email
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
-
-RETRAIN_REQUESTS = Asset(name="flight_delay_retrain_requests", uri="retrain://flight_delay_classifier")
-
-
-def _day() -> date:
-    """The monitored day: the **day** param, else the logical date's."""
-    context = get_current_context()
-    if context["params"].get("day"):
-        return date.fromisoformat(context["params"]["day"])
-    return (context.get("logical_date") or context["dag_run"].run_after).date()
 
 
 @dag(
@@ -66,21 +57,24 @@ def flight_delay_monitoring() -> None:
     def replay_traffic() -> dict:
         if not get_current_context()["params"]["replay_traffic"]:
             raise AirflowSkipException("replay_traffic is off: monitoring the traffic the service really got")
+        from pipelines.core.runs import monitored_day
         from pipelines.simulation.replay import replay_traffic
 
-        return replay_traffic(_day())
+        return replay_traffic(monitored_day(get_current_context()))
 
     @task(trigger_rule="none_failed")
     def label_predictions() -> dict:
+        from pipelines.core.runs import monitored_day
         from pipelines.monitoring.labels import label_predictions
 
-        return label_predictions(_day())
+        return label_predictions(monitored_day(get_current_context()))
 
     @task
     def build_drift_report() -> dict:
+        from pipelines.core.runs import monitored_day
         from pipelines.monitoring.report import build_drift_report
 
-        return build_drift_report(_day())
+        return build_drift_report(monitored_day(get_current_context()))
 
     @task
     def email_report(summary: dict) -> dict:

@@ -34,32 +34,12 @@ lake folders, so a retried task resumes what it started.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
+from _assets import RETRAIN_REQUESTS, TRAINED_MODEL
 from _notifiers import notify_owners_on_failure
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
-
-RETRAIN_REQUESTS = Asset(name="flight_delay_retrain_requests", uri="retrain://flight_delay_classifier")
-TRAINED_MODEL = Asset(name="flight_delay_trained_model", uri="mlflow://flight_delay/trained")
-
-
-def _run() -> tuple[list[date], str, dict[str, Any]]:
-    """The run's training window, its run key and its params."""
-    from pipelines.core.dates import training_window
-
-    context = get_current_context()
-    params = dict(context["params"])
-    when = context.get("logical_date") or context["dag_run"].run_after
-    # A retrain request names the window it wants when params leave it open.
-    for events in context["triggering_asset_events"].values():
-        for event in events:
-            for name in ("start_date", "end_date"):
-                params[name] = params.get(name) or (event.extra or {}).get(name)
-    days = training_window(when.date(), params.get("start_date"), params.get("end_date"), int(params["window_days"]))
-    run_key = f"{context['dag'].dag_id}/{when.isoformat()}/{context['run_id']}"
-    return days, run_key, params
 
 
 @dag(
@@ -101,55 +81,61 @@ def _run() -> tuple[list[date], str, dict[str, Any]]:
 def flight_delay_training() -> None:
     @task
     def build_training_set() -> dict:
+        from pipelines.core.runs import run_key, training_run_window
         from pipelines.training.datasets import build_training_set
 
-        days, run_key, params = _run()
-        return build_training_set(days, run_key, valid_days=int(params["valid_days"]),
-                                  test_days=int(params["test_days"]))
+        context = get_current_context()
+        return build_training_set(training_run_window(context), run_key(context),
+                                  valid_days=int(context["params"]["valid_days"]),
+                                  test_days=int(context["params"]["test_days"]))
 
     @task
     def start_tuning() -> list[int]:
+        from pipelines.core.runs import run_key
         from pipelines.training.steps import start_tuning
 
-        _, run_key, params = _run()
-        return start_tuning(run_key, workers=int(params["tuning_workers"]))["workers"]
+        context = get_current_context()
+        return start_tuning(run_key(context), workers=int(context["params"]["tuning_workers"]))["workers"]
 
     @task(queue="training")
     def tune_hyperparameters(worker: int) -> dict:
+        from pipelines.core.runs import run_key
         from pipelines.training.steps import tune_hyperparameters
 
-        _, run_key, params = _run()
-        return tune_hyperparameters(run_key, trials=int(params["trials"]), worker=worker,
+        context = get_current_context()
+        params = context["params"]
+        return tune_hyperparameters(run_key(context), trials=int(params["trials"]), worker=worker,
                                     time_budget_s=float(params["time_budget_minutes"]) * 60,
                                     max_epochs=int(params["max_epochs"]))
 
     @task(queue="training")
     def train_final_model() -> dict:
+        from pipelines.core.runs import run_key
         from pipelines.training.steps import train_final_model
 
-        _, run_key, params = _run()
-        return train_final_model(run_key, max_epochs=int(params["max_epochs"]))
+        context = get_current_context()
+        return train_final_model(run_key(context), max_epochs=int(context["params"]["max_epochs"]))
 
     @task
     def evaluate_model() -> dict:
+        from pipelines.core.runs import run_key
         from pipelines.training.steps import evaluate_model
 
-        _, run_key, _ = _run()
-        return evaluate_model(run_key)
+        return evaluate_model(run_key(get_current_context()))
 
     @task
     def register_model() -> dict:
+        from pipelines.core.runs import run_key
         from pipelines.registry.register import register_model
 
-        _, run_key, _ = _run()
-        return register_model(run_key)
+        return register_model(run_key(get_current_context()))
 
     @task(outlets=[TRAINED_MODEL])
     def promote_model() -> dict:
+        from pipelines.core.runs import run_key
         from pipelines.registry.gate import promote_model
 
-        _, run_key, _ = _run()
-        return promote_model(run_key)
+        return promote_model(run_key(get_current_context()))
 
     @task(retries=0)
     def deploy_service(decision: dict) -> dict:

@@ -15,30 +15,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from _assets import ONLINE_FEATURES, VALIDATED_FLIGHTS
 from _notifiers import notify_owners_on_failure
-from airflow.sdk import Asset, Param, dag, get_current_context, task
-
-VALIDATED_FLIGHTS = Asset(name="validated_flights", uri="file:///lake/validated/flights")
-ONLINE_FEATURES = Asset(name="online_features_flight_delay_v1", uri="feast://flight_delay/flight_delay_v1")
-
-
-def _run_days() -> list:
-    """Dates from the params, else from the triggering asset events, else the logical date's own day."""
-    from datetime import date
-
-    from pipelines.core.dates import partition_dates
-
-    context = get_current_context()
-    params = context["params"]
-    # An asset-triggered run has no logical date (not even the key): its day is when it was triggered.
-    logical = (context.get("logical_date") or context["dag_run"].run_after).date()
-    if params.get("start_date") or params.get("end_date"):
-        return partition_dates(logical, params.get("start_date"), params.get("end_date"))
-    announced = sorted({
-        day for events in context["triggering_asset_events"].values() for event in events
-        for day in (event.extra or {}).get("dates", [])
-    })
-    return [date.fromisoformat(day) for day in announced] or [logical]
+from airflow.sdk import Param, dag, get_current_context, task
 
 
 @dag(
@@ -61,15 +40,17 @@ def _run_days() -> list:
 def flight_features() -> None:
     @task
     def build_features() -> dict:
+        from pipelines.core.runs import partition_window
         from pipelines.features.tables import build_features
 
-        return build_features(_run_days())
+        return build_features(partition_window(get_current_context()))
 
     @task(outlets=[ONLINE_FEATURES])
     def materialize_features() -> dict:
+        from pipelines.core.runs import partition_window
         from pipelines.features.store import materialize_features
 
-        return materialize_features(_run_days())
+        return materialize_features(partition_window(get_current_context()))
 
     build_features() >> materialize_features()
 

@@ -20,26 +20,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from _assets import VALIDATED_PARTITIONS, VALIDATED_TABLES
 from _notifiers import notify_owners_on_failure
-from airflow.sdk import Asset, AssetAlias, CronDataIntervalTimetable, Param, dag, get_current_context, task
-
-VALIDATED_FLIGHTS = Asset(name="validated_flights", uri="file:///lake/validated/flights")
-VALIDATED_WEATHER = Asset(name="validated_weather", uri="file:///lake/validated/weather")
-# Events go out through an alias so an asset gets one only when partitions of it were promoted: a day whose
-# weather was quarantined must not trigger consumers of validated weather.
-VALIDATED_PARTITIONS = AssetAlias(name="validated_partitions")
-
-
-def _run_window() -> tuple[list, str]:
-    """Partition dates of this run (params, else the logical date) and its run key."""
-    from pipelines.core.dates import partition_dates
-
-    context = get_current_context()
-    params = context["params"]
-    logical = context.get("logical_date") or context["dag_run"].run_after
-    days = partition_dates(logical.date(), params.get("start_date"), params.get("end_date"))
-    run_key = f"{context['dag'].dag_id}/{logical.isoformat()}/{context['run_id']}"
-    return days, run_key
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 
 @dag(
@@ -65,36 +48,39 @@ def _run_window() -> tuple[list, str]:
 def flights_ingest() -> None:
     @task
     def land_feed() -> dict:
+        from pipelines.core.runs import partition_window
         from pipelines.simulation.feed import land_feed
 
-        days, _ = _run_window()
-        return land_feed(days)
+        return land_feed(partition_window(get_current_context()))
 
     @task
     def ingest_feed() -> dict:
+        from pipelines.core.runs import partition_window
         from pipelines.ingest.steps import ingest_feed
 
-        days, _ = _run_window()
-        return ingest_feed(days)
+        return ingest_feed(partition_window(get_current_context()))
 
     @task
     def validate_partitions() -> dict:
+        from pipelines.core.runs import partition_window, run_key
         from pipelines.validation.steps import validate_partitions
 
-        days, run_key = _run_window()
-        return validate_partitions(days, run_key=run_key)
+        context = get_current_context()
+        return validate_partitions(partition_window(context), run_key=run_key(context))
 
+    # Events go out through the alias so an asset gets one only when partitions of it were promoted: a day whose
+    # weather was quarantined must not trigger consumers of validated weather.
     @task(outlets=[VALIDATED_PARTITIONS])
     def promote_partitions() -> dict:
+        from pipelines.core.runs import partition_window, run_key
         from pipelines.validation.steps import promote_partitions
 
-        days, run_key = _run_window()
-        result = promote_partitions(days)
-        events = get_current_context()["outlet_events"]
-        for asset, table in ((VALIDATED_FLIGHTS, "flights"), (VALIDATED_WEATHER, "weather")):
-            dates = sorted(key.split("/")[1] for key in result["validated"] if key.startswith(f"{table}/"))
+        context = get_current_context()
+        result = promote_partitions(partition_window(context))
+        for table, dates in result["validated_dates"].items():
             if dates:
-                events[VALIDATED_PARTITIONS].add(asset, extra={"dates": dates, "run_key": run_key})
+                context["outlet_events"][VALIDATED_PARTITIONS].add(
+                    VALIDATED_TABLES[table], extra={"dates": dates, "run_key": run_key(context)})
         return result
 
     @task(retries=0)

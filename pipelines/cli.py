@@ -142,12 +142,6 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     return run_demo(args.start, args.end)
 
 
-def _bench(args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.run import run_benchmarks
-
-    return run_benchmarks(args.start, args.end)
-
-
 def _mail_server(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.core.settings import get_settings
     from pipelines.ops.mail_server import serve
@@ -225,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     land = command("land", _land, "Source: drop the day's flights and weather CSVs into landing/")
-    land.add_argument("--corrupt", help="land a known-broken flights file instead (see pipelines/simulation/corruption.py)")
+    land.add_argument("--corrupt",
+                      help="land a known-broken flights file instead (see pipelines/simulation/corruption.py)")
     land.add_argument("--table", default="flights", choices=("flights", "weather"), help="table to corrupt")
     command("ingest", _ingest, "Landing CSV -> typed Parquet in raw/ (atomic overwrite)")
     validate = command("validate", _validate, "Run the GX checkpoints on raw partitions and write verdicts")
@@ -266,13 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     mail = command("mail", _mail, "List the messages the mail server received: recipients, subject, attachments",
                    window=False)
     mail.add_argument("--last", type=int, default=0, help="only the last N messages")
-    for name, handler, text in (
-        ("run", _run, "Run the DAG chain (ingest, features, training) through Airflow over a window"),
-        ("bench", _bench, "Benchmark ingestion, validation, the feature store and training; write bench/results.json"),
-    ):
-        p = command(name, handler, text, window=False)
-        p.add_argument("--start", type=_iso, help="first date (default: the demo window)")
-        p.add_argument("--end", type=_iso, help="last date (default: the demo window)")
+    run = command("run", _run, "Run the DAG chain (ingest, features, training) through Airflow over a window",
+                  window=False)
+    run.add_argument("--start", type=_iso, help="first date (default: the demo window)")
+    run.add_argument("--end", type=_iso, help="last date (default: the demo window)")
     return parser
 
 
@@ -301,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.command == "up":
         return 0
-    if args.command not in ("summary", "run", "bench"):
+    if args.command not in ("summary", "run"):
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     return 0

@@ -1,11 +1,11 @@
-"""TODO docstring (steps, features, training)"""
+"""Dates of the data's clock: New York local time, partition windows and training windows.
+
+Every step takes its dates from its run (the logical date, or an explicit window), never from the wall clock, so
+2013 runs the same on any day."""
 
 from __future__ import annotations
 
-import logging
 from datetime import date, timedelta
-
-log = logging.getLogger(__name__)
 
 
 def date_range(start: date, end: date) -> list[date]:
@@ -24,6 +24,7 @@ def partition_dates(logical_date: date, start: str | date | None = None, end: st
     return date_range(first, last)
 
 LOCAL_TZ = "America/New_York"
+"""The feed's clock: flights, weather and partitions are dated in New York local time."""
 
 DEFAULT_WINDOW_DAYS = 90
 
@@ -32,8 +33,6 @@ def training_window(logical_date: date, start: str | date | None = None, end: st
                     window_days: int = DEFAULT_WINDOW_DAYS) -> list[date]:
     """The explicit window when given; else the ``window_days`` days before the logical date (whose own flights
     have not happened yet when a run at its start trains)."""
-    from pipelines.core.dates import date_range, partition_dates
-
     if start or end:
         return partition_dates(logical_date, start, end)
     return date_range(logical_date - timedelta(days=window_days), logical_date - timedelta(days=1))

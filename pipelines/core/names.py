@@ -1,11 +1,6 @@
-"""TODO docstring (source, model, registry)"""
+"""Names every stage shares, kept once: the feed's tables, the label, the registered model and its aliases."""
 
 from __future__ import annotations
-
-import logging
-
-log = logging.getLogger(__name__)
-
 
 FEED_TABLES = ("flights", "weather")
 REFERENCE_TABLES = ("airlines", "airports", "planes")

@@ -1,4 +1,4 @@
-"""TODO docstring (steps)"""
+"""Progress of range-level steps in the log, so a long window is never silent."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""TODO docstring (deployment)"""
+"""The model service's Bento: built once per model version and packed code, tagged ``flight_delay:v{version}-{hash}``.
+
+What it packs is the bentofile's ``include`` list (``services/bentofile.yaml``): the service and the modules it
+imports, nothing else, so its hash moves only when serving code does."""
 
 from __future__ import annotations
 
@@ -14,20 +17,22 @@ from pipelines.deploy.service import DeployError, service_env
 log = logging.getLogger(__name__)
 BENTOFILE = PROJECT_ROOT / "services" / "bentofile.yaml"
 BENTO_NAME = "flight_delay"
-# What the bentofile packs: its code hash is part of the Bento's tag.
-BENTO_SOURCES = ("services/*.py", "services/README.md", "services/requirements.txt", "services/bentofile.yaml",
-                 "pipelines/*.py", "feature_repo/*.py", "feature_repo/*.yaml", "feature_repo/profiles/*.yaml")
 
 
-# ---- Bento -------------------------------------------------------------------------------------------------
+def bento_sources(root: Path = PROJECT_ROOT) -> list[Path]:
+    """The files the Bento packs: the bentofile's ``include`` patterns expanded under ``root``."""
+    import yaml
+
+    patterns = yaml.safe_load((root / BENTOFILE.relative_to(PROJECT_ROOT)).read_text())["include"]
+    return sorted({path for pattern in patterns for path in root.glob(pattern) if path.is_file()})
 
 
-def code_hash() -> str:
-    """sha256 over the files the Bento packs (names and contents), first 10 hex digits."""
+def code_hash(root: Path = PROJECT_ROOT) -> str:
+    """sha256 over the files the Bento packs (names and contents), first 10 hex digits: part of the Bento's tag,
+    so a change to what the service runs makes a new Bento and nothing else does."""
     digest = hashlib.sha256()
-    for pattern in BENTO_SOURCES:
-        for path in sorted(PROJECT_ROOT.glob(pattern)):
-            digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in bento_sources(root):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:10]
 
 

@@ -1,4 +1,4 @@
-"""TODO docstring (steps)"""
+"""Ingestion as a range-level step: every table of every day, landing CSV -> typed Parquet in raw/."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ import numpy as np
 from pipelines.core.lake import open_lake
 from pipelines.core.names import CHAMPION, MODEL_NAME, PREVIOUS_CHAMPION
 from pipelines.core.settings import Settings, get_settings
-from pipelines.registry.register import _alias, find_version, model_input
+from pipelines.registry.pyfunc import model_input
+from pipelines.registry.register import find_version, version_by_alias
 from pipelines.training.tracking import use_tracking
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def promote_model(run_key: str, settings: Settings | None = None,
         raise FileNotFoundError(f"run {run_key} registered no model: run register_model first")
     test = read_splits(run_key, settings)["test"]
     y = test[LABEL].to_numpy()
-    champion = _alias(CHAMPION)
+    champion = version_by_alias(CHAMPION)
     if champion is not None and champion.version == challenger.version:
         champion = None
     champion_p = None

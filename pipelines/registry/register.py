@@ -20,46 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from mlflow.pyfunc import PythonModel
 
 from pipelines.core.lake import open_lake
 from pipelines.core.names import CHALLENGER, CHAMPION, MODEL_NAME, PREVIOUS_CHAMPION
 from pipelines.core.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.registry.pyfunc import FlightDelayModel, model_input
 from pipelines.training.tracking import RUN_KEY_TAG, find_run, use_tracking
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
-
-
-def model_input(frame: pd.DataFrame) -> pd.DataFrame:
-    """The columns the model reads, with stable types (text categoricals, float numerics): what a caller sends."""
-    from pipelines.training.columns import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS, categorical_values
-
-    categorical = [c for c in ("carrier", "origin", "route", *CATEGORICAL_COLUMNS) if c != "dest"]
-    out = pd.DataFrame(index=frame.index)
-    for column in dict.fromkeys(categorical):
-        out[column] = categorical_values(frame, column)
-    for column in NUMERIC_COLUMNS:
-        out[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64") if column in frame.columns \
-            else np.nan
-    return out.reset_index(drop=True)
-
-
-class FlightDelayModel(PythonModel):  # type: ignore[misc]
-    """The pyfunc wrapper: loads ``model.pt`` (weights, vocabularies, scaling, calibration) and returns
-    disruption probabilities for rows shaped like ``model_input``."""
-
-    def load_context(self, context: Any) -> None:
-        from pathlib import Path
-
-        from pipelines.training.model import TrainedModel
-
-        self.model = TrainedModel.from_bytes(Path(context.artifacts["model"]).read_bytes())
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
-        return self.model.predict_proba(model_input)
 
 
 def code_version() -> str:
@@ -148,7 +119,7 @@ def register_model(run_key: str, settings: Settings | None = None) -> dict[str, 
     return {"name": MODEL_NAME, "version": version.version, "registered": True, "model_uri": info.model_uri}
 
 
-def _alias(alias: str) -> ModelVersion | None:
+def version_by_alias(alias: str) -> ModelVersion | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -161,7 +132,7 @@ def _alias(alias: str) -> ModelVersion | None:
 def alias_version(alias: str, settings: Settings | None = None) -> str | None:
     """The version number behind ``alias`` in the settings' registry, None when the alias is not set."""
     use_tracking(settings or get_settings())
-    version = _alias(alias)
+    version = version_by_alias(alias)
     return None if version is None else str(version.version)
 
 
@@ -172,7 +143,7 @@ def rollback_champion(settings: Settings | None = None) -> dict[str, Any]:
 
     settings = settings or get_settings()
     use_tracking(settings)
-    current, previous = _alias(CHAMPION), _alias(PREVIOUS_CHAMPION)
+    current, previous = version_by_alias(CHAMPION), version_by_alias(PREVIOUS_CHAMPION)
     if previous is None or current is None:
         raise RuntimeError(f"{MODEL_NAME} has no previous champion to roll back to")
     client = MlflowClient()

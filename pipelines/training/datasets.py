@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 
 from pipelines.core.lake import partition_key, settings_and_lake
+from pipelines.core.runs import run_slug
 from pipelines.core.settings import Settings
-from pipelines.training.tracking import run_slug
 from pipelines.validation.partition import VERDICT_FILE
 
 log = logging.getLogger(__name__)

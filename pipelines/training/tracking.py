@@ -7,7 +7,6 @@ Runs are found by their tags, so a retried task resumes its runs instead of maki
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.settings import Settings
@@ -20,11 +19,6 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "flight_delay"
 RUN_KEY_TAG = "pipeline.run_key"
 KIND_TAG = "pipeline.kind"
-
-
-def run_slug(run_key: str) -> str:
-    """The run key as a path segment and name: only letters, digits and ``._-``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_key).strip("_")
 
 
 def use_tracking(settings: Settings) -> str:

@@ -1,7 +1,7 @@
-"""The ingestion chain as range-level steps: each takes a list of partition dates and returns a small dict.
+"""Validation as range-level steps: each takes a list of partition dates and returns a small dict.
 
-These are what the ``flights_ingest`` DAG's tasks and the CLI call; each works partition by partition, so one
-bad day never blocks the others, and logs its progress so a long window is never silent.
+What the ``flights_ingest`` DAG's validation tasks and the CLI call; each works partition by partition, so one bad
+day never blocks the others, and logs its progress so a long window is never silent.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ def promote_partitions(days: Iterable[date], settings: Settings | None = None) -
         "validated": {f"{v.table}/{v.date}": v.rows for v in promoted},
         "warned": {f"{v.table}/{v.date}": v.reason() for v in verdicts if v.status == "warned"},
         "quarantined": {f"{v.table}/{v.date}": v.reason() for v in verdicts if v.status == "quarantined"},
+        # per table, the days that reached validated/: what the DAG announces to consumers of each table
+        "validated_dates": {table: sorted(str(v.date) for v in promoted if v.table == table) for table in FEED_TABLES},
     }
 
 

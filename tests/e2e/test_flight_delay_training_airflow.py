@@ -24,15 +24,17 @@ import pytest
 import requests
 
 from pipelines.core.names import MODEL_NAME
+from pipelines.core.runs import run_slug
 from pipelines.core.settings import PROJECT_ROOT, Settings
 from pipelines.deploy.blue_green import rollback_deployment, stop_all
 from pipelines.ops.airflow_config import airflow_env
 from pipelines.ops.demo import TRAINING_START
-from pipelines.registry.register import model_input, register_model
+from pipelines.registry.pyfunc import model_input
+from pipelines.registry.register import register_model
 from pipelines.serving.contract import requests_from_flights
 from pipelines.training.datasets import read_splits
 from pipelines.training.steps import load_model, read_evaluation
-from pipelines.training.tracking import KIND_TAG, RUN_KEY_TAG, run_slug, use_tracking
+from pipelines.training.tracking import KIND_TAG, RUN_KEY_TAG, use_tracking
 from pipelines.training.tuning import study_name
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipelines.registry.gate import GatePolicy, decide
-from pipelines.registry.register import model_input
+from pipelines.registry.pyfunc import model_input
 from pipelines.training.columns import NUMERIC_COLUMNS
 from pipelines.training.preprocessing import Preprocessor
 

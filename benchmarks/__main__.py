@@ -1,0 +1,42 @@
+"""``python -m benchmarks`` (``make bench``): every section of the benchmark, results in
+``$PIPELINE_HOME/bench/results.json``. Kept out of the ``pipelines`` package: the product never imports it, and the
+model service's Bento never packs it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+
+from pipelines.cli import configure_logging
+from pipelines.ops.stack import apply_profile
+
+log = logging.getLogger("benchmarks")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--start", type=date.fromisoformat, help="first date (default: the demo window)")
+    parser.add_argument("--end", type=date.fromisoformat, help="last date (default: the demo window)")
+    parser.add_argument("--env-file", type=Path, help="a profile's environment file, as for python -m pipelines")
+    parser.add_argument("-v", "--verbose", action="store_true", help="library logs and tracebacks too")
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    apply_profile(args.env_file)  # before any settings are read
+    from benchmarks.run import run_benchmarks
+
+    try:
+        run_benchmarks(args.start, args.end)
+    except Exception as error:
+        if args.verbose:
+            log.exception("bench failed")
+        else:
+            log.error("bench failed: %s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
