@@ -1,8 +1,10 @@
 """The lake: one interface over a local folder and S3.
 
 Keys are relative, ``/``-separated paths laid out as ``{zone}/{table}/date=YYYY-MM-DD/{file}``. Every write is
-atomic: the bytes go to a temporary key first and are then moved into place, so a reader never sees half a file
-and a rerun replaces its own partition instead of appending to it.
+atomic, so a reader never sees half a file and a rerun replaces its own partition instead of appending to it: on the
+local lake the bytes go to a temporary file in the same folder first and are then renamed into place; on S3 a
+single PUT is atomic by itself (the object appears whole or not at all), so ``S3Lake`` writes with one
+``put_object`` and no temporary key.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import logging
 import os
 import re
 import tempfile
-import uuid
 from abc import ABC, abstractmethod
 from datetime import date
 from pathlib import Path
@@ -165,13 +166,8 @@ class S3Lake(Lake):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        final = self._key(key)
-        tmp = f"{final}.{uuid.uuid4().hex}.tmp"
-        self.client.put_object(Bucket=self.bucket, Key=tmp, Body=data)
-        try:
-            self.client.copy_object(Bucket=self.bucket, Key=final, CopySource={"Bucket": self.bucket, "Key": tmp})
-        finally:
-            self.client.delete_object(Bucket=self.bucket, Key=tmp)
+        # One PUT: S3 makes the object visible whole or not at all, and a failed PUT leaves the old one in place.
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def read_bytes(self, key: str) -> bytes:
         try:
@@ -198,6 +194,7 @@ class S3Lake(Lake):
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            # ``.tmp`` keys are hidden as on the local lake (strays of writers that used temporary keys).
             keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []) if not obj["Key"].endswith(".tmp"))
         return sorted(keys)
 

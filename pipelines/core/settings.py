@@ -6,6 +6,7 @@ another home, lake or endpoint by changing the environment.
 
 from __future__ import annotations
 
+import io
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -141,20 +142,22 @@ def get_settings() -> Settings:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """A profile's environment file (``KEY=VALUE`` lines, ``#`` comments, optional quotes), as a dict. A relative
-    ``PIPELINE_HOME`` is taken from the repository root, so every command finds the same home."""
-    values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, value = line.removeprefix("export ").partition("=")
-        if not sep or not name.strip().isidentifier():
-            raise ValueError(f"{path}:{number}: expected NAME=value, got {line!r}")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        values[name.strip()] = value
+    """A profile's environment file, as a dict, read with python-dotenv (``KEY=VALUE`` lines, ``export``, ``#``
+    comments, single or double quotes, multi-line quoted values). Values are taken literally: ``${NAME}`` is not
+    expanded, so a secret with a ``$`` in it stays as written and nothing depends on the caller's environment. A line
+    dotenv cannot parse, or a name without ``=value``, is an error naming the file and line (dotenv itself only logs
+    a warning and skips it, which would start a profile without that setting). A relative ``PIPELINE_HOME`` is taken
+    from the repository root, so every command finds the same home."""
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
+    text = path.read_text()
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error or (binding.key is not None and binding.value is None):
+            line = binding.original.string.strip()
+            raise ValueError(f"{path}:{binding.original.line}: expected NAME=value, got {line!r}")
+    values = {name: value for name, value in dotenv_values(stream=io.StringIO(text), interpolate=False).items()
+              if value is not None}
     if "PIPELINE_HOME" in values and not Path(values["PIPELINE_HOME"]).is_absolute():
         values["PIPELINE_HOME"] = str(PROJECT_ROOT / values["PIPELINE_HOME"])
     return values

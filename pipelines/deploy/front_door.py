@@ -1,4 +1,6 @@
-"""TODO docstring (deployment)"""
+"""The front door: HAProxy on the service port in front of the blue and green slots, its configuration, and
+traffic switched between slots through its runtime API with the old slot's sessions drained.
+"""
 
 from __future__ import annotations
 

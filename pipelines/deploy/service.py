@@ -1,4 +1,6 @@
-"""TODO docstring (service_process)"""
+"""The model service as a process of the home: its environment, started from source (``bentoml serve``) or from a
+built Bento, stopped by pid; and ``DeployError``, what every deployment step raises with the reason.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring (deployment)"""
+"""The smoke test a new slot must pass before it gets traffic: health, the served version, golden requests answered
+as the registry's model answers them, a 4xx for a bad request, and a latency burst.
+"""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def _extension_file() -> Path:
     files = sorted(folder.glob("httpfs.duckdb_extension"))
     if not files:
         raise RuntimeError(f"duckdb-extension-httpfs has no build for DuckDB {duckdb.__version__} in {folder}: "
-                           "install the duckdb-extension-httpfs release that matches duckdb (constraints.txt)")
+                           "install the duckdb-extension-httpfs release that matches duckdb (requirements.lock)")
     return files[0]
 
 

@@ -1,4 +1,6 @@
-"""TODO docstring (monitoring)"""
+"""When a monitoring day asks for retraining: the policy's thresholds (calibrated on the real 2013 data) and the
+decision, with its reasons in words and the cooldown between requests.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MonitoringPolicy:
     """When a monitoring report asks for retraining. The defaults come from the real 2013 data, with a champion
-    trained on January to March (``pipelines/monitoring/report.py``'s docstring has the figures): no day of March or early
-    April crosses any of them, every day of July crosses the drift share."""
+    trained on January to March (``pipelines/monitoring/report.py``'s docstring has the figures): no day of March
+    or early April crosses any of them, every day of July crosses the drift share."""
 
     drift_share: float = 0.12
     """Share of the drift-tested features whose calibrated test fails, at or above which the data drifted: 4 of the

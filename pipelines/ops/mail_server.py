@@ -3,9 +3,12 @@ receives as one ``.eml`` file in ``$PIPELINE_HOME/mail/``.
 
 Airflow's ``smtp_default`` connection points at it (``smtp_connection``, set by
 ``pipelines.ops.airflow_config.airflow_env``), so the owners' emails go through the same SMTP provider code as in
-production, where the connection names the company relay instead. Each file is the message as received, after two
-envelope headers (``X-MailFrom``, ``X-RcptTo``: Bcc recipients are in no other header); it is written under a
-temporary name and then renamed, and file names sort by arrival.
+production, where the connection names the company relay instead. The handler is aiosmtpd's own ``Message``
+handler, which parses each message and adds the envelope as headers (``X-Peer``, ``X-MailFrom``, ``X-RcptTo``: Bcc
+recipients are in no other header); ``FolderHandler`` only writes it out, headers unfolded and CRLF line ends as on
+the wire, under a temporary name that is then renamed, with file names that sort by arrival. (aiosmtpd's
+``Mailbox`` handler would write a Maildir instead: files without ``.eml`` under ``new/``, named so that they do not
+sort by arrival.)
 
 ``start_mail_server`` runs it as the background process ``mail`` of the home (pipelines.core.processes);
 ``python -m pipelines mail-server`` runs it in the foreground.
@@ -14,6 +17,7 @@ temporary name and then renamed, and file names sort by arrival.
 from __future__ import annotations
 
 import argparse
+import email.message
 import email.policy
 import json
 import logging
@@ -26,10 +30,13 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
+
+from aiosmtpd.handlers import Message
 
 from pipelines.core.processes import running, start_process, stop_process
 from pipelines.core.settings import Settings, get_settings
@@ -41,10 +48,11 @@ PROCESS = "mail"
 DATA_SIZE_LIMIT = 64 * 1024 * 1024
 
 
-class FolderHandler:
+class FolderHandler(Message):
     """aiosmtpd handler: each message received becomes one ``.eml`` file in ``folder``."""
 
     def __init__(self, folder: Path) -> None:
+        super().__init__()
         self.folder = folder
         self._last_ns = 0
         self._lock = threading.Lock()
@@ -56,27 +64,18 @@ class FolderHandler:
         moment = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
         return f"{moment:%Y%m%dT%H%M%S}.{ns % 1_000_000_000:09d}Z-{os.getpid()}.eml"
 
-    def store(self, mail_from: str, recipients: list[str], content: bytes) -> Path:
+    def handle_message(self, message: email.message.Message) -> None:
+        """Called by ``Message.handle_DATA`` with the parsed message, envelope headers added."""
         self.folder.mkdir(parents=True, exist_ok=True)
         name = self._name()
-        envelope = f"X-MailFrom: {mail_from}\r\nX-RcptTo: {', '.join(recipients)}\r\n".encode()
         temporary = self.folder / f".{name}.tmp"
         with temporary.open("wb") as sink:
-            sink.write(envelope + content)
+            # maxheaderlen=0: headers as received, not refolded; mangle_from_=False: no ">From " in bodies.
+            BytesGenerator(sink, mangle_from_=False, maxheaderlen=0).flatten(message, linesep="\r\n")
             sink.flush()
             os.fsync(sink.fileno())
-        final = self.folder / name
-        os.replace(temporary, final)
-        return final
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
-        content = envelope.original_content or envelope.content
-        if isinstance(content, str):
-            content = content.encode("utf-8")
-        path = self.store(envelope.mail_from, list(envelope.rcpt_tos), content)
-        log.info("received %d bytes from %s for %s -> %s", len(content), envelope.mail_from,
-                 ", ".join(envelope.rcpt_tos), path.name)
-        return "250 Message accepted for delivery"
+        os.replace(temporary, self.folder / name)
+        log.info("received a message from %s for %s -> %s", message["X-MailFrom"], message["X-RcptTo"], name)
 
 
 def serve(host: str, port: int, folder: Path, stop: threading.Event | None = None) -> None:

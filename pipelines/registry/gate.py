@@ -1,4 +1,7 @@
-"""TODO docstring (registry)"""
+"""The promotion gate: the challenger and the ``champion`` scored on the run's test window; promotion only above
+an absolute ROC AUC floor, within a tolerance of the champion (paired bootstrap interval) and without a Brier
+regression. The decision and its reasons are written as ``models/{run}/promotion.json`` and as tags.
+"""
 
 from __future__ import annotations
 

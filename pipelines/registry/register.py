@@ -1,12 +1,11 @@
-"""The model registry: the trained model logged to MLflow with its lineage, registered as ``flight_delay_classifier``,
-and the promotion gate that moves the ``champion`` alias.
+"""The model registry: the trained model logged to MLflow with its lineage and registered as
+``flight_delay_classifier``; the aliases (``challenger`` on registration; ``champion`` and ``previous_champion``
+moved by the gate in ``pipelines.registry.gate``, or back by ``rollback_champion``).
 
-``register_model`` logs the run key's model as an MLflow pyfunc (signature, input example, the preprocessing inside
-``model.pt``) on its final training run and registers it, tagged with its lineage; a rerun of the same run key finds
-the version it registered and registers nothing new. ``promote_model`` scores the new version (``challenger``) and
-the current ``champion`` on the run's test window and promotes only when the challenger clears an absolute floor,
-is not worse than the champion beyond a tolerance on ROC AUC (judged on a paired bootstrap interval) and does not
-regress calibration (Brier) beyond its tolerance. The decision and its reasons are written as JSON and as tags.
+``register_model`` logs the run key's model as an MLflow pyfunc (``pipelines.registry.pyfunc``: signature, input
+example, the preprocessing inside ``model.pt``) on its final training run and registers it, tagged with its
+lineage; a rerun of the same run key finds the version it registered and registers nothing new. The monitoring
+reference of the model is saved beside it (``pipelines.training.reference``).
 """
 
 from __future__ import annotations

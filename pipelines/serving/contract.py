@@ -1,4 +1,6 @@
-"""TODO docstring (serving)"""
+"""The request contract of the model service: a scheduled departure as a caller sends it, validated, with errors
+that name the field (``RequestError``: 4xx) apart from an unreachable store (``FeaturesUnavailable``: 503).
+"""
 
 from __future__ import annotations
 

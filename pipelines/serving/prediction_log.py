@@ -1,4 +1,6 @@
-"""TODO docstring (serving)"""
+"""The prediction log: every answer buffered and written to ``{lake}/predictions/flight_delay/date=YYYY-MM-DD/``
+(the flight's New York date) in batches, off the request path, and read back by day.
+"""
 
 from __future__ import annotations
 

@@ -1,14 +1,11 @@
-"""Online predictions: the request contract, the champion model with online features, and the prediction log.
+"""Online predictions: the champion model with online features, what one service worker holds.
 
 ``services/flight_delay_service.py`` (BentoML) is a thin shell around ``Predictor``; everything that decides an
-answer lives here, so it is tested without a server. A request names a scheduled flight; the predictor builds its
-entity keys, reads the feature service ``flight_delay_v1`` from the online store in one round trip, adds the
-request-time features (Feast's on-demand view), and scores the flights with the registered ``champion``.
-
-Errors a caller can fix are ``RequestError`` (the service answers 4xx naming the field); an unreachable online
-store is ``FeaturesUnavailable`` (503). Unknown carriers and planes are not errors: the model's unknown index serves
-them. Every prediction is buffered and written to ``{lake}/predictions/flight_delay/date=YYYY-MM-DD/`` (the
-flight's New York date) in batches.
+answer lives in this package, so it is tested without a server. A request (``pipelines.serving.contract``) names a
+scheduled flight; the predictor builds its entity keys, reads the feature service ``flight_delay_v1`` from the
+online store in one round trip, adds the request-time features (Feast's on-demand view), scores the flights with
+the registered ``champion`` and hands every answer to the prediction log (``pipelines.serving.prediction_log``).
+Unknown carriers and planes are not errors: the model's unknown index serves them.
 """
 
 from __future__ import annotations

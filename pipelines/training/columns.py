@@ -1,4 +1,6 @@
-"""TODO docstring (model)"""
+"""The model's input columns and how each is read from a frame: categoricals as text (``dest`` from ``route``),
+numerics as float64 with NaN for missing values. Shared by preprocessing, the registry's input and monitoring.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""TODO docstring (training)"""
+"""Training sets in the lake: the point-in-time features of a window's validated flights from Feast, split by time
+into train / valid / test under ``training/{run}/`` with a manifest (rows, dates, validation runs, content hash),
+and the keys of a run's model files under ``models/{run}/``.
+"""
 
 from __future__ import annotations
 

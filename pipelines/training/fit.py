@@ -1,8 +1,8 @@
-"""Tabular PyTorch model for flight disruption on the ``flight_delay_v1`` training set.
+"""Fitting the network on the ``flight_delay_v1`` training set: the time-based split, the training loop with early
+stopping on the calibrated validation log loss, and Platt calibration.
 
-Only the core lives here: preprocessing, the network, a training loop with early stopping and a time-based split.
 Tuning (Optuna), tracking (MLflow) and orchestration (Airflow) build on top of ``train_model`` and its ``on_epoch``
-callback.
+callback; what it returns (``pipelines.training.model.TrainedModel``) is what the registry logs and serving loads.
 """
 
 from __future__ import annotations

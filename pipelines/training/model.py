@@ -1,4 +1,7 @@
-"""TODO docstring (model)"""
+"""The trained model as it is kept and served: the fitted preprocessor, the best epoch's weights and the Platt
+calibration, saved to one file that ``torch.load(weights_only=True)`` reads, and predictions from frames or from
+the plain columns an online read returns.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring (model)"""
+"""The tabular network: one shared embedding table for the categoricals, an MLP and a linear path (wide and deep),
+with CPU fast paths for the embedding backward and dropout; CUDA when present.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring (model)"""
+"""Preprocessing inside the model: vocabularies, scaling, clipping and missing-value indicators learned on the
+training split, applied the same way to frames (training, evaluation) and to plain columns (the online path).
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The training chain as steps, each keyed by the run key so a retried task picks up what it made before.
 
-``build_training_set`` -> ``start_tuning`` -> ``tune_hyperparameters`` (one or more workers on one study) ->
-``train_final_model`` -> ``evaluate_model``. These are what the ``flight_delay_training`` DAG's tasks and the CLI
-call. Data moves through the lake (``training/{run}/`` for the splits, ``models/{run}/`` for the model and its
-evaluation); the steps return small dicts.
+``pipelines.training.datasets.build_training_set`` -> ``start_tuning`` -> ``tune_hyperparameters`` (one or more
+workers on one study) -> ``train_final_model`` -> ``evaluate_model``. These are what the ``flight_delay_training``
+DAG's tasks and the CLI call. Data moves through the lake (``training/{run}/`` for the splits, ``models/{run}/``
+for the model and its evaluation); the steps return small dicts.
 """
 
 from __future__ import annotations

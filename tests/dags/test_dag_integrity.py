@@ -41,7 +41,7 @@ FLIGHTS_INGEST_CHAIN = ["land_feed", "ingest_feed", "validate_partitions", "prom
 
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The embedded Airflow environment (pipelines.ops.airflow_config.airflow_env) on a throwaway home, for this module."""
+    """The embedded Airflow environment (pipelines.ops.airflow_config.airflow_env) on a throwaway home."""
     settings = Settings(pipeline_home=tmp_path_factory.mktemp("dag_integrity") / "home")
     env = airflow_env(settings)
     with pytest.MonkeyPatch.context() as patch:

@@ -222,17 +222,37 @@ def test_overwrite_replaces_and_leaves_no_tmp_keys(s3_lake: S3Lake, s3_server: S
     assert not [k for k in s3_server.keys(bucket) if k.endswith(".tmp")]
 
 
-def test_failed_move_keeps_old_object_and_removes_tmp(
+def test_a_write_is_one_put_and_nothing_else(s3_lake: S3Lake, s3_server: S3Server, bucket: str) -> None:
+    """S3's PUT is atomic by itself: a write (first or overwrite) is exactly one PutObject to the final key, with
+    no temporary key, copy or delete, and the bucket holds only the final keys afterwards."""
+    calls: list[tuple[str, str]] = []
+
+    def record(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+        calls.append((model.name, params.get("Key", "")))
+
+    s3_lake.client.meta.events.register("before-parameter-build.s3", record)
+    key = "raw/flights/date=2013-01-02/data.parquet"
+    s3_lake.write_bytes(key, b"first")
+    s3_lake.write_bytes(key, b"second")
+    s3_lake.write_parquet("raw/weather/date=2013-01-02/data.parquet", pd.DataFrame({"a": [1]}))
+
+    assert calls == [("PutObject", f"lake/{key}"), ("PutObject", f"lake/{key}"),
+                     ("PutObject", "lake/raw/weather/date=2013-01-02/data.parquet")]
+    assert s3_server.keys(bucket) == [f"lake/{key}", "lake/raw/weather/date=2013-01-02/data.parquet"]
+    assert s3_server.get(bucket, f"lake/{key}") == b"second"
+
+
+def test_failed_write_keeps_old_object(
     s3_lake: S3Lake, s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """If the final copy fails, the old object is intact and the temporary object is deleted on the server."""
+    """If the PUT fails, the old object is intact and nothing else is left in the bucket."""
     key = "validated/flights/date=2013-01-02/data.parquet"
     s3_lake.write_bytes(key, b"good old data")
 
     def fail(**kwargs: Any) -> None:
         raise ConnectionError("network dropped")
 
-    monkeypatch.setattr(s3_lake.client, "copy_object", fail)
+    monkeypatch.setattr(s3_lake.client, "put_object", fail)
     with pytest.raises(ConnectionError):
         s3_lake.write_bytes(key, b"new data that never lands")
 

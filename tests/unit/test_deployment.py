@@ -25,10 +25,22 @@ def _pins(text: str) -> dict[str, str]:
     return pins
 
 
+def _names(text: str) -> set[str]:
+    lines = (line.split("#")[0].strip() for line in text.splitlines())
+    return {re.split(r"[\[=<>~; ]", line)[0].lower().replace("_", "-") for line in lines if line}
+
+
 def test_the_bentos_requirements_are_pinned_as_the_project_is() -> None:
+    """`make lock` writes both files: every pin of the Bento is the lock's (torch, which the lock leaves to
+    `make install`, is pyproject.toml's), and every package the service's code imports is pinned."""
     served = _pins((PROJECT_ROOT / "services" / "requirements.txt").read_text())
-    project = _pins((PROJECT_ROOT / "constraints.txt").read_text())
+    project = _pins((PROJECT_ROOT / "requirements.lock").read_text())
+    assert "torch" not in project
+    project |= _pins("\n".join(re.findall(r'"(torch==[^"]+)"', (PROJECT_ROOT / "pyproject.toml").read_text())))
+    assert "torch" in project
     assert served and {name: project.get(name) for name in served} == served
+    wanted = _names((PROJECT_ROOT / "services" / "requirements.in").read_text())
+    assert wanted and wanted <= set(served)
 
 
 def test_bento_tag_names_the_model_version_and_the_code() -> None:

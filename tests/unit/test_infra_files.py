@@ -1,11 +1,13 @@
 """The deployment files in infra/ agree with the code: infra/compose.yaml, infra/helm/airflow-values.yaml and
 infra/postgres-init.sql against infra/prod.env.example and the queues of dags/flight_delay_training.py.
 
-Neither file can be started here (no Docker engine, no cluster); these checks keep them from drifting."""
+Neither file can be started here (no Docker engine, no cluster); these checks keep them from drifting, and every
+image they name (infra/k8s/ too) at a version."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +152,36 @@ def test_postgres_init_creates_the_databases_of_the_urls() -> None:
     sql = (INFRA / "postgres-init.sql").read_text()
     created = set(re.findall(r"^\s*CREATE DATABASE\s+\"?(\w+)", sql, re.IGNORECASE | re.MULTILINE))
     assert wanted <= created
+
+
+def _images(node: Any) -> Iterator[str]:
+    """Every image a YAML document names: `image:` values, and Helm's `repository:` with its `tag:`."""
+    if isinstance(node, dict):
+        if isinstance(node.get("repository"), str):
+            yield node["repository"] + (f":{node['tag']}" if node.get("tag") else "")
+        for key, value in node.items():
+            if key == "image" and isinstance(value, str):
+                yield value
+            else:
+                yield from _images(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _images(item)
+
+
+def test_every_image_is_pinned_to_a_version() -> None:
+    files = [INFRA / "compose.yaml", *sorted((INFRA / "helm").glob("*.yaml")), *sorted((INFRA / "k8s").glob("*.yaml"))]
+    images = [(path.name, image) for path in files for doc in yaml.safe_load_all(path.read_text())
+              for image in _images(doc)]
+    assert len(images) >= 10
+    for name, image in images:
+        image = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", image)  # compose: the default of ${VARIABLE:-default}
+        if "@sha256:" in image:
+            continue
+        last = image.rsplit("/", 1)[-1]
+        tag = last.split(":", 1)[1] if ":" in last else ""
+        assert tag, f"{name}: {image} has no tag"
+        assert tag != "latest", f"{name}: {image} is `latest`"
+        # a bare major (postgres:16, redis:7-alpine) moves like `latest` does
+        bare_major = r"v?\d+(-(alpine|bookworm|bullseye|trixie|slim|jammy|noble)[\w.-]*)?"
+        assert not re.fullmatch(bare_major, tag), f"{name}: {image} names only a major version"

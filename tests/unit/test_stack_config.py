@@ -21,10 +21,24 @@ def test_env_file_reads_values_quotes_and_comments(tmp_path: Path) -> None:
                                    "PIPELINE_HOME": str(PROJECT_ROOT / "state" / "home")}
 
 
-def test_env_file_refuses_a_line_that_is_not_an_assignment(tmp_path: Path) -> None:
+def test_env_file_is_read_by_dotenv_literally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """python-dotenv's syntax (inline comments, spaces around ``=``, multi-line quoted values); ``${NAME}`` is kept
+    as written, never expanded from the file or the caller's environment."""
+    monkeypatch.setenv("SECRET_PART", "from-the-shell")
     path = tmp_path / "x.env"
-    path.write_text("A=1\nnot an assignment\n")
-    with pytest.raises(ValueError, match=r"x.env:2"):
+    path.write_text("A = 1  # the first\nB=\"line one\nline two\"\nC=pa$$word${SECRET_PART}\nD='${A}'\nE=\n"
+                    "PIPELINE_HOME=/abs/home\n")
+    assert read_env_file(path) == {"A": "1", "B": "line one\nline two", "C": "pa$$word${SECRET_PART}",
+                                   "D": "${A}", "E": "", "PIPELINE_HOME": "/abs/home"}
+
+
+@pytest.mark.parametrize(("text", "line"), [("A=1\nnot an assignment\n", 2), ("A=1\n\n# c\nB\n", 4),
+                                            ("A=1\nB='never closed\n", 2)])
+def test_env_file_refuses_a_line_that_is_not_an_assignment(tmp_path: Path, text: str, line: int) -> None:
+    """dotenv only logs and skips such a line; here it is an error naming the file and the line."""
+    path = tmp_path / "x.env"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"x.env:{line}: expected NAME=value"):
         read_env_file(path)
 
 

@@ -1,4 +1,5 @@
-"""Writes the landing corpus: one broken flights landing file per kind in ``pipelines.simulation.corruption.CORRUPTIONS``.
+"""Writes the landing corpus: one broken flights landing file per kind in
+``pipelines.simulation.corruption.CORRUPTIONS``.
 
 Each file is ``corrupt(kind, feed_csv("flights", 2013-01-02))``, written byte for byte (``wrong_encoding`` is
 UTF-16, ``empty_file`` is 0 bytes). Run from the repository root after changing ``pipelines/simulation/corruption.py``:
