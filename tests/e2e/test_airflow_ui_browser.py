@@ -25,6 +25,7 @@ before the error is raised. The tmp PIPELINE_HOME (Airflow's logs) is named in t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -82,13 +83,9 @@ def artefacts_dir() -> Path:
 
 
 def _recorded_pids(settings: Settings) -> dict[str, int]:
-    """``{name: pid}`` of every pid file of the home (``pipelines.core.processes`` writes ``pid port``)."""
-    pids = {}
-    for path in sorted((settings.pipeline_home / "run").glob("*.pid")):
-        fields = path.read_text().split()
-        if fields:
-            pids[path.stem] = int(fields[0])
-    return pids
+    """``{name: pid}`` of every pid file of the home (``pipelines.core.processes`` writes a JSON record)."""
+    return {path.stem: int(json.loads(path.read_text())["pid"])
+            for path in sorted((settings.pipeline_home / "run").glob("*.pid"))}
 
 
 def _alive(pid: int) -> bool:

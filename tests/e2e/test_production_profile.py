@@ -274,7 +274,7 @@ def _worker_of(stack: Stack, ti: dict[str, Any]) -> int:
 
     ancestors = {parent.pid for parent in psutil.Process(int(ti["pid"])).parents()}
     for path in (stack.settings.pipeline_home / "run").glob("airflow-worker-*.pid"):
-        if int(path.read_text().split()[0]) in ancestors:
+        if int(json.loads(path.read_text())["pid"]) in ancestors:
             return int(path.stem.rsplit("-", 1)[1])
     raise AssertionError(f"no worker holds pid {ti['pid']}")
 
