@@ -9,10 +9,10 @@
    for the whole year.
 2. **Backfill materialization of the whole year into Redis**: the production profile (SQL registry in a SQLite file
    under the scratch home; Redis from ``BENCH_REDIS``, default ``127.0.0.1:6379``). Stock ``store.materialize``
-   writes into db 14, ``materialize_features`` (the fast engine of ``pipelines.features.online_writer``) into db 15; both
-   databases are flushed first, both stores warmed up on a one-hour window (imports, registry) before timing.
-   Equality: every key and every hash field of both databases compared byte for byte, and a sample of flights read
-   back through stock ``get_online_features`` from both.
+   writes into db 14, ``materialize_features`` (the fast engine of ``pipelines.features.online_writer``) into
+   db 15; both databases are flushed first, both stores warmed up on a one-hour window (imports, registry) before
+   timing. Equality: every key and every hash field of both databases compared byte for byte, and a sample of
+   flights read back through stock ``get_online_features`` from both.
 3. The same on **SQLite** (the embedded profile, two online.db files), compared row for row.
 4. **Training set** (``training_set``, DuckDB point-in-time join) for the 90-day demo window.
 5. **Online reads** of ``flight_delay_v1`` (5 views + the python ODFV) from the Redis store: one flight per call
@@ -136,10 +136,9 @@ def sqlite_settings(work: Path, name: str) -> Settings:
 
 def _warm_up(settings: Settings, stock: bool) -> None:
     """Imports, registry and the first offline read, outside the timing: a one-hour window."""
-    from pipelines.features.online_writer import ENGINE
     from pipelines.features.store import apply_definitions, open_store
 
-    store = open_store(settings, batch_engine=None if stock else ENGINE)
+    store = open_store(settings, stock=stock)
     apply_definitions(store)
     store.materialize(start_date=datetime(2013, 6, 1, 12), end_date=datetime(2013, 6, 1, 13))
 

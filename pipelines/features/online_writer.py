@@ -6,18 +6,25 @@ read the stored timestamp and another to write, ~6 us of Python per command, plu
 31% in ``_convert_arrow_to_proto`` (a ``ValueProto`` object per cell and an ``EntityKey`` proto per row), 4% in
 reading the offline store. SQLite: one ``execute`` per (row, feature). Stock took 19-23 s for the year on 2 cores.
 
-:class:`FastLocalComputeEngine` is Feast's local compute engine with one node replaced: the output node. The
+:class:`FastLocalComputeEngine` is Feast's local compute engine with one node replaced: the output node. It is chosen
+in ``feature_repo/feature_store.yaml`` and ``feature_repo/profiles/*.yaml``
+(``batch_engine: {type: pipelines.features.online_writer.FastLocalComputeEngine}``; Feast resolves a fully-qualified
+engine class and its ``<class>Config`` by import), so ``feast materialize`` from the CLI and the DAG's
+``materialize_features`` take the same path; ``open_store(stock=True)`` switches to Feast's ``local`` engine. The
 execution plan that reads the offline store, filters and keeps the latest row per entity is Feast's own, and
 so is everything around it (``store.materialize`` still validates, records materialization intervals and
 lineage). Only the last step differs: instead of building protos, rows are encoded straight to the bytes the
 stock writers store (entity keys as ``serialize_entity_key`` makes them, ``Value`` and ``Timestamp`` protos
 serialized once per distinct value) and written in bulk:
 
-* Redis (standalone or sentinel master): the stock semantics exactly, one server-side script call per 1,000 keys
-  instead of one pipeline command per key: read each key's ``_ts:{view}``, skip rows that are not newer (compared
-  in Python as stock compares them), ``HSET`` the timestamp and every feature, ``EXPIRE`` when ``key_ttl_seconds``
-  is set, no read when ``skip_dedup`` is set (Redis with scripting disabled falls back to stock);
-* SQLite: the stock ``INSERT .. ON CONFLICT DO UPDATE`` rows in the stock order, through ``executemany``.
+* Redis (standalone or sentinel master): the stock semantics exactly, one server-side script call per
+  ``materialization.online_write_batch_size`` keys (1,000 when unset) instead of one pipeline command per key:
+  read each key's ``_ts:{view}``, skip rows that are not newer (compared in Python as stock compares them), ``HSET``
+  the timestamp and every feature, ``EXPIRE`` when ``key_ttl_seconds`` is set, no read when ``skip_dedup`` is set
+  (Redis with scripting disabled falls back to stock);
+* SQLite: the stock ``INSERT .. ON CONFLICT DO UPDATE`` rows in the stock order, through ``executemany``: one
+  transaction per ``materialization.online_write_batch_size`` entity rows (all rows when unset), as stock commits
+  one per batch.
 
 Anything else (Redis cluster, other stores, feature types or entity keys the encoders do not cover, vector
 or value_num columns) goes through the stock output node unchanged. ``tests/unit/test_online_fast_paths.py``
@@ -27,10 +34,11 @@ with stock by comparing the raw stored bytes and by reading both back through ``
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +50,7 @@ from feast.infra.compute_engines.local.feature_builder import LocalFeatureBuilde
 from feast.infra.compute_engines.local.job import LocalMaterializationJob
 from feast.infra.compute_engines.local.nodes import LocalOutputNode
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.repo_config import FeastConfigBaseModel
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -52,7 +61,10 @@ if TYPE_CHECKING:
     from feast.infra.registry.base_registry import BaseRegistry
     from feast.repo_config import RepoConfig
 
-ENGINE = f"{__name__}.FastLocalComputeEngine"
+log = logging.getLogger(__name__)
+
+ENGINE = f"{__name__}.FastLocalComputeEngine"  # the ``batch_engine: type:`` of the yaml files
+STOCK_ENGINE = "local"  # Feast's own local engine, for comparisons (``open_store(stock=True)``)
 _EPOCH = datetime(1970, 1, 1)
 
 # ValueType -> (ValueProto field, arrow type predicate) for the feature types encoded here.
@@ -231,7 +243,12 @@ for _, key in ipairs(KEYS) do
 end
 return #KEYS
 """
-SCRIPT_KEYS = 1_000
+SCRIPT_KEYS = 1_000  # keys per script call when ``online_write_batch_size`` is not set
+
+
+def write_batch_size(config: RepoConfig) -> int | None:
+    """``materialization.online_write_batch_size`` of the repo config (rows per online write batch), or None."""
+    return config.materialization_config.online_write_batch_size
 
 
 def redis_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
@@ -264,7 +281,8 @@ def redis_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
     project = config.project.encode("utf-8")
     versioning = config.registry.enable_online_feature_view_versioning
 
-    def write(table: pa.Table | pa.RecordBatch, feature_view: FeatureView, join_keys: dict[str, ValueType]) -> int:
+    def write(table: pa.Table | pa.RecordBatch, feature_view: FeatureView, join_keys: dict[str, ValueType],
+              batch_size: int | None = None) -> int:
         keys, names, values, event, _ = _prepared(table, feature_view, join_keys,
                                                   config.entity_key_serialization_version)
         view_name = compute_versioned_name(feature_view, versioning)
@@ -275,8 +293,9 @@ def redis_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
         parsed: dict[bytes, int] = {}
         batch_latest: dict[bytes, int] = {}
         written = 0
-        for start in range(0, len(keys), SCRIPT_KEYS):
-            stop = min(start + SCRIPT_KEYS, len(keys))
+        step = batch_size or SCRIPT_KEYS
+        for start in range(0, len(keys), step):
+            stop = min(start + step, len(keys))
             chunk = [k + project for k in keys[start:stop]]
             previous = [None] * len(chunk) if skip_dedup else read_ts(keys=chunk, args=[ts_field])
             out_keys: list[bytes] = []
@@ -320,7 +339,8 @@ def sqlite_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
     conn = online_store._get_conn(config)
     versioning = config.registry.enable_online_feature_view_versioning
 
-    def write(table: pa.Table | pa.RecordBatch, feature_view: FeatureView, join_keys: dict[str, ValueType]) -> int:
+    def write(table: pa.Table | pa.RecordBatch, feature_view: FeatureView, join_keys: dict[str, ValueType],
+              batch_size: int | None = None) -> int:
         keys, names, values, event, created = _prepared(table, feature_view, join_keys,
                                                         config.entity_key_serialization_version)
         texts = [_value_texts(table.column(f.name), f.dtype.to_value_type()) for f in feature_view.features]
@@ -331,15 +351,18 @@ def sqlite_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
                "created_ts = excluded.created_ts;")
         stamps = _Memo(_naive_utc)
 
-        def rows() -> Any:
-            for row, key in enumerate(keys):
+        def rows(start: int, stop: int) -> Any:
+            for row in range(start, stop):
+                key = keys[row]
                 ts = stamps[event[row]]
                 created_ts = stamps[created[row]] if created is not None else None
                 for name, column, text in zip(names, values, texts, strict=True):
                     yield key, name, column[row], text[row], ts, created_ts
 
-        with conn:
-            conn.executemany(sql, rows())
+        step = batch_size or max(len(keys), 1)
+        for start in range(0, len(keys), step):  # one transaction per batch of entity rows, as stock commits
+            with conn:
+                conn.executemany(sql, rows(start, min(start + step, len(keys))))
         return len(keys)
 
     return write
@@ -383,12 +406,17 @@ class FastOutputNode(LocalOutputNode):
         join_keys = {e.name: e.dtype.to_value_type() for e in self.feature_view.entity_columns}
         try:
             # Writers encode everything before their first write, so Unsupported never leaves a partial write.
-            written = _writer(context.online_store, context.repo_config)(table, self.feature_view, join_keys)
-        except Unsupported:
+            written = _writer(context.online_store, context.repo_config)(
+                table, self.feature_view, join_keys, write_batch_size(context.repo_config))
+        except Unsupported as reason:
+            log.info("%s: %d rows to the online store through the stock writer (%s)", self.feature_view.name,
+                     table.num_rows, reason)
             stats["fast"] = 0
             stats["rows_written"] += table.num_rows  # offered to the stock writer, which does not count its skips
             return super().execute(context)
         stats["rows_written"] += written
+        log.info("%s: %d of %d rows written to the online store by the bulk writer", self.feature_view.name, written,
+                 table.num_rows)
         if self.feature_view.offline:
             context.offline_store.offline_write_batch(config=context.repo_config, feature_view=self.feature_view,
                                                       table=table, progress=lambda x: None)
@@ -422,11 +450,22 @@ class _FastBuilder(LocalFeatureBuilder):
         return node
 
 
+class FastLocalComputeEngineConfig(FeastConfigBaseModel):
+    """The engine's config class: Feast's ``RepoConfig.batch_engine`` resolves ``<engine class>Config`` from the
+    engine's module (as ``LocalComputeEngineConfig`` for ``local``); the same options as the local engine."""
+
+    type: Literal["pipelines.features.online_writer.FastLocalComputeEngine"] = (
+        "pipelines.features.online_writer.FastLocalComputeEngine")
+    backend: str | None = None
+    """DataFrame backend of the plan (``pandas``, ``polars``); inferred when unset, as for ``local``."""
+
+
 class FastLocalComputeEngine(LocalComputeEngine):
     """Feast's local compute engine with :class:`FastOutputNode` as the output step.
 
-    Selected with ``batch_engine: pipelines.features.online_writer.FastLocalComputeEngine`` (``open_store(fast=True)``
-    sets it). ``stats`` holds rows read, deduplicated and written per feature view of the last runs.
+    Selected in the yaml with ``batch_engine: {type: pipelines.features.online_writer.FastLocalComputeEngine}``
+    (options as :class:`FastLocalComputeEngineConfig`). ``stats`` holds rows read, deduplicated and written per
+    feature view of the last runs.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -5,8 +5,10 @@ Feast reads ``${VAR}`` in ``feature_store.yaml`` from the process environment, a
 reads ``FEATURES_URI`` the same way, so ``open_store`` sets those variables from the settings before Feast loads.
 
 Two of Feast's paths are replaced where profiling showed them slow, both proven equal to stock by tests:
-materialization ends in a bulk online writer (``pipelines.features.online_writer``) and online reads go through a compiled
-reader of the feature service (``pipelines.features.online_reader``). ``stock=True`` on either function runs Feast's own.
+materialization ends in a bulk online writer (``pipelines.features.online_writer``; its engine is named as
+``batch_engine`` in the yaml files, so the ``feast`` CLI uses it too) and online reads go through a compiled reader of
+the feature service (``pipelines.features.online_reader``). ``stock=True`` on ``open_store``,
+``materialize_features`` and ``online_features`` runs Feast's own.
 """
 
 from __future__ import annotations
@@ -64,9 +66,9 @@ def _yaml(settings: Settings) -> Path:
     return FEATURE_REPO / "feature_store.yaml"
 
 
-def open_store(settings: Settings | None = None, *, batch_engine: str | None = None) -> FeatureStore:
-    """The feature store of the settings' profile; ``batch_engine`` replaces the yaml's materialization engine
-    (``pipelines.features.online_writer.ENGINE`` is the fast one ``materialize_features`` uses)."""
+def open_store(settings: Settings | None = None, *, stock: bool = False) -> FeatureStore:
+    """The feature store of the settings' profile, as its yaml configures it (materialization through the fast
+    engine the yaml names); ``stock=True`` materializes with Feast's own ``local`` engine instead, for comparisons."""
     settings = settings or get_settings()
     os.environ.update(feast_env(settings))
     (settings.pipeline_home / "feast").mkdir(parents=True, exist_ok=True)
@@ -78,8 +80,10 @@ def open_store(settings: Settings | None = None, *, batch_engine: str | None = N
         from pipelines.features.duckdb_s3 import configure_duckdb_s3
 
         configure_duckdb_s3(settings)
-    if batch_engine:
-        config.batch_engine_config = batch_engine
+    if stock:
+        from pipelines.features.online_writer import STOCK_ENGINE
+
+        config.batch_engine_config = STOCK_ENGINE
     return FeatureStore(repo_path=str(FEATURE_REPO), config=config)
 
 
@@ -114,11 +118,12 @@ def materialize_features(days: Iterable[date], settings: Settings | None = None,
                          stock: bool = False) -> dict[str, Any]:
     """Apply the definitions, then materialize the run's own window (never "up to now") to the online store.
 
-    ``store.materialize`` runs with the bulk online writer of ``pipelines.features.online_writer`` (same read, filter and
-    dedup as stock, same stored bytes, several times faster); ``stock=True`` runs Feast's own engine."""
-    from pipelines.features import online_writer
+    ``store.materialize`` runs the engine of the yaml, the bulk online writer of ``pipelines.features.online_writer``
+    (same read, filter and dedup as stock, same stored bytes, several times faster); ``stock=True`` runs Feast's own
+    engine. ``engine`` in the result says which one ran."""
+    from pipelines.features.online_writer import FastLocalComputeEngine
 
-    store = open_store(settings, batch_engine=None if stock else online_writer.ENGINE)
+    store = open_store(settings, stock=stock)
     apply_definitions(store)
     start, end = run_window(days)
     views = store.list_feature_views(allow_cache=False)
@@ -132,11 +137,13 @@ def materialize_features(days: Iterable[date], settings: Settings | None = None,
     store.materialize(start_date=min(start, PLANES_SNAPSHOT.to_pydatetime()), end_date=end,
                       feature_views=["plane_attributes"])
     seconds = time.perf_counter() - started
+    # Feast has no public accessor for the engine a store built; tests/unit/test_online_fast_paths.py pins this one.
     engine = store._get_provider().batch_engine  # type: ignore[attr-defined]
-    stats = dict(getattr(engine, "stats", {}))
-    log.info("materialize_features: %s .. %s in %.1fs", start, end, seconds)
+    fast = isinstance(engine, FastLocalComputeEngine)
+    stats = dict(engine.stats) if fast else {}
+    log.info("materialize_features: %s .. %s in %.1fs (%s engine)", start, end, seconds, "fast" if fast else "stock")
     return {"start": start.isoformat(), "end": end.isoformat(), "seconds": round(seconds, 2),
-            "engine": "stock" if stock else "fast", "views": stats}
+            "engine": "fast" if fast else "stock", "views": stats}
 
 
 def flight_entities(flights: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,8 @@ from pipelines.core.settings import Settings, get_settings
 SUBJECT_PREFIX = "[flight_delay]"
 # How many features the monitoring email lists; the report has all of them.
 TOP_FEATURES = 10
-# check_quarantine's message (pipelines.validation.steps, from Verdict.reason): a header per partition, one item per failure.
+# check_quarantine's message (pipelines.validation.steps, from Verdict.reason): a header per partition, one item per
+# failure.
 _QUARANTINED = re.compile(r"^(?P<table>\w+) (?P<date>\d{4}-\d{2}-\d{2}) quarantined\b")
 _ITEM = re.compile(r"^\s+- (?P<item>.+)$")
 

@@ -1,9 +1,9 @@
-"""Monitoring of the served model: data drift, prediction drift and classification quality (Evidently 0.7), and the
-retraining decision.
+"""The daily monitoring report of the served model: data drift, prediction drift and classification quality
+(Evidently 0.7), with the retraining decision (``pipelines.monitoring.retrain``) inside its summary.
 
-* ``training_reference`` samples the champion's train split (the model's input features, its score ``prediction``
-  and the label) and calibrates a drift threshold per feature on the train split's own days; the registry stores it
-  as ``models/{run}/reference.parquet`` (``reference_key``, ``load_reference``).
+* The reference is the champion's, saved at registration (``pipelines.training.reference``: a sample of its train
+  split with the model's inputs, its score ``prediction`` and the label, and a drift threshold per feature
+  calibrated on the split's own days).
 * ``served_frame`` turns prediction-log rows into the same columns (the ``features`` JSON expanded, one row per
   flight: the latest answer).
 * ``build_report`` runs Evidently on a day's served flights against the reference (data drift of the features,
@@ -73,7 +73,7 @@ from pipelines.training.reference import (
 
 if TYPE_CHECKING:
     from evidently import Report
-    from evidently.core.report import Snapshot
+    from evidently import Run as Snapshot
 
 log = logging.getLogger(__name__)
 REPORT_TABLE = "reports/monitoring"
@@ -120,7 +120,9 @@ def _drift_report(columns: list[str], thresholds: dict[str, float], policy: Moni
     ], include_tests=True)
 
 
-def _dataset(frame: pd.DataFrame, columns: list[str], labelled: bool = False) -> Any:
+def evidently_dataset(frame: pd.DataFrame, columns: list[str], labelled: bool = False) -> Any:
+    """``frame``'s ``columns`` (and the label when ``labelled``) as an Evidently ``Dataset``: categoricals as
+    categorical, the rest numerical, a binary classification of the label by ``prediction`` when ``labelled``."""
     from evidently import BinaryClassification, DataDefinition, Dataset
 
     categorical = [c for c in columns if c in CATEGORICAL_COLUMNS]
@@ -156,19 +158,23 @@ def _read_drift(snapshot: Snapshot, columns: list[str]) -> tuple[dict[str, Any],
 
 
 def _combined(snapshots: list[Snapshot]) -> Snapshot:
-    """One Evidently snapshot holding the metrics, widgets and tests of several (each ran on its own current data:
-    the day's traffic for drift, the labelled window for quality), so the day has one HTML and one JSON report."""
-    from evidently.core.report import Snapshot
+    """One Evidently run holding the metrics, widgets and tests of several (each ran on its own current data: the
+    day's traffic for drift, the labelled window for quality), so the day has one HTML and one JSON report.
+
+    Through Evidently's public serialization of a run (``Run.to_snapshot_model`` / ``Run.load_model``, what its
+    workspace stores and loads): the models' results, widgets and tests are concatenated, never edited."""
+    from evidently import Run
 
     if len(snapshots) == 1:
         return snapshots[0]
-    dumps = [s.dump_dict() for s in snapshots]
-    merged = dict(dumps[0])
-    for other in dumps[1:]:
-        merged["metric_results"] = {**merged["metric_results"], **other["metric_results"]}
-        for key in ("top_level_metrics", "widgets", "tests_widgets"):
-            merged[key] = [*merged[key], *other[key]]
-    return Snapshot.load_dict(merged)
+    models = [s.to_snapshot_model() for s in snapshots]
+    merged = models[0].copy(update={
+        "metric_results": {k: v for m in models for k, v in m.metric_results.items()},
+        "top_level_metrics": [k for m in models for k in m.top_level_metrics],
+        "widgets": [w for m in models for w in m.widgets],
+        "tests_widgets": [w for m in models for w in m.tests_widgets],
+    })
+    return Run.load_model(merged)
 
 
 def _training_scores(training_metrics: dict[str, Any]) -> dict[str, Any]:
@@ -202,8 +208,8 @@ def _quality(reference: pd.DataFrame, labelled: pd.DataFrame, training_metrics: 
     if 0 < y.sum() < len(y) and 0 < reference[LABEL].sum() < len(reference):  # ranking needs both classes
         report = Report([ClassificationQuality(probas_threshold=DEFAULT_THRESHOLD, conf_matrix=True, pr_curve=True)],
                         include_tests=False)
-        snapshot = report.run(_dataset(labelled, [PREDICTION], labelled=True),
-                              _dataset(reference, [PREDICTION], labelled=True),
+        snapshot = report.run(evidently_dataset(labelled, [PREDICTION], labelled=True),
+                              evidently_dataset(reference, [PREDICTION], labelled=True),
                               timestamp=datetime(day.year, day.month, day.day), metadata=metadata)
     return quality, snapshot
 
@@ -248,7 +254,7 @@ def build_report(reference: pd.DataFrame, current: pd.DataFrame, labelled: pd.Da
                                            "model_versions": {str(k): int(v) for k, v in versions.items()}}}
     if flights and current[PREDICTION].notna().any():
         snapshot = _drift_report(columns, thresholds, policy).run(
-            _dataset(current, [*columns, PREDICTION]), _dataset(reference, [*columns, PREDICTION]),
+            evidently_dataset(current, [*columns, PREDICTION]), evidently_dataset(reference, [*columns, PREDICTION]),
             timestamp=datetime(day.year, day.month, day.day), metadata=metadata)
         snapshots.append(snapshot)
         count, scores = _read_drift(snapshot, columns)

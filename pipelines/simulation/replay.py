@@ -82,7 +82,6 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
                    wait_for_log_s: float = 60) -> dict[str, Any]:
     """Send ``day``'s flights to the service at ``url`` (default: the front door) at their prediction times, and
     return once the service has written their predictions to the lake."""
-    from pipelines.features import online_writer
     from pipelines.features.store import apply_definitions, open_store, run_window
     from pipelines.serving.contract import requests_from_flights
 
@@ -112,7 +111,7 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
     validated = set(lake.partitions("validated", "flights"))
     build_features([d for d in (day - timedelta(days=2), day - timedelta(days=1)) if d in validated] + [day],
                    settings)
-    store = open_store(settings, batch_engine=online_writer.ENGINE)
+    store = open_store(settings)  # materializes through the fast engine feature_store.yaml names
     apply_definitions(store)  # as materialize_features does: the sources point at this home's feature tables
     # From the start of the day's feature window (its schedule is stamped the day before): rows loaded again are
     # the same rows, and the online store keeps the newest per key.

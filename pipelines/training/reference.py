@@ -1,4 +1,12 @@
-"""TODO docstring (monitoring)"""
+"""The monitoring reference of a training run: a fixed-seed sample of its train split (model inputs, score, label)
+with per-feature drift thresholds calibrated on the split's own days (``pipelines.monitoring.report`` explains why).
+
+The calibration scores each training day with ``drift_score``: the two distances the monitoring report pins
+(Evidently's normed Wasserstein distance and Jensen-Shannon distance, as Evidently 0.7 defines them), computed
+with scipy. Running Evidently's ``Report`` per day gives the same numbers through its public API but draws a plot
+for every column and day (~10 times slower: about 3 minutes per registration instead of 20 s);
+``tests/unit/test_monitoring.py`` checks that both give the same score for the same day.
+"""
 
 from __future__ import annotations
 
@@ -77,32 +85,48 @@ def reference_key(run_key: str) -> str:
     return model_key(run_key, "reference.parquet")
 
 
-def drift_test(column: str) -> Any:
-    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
-    from evidently.legacy.core import ColumnType
-
-    if column in CATEGORICAL_COLUMNS:
-        return get_registered_stattest(METHODS["categorical"], ColumnType.Categorical), ColumnType.Categorical
-    return get_registered_stattest(METHODS["numerical"], ColumnType.Numerical), ColumnType.Numerical
-
-
 def method_of(column: str) -> str:
     return METHODS["categorical"] if column in CATEGORICAL_COLUMNS else METHODS["numerical"]
 
 
+WASSERSTEIN_NORM_FLOOR = 0.001
+"""Evidently's floor for the reference's standard deviation that normalizes the Wasserstein distance."""
+
+
+def drift_score(reference: pd.Series, current: pd.Series, method: str) -> float:
+    """The drift score of ``current`` against ``reference`` by ``method``, as Evidently 0.7's ``ValueDrift``
+    computes it: nulls and infinities dropped; ``wasserstein``: the first Wasserstein distance over the reference's
+    standard deviation (at least ``WASSERSTEIN_NORM_FLOOR``); ``jensenshannon`` (categorical): the Jensen-Shannon
+    distance of the two frequency distributions over the values either side has."""
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import wasserstein_distance
+
+    reference, current = (values.replace([np.inf, -np.inf], np.nan).dropna() for values in (reference, current))
+    if method == "wasserstein":
+        reference_values = reference.to_numpy(dtype="float64")
+        norm = max(float(np.std(reference_values)), WASSERSTEIN_NORM_FLOOR)
+        return float(wasserstein_distance(reference_values, current.to_numpy(dtype="float64")) / norm)
+    if method == "jensenshannon":
+        keys = list(set(reference.unique()) | set(current.unique()))
+        shares = [values.value_counts().reindex(keys, fill_value=0).to_numpy(dtype="float64") / len(values)
+                  for values in (reference, current)]
+        return float(jensenshannon(*shares))
+    raise ValueError(f"unknown drift method {method!r}; expected one of {', '.join(sorted(set(METHODS.values())))}")
+
+
 def calibrate_thresholds(reference: pd.DataFrame, days: pd.DataFrame, quantile: float = CALIBRATION_QUANTILE,
                          columns: tuple[str, ...] = (*DRIFT_FEATURES, PREDICTION)) -> dict[str, Any]:
-    """Per column, the drift score (Evidently's implementation of the pinned method, the one ``build_report``
-    runs) of each whole day of ``days`` against ``reference``; the threshold is its ``quantile``, never below
+    """Per column, the drift score (``drift_score``, the pinned method, the number ``build_report``'s Evidently run
+    gives) of each whole day of ``days`` against ``reference``; the threshold is its ``quantile``, never below
     ``THRESHOLD_FLOOR``."""
     by_day = [part for _, part in days.groupby(flight_dates(days), sort=True) if len(part) >= CALIBRATION_MIN_FLIGHTS]
+    testable = [c for c in columns if _has_values(reference[c])]
+    per_day = [{c: drift_score(reference[c], part[c], method_of(c)) for c in testable if _has_values(part[c])}
+               for part in by_day]
     thresholds: dict[str, float] = {}
     spread: dict[str, dict[str, float]] = {}
     for column in columns:
-        pooled = reference[column].dropna()
-        test, kind = drift_test(column)
-        scores = [float(test(pooled, part[column].dropna(), kind, None).drift_score)
-                  for part in by_day if not pooled.empty and part[column].notna().any()]
+        scores = [day[column] for day in per_day if column in day]
         finite = [s for s in scores if math.isfinite(s)]
         level = float(np.quantile(finite, quantile)) if finite else THRESHOLD_FLOOR
         thresholds[column] = round(max(THRESHOLD_FLOOR, level), 4)
@@ -110,6 +134,12 @@ def calibrate_thresholds(reference: pd.DataFrame, days: pd.DataFrame, quantile: 
             spread[column] = {"median": round(float(np.median(finite)), 4), "max": round(max(finite), 4)}
     return {"quantile": quantile, "days": len(by_day), "floor": THRESHOLD_FLOOR,
             "methods": {c: method_of(c) for c in columns}, "thresholds": thresholds, "day_scores": spread}
+
+
+def _has_values(column: pd.Series) -> bool:
+    """Anything for a drift test to compare: Evidently drops nulls and infinities, and refuses an empty column."""
+    values = column.dropna()
+    return bool(len(values)) and not (pd.api.types.is_numeric_dtype(values) and np.isinf(values).all())
 
 
 def training_reference(run_key: str, settings: Settings | None = None, rows: int = REFERENCE_ROWS) -> pd.DataFrame:

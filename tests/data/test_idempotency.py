@@ -16,10 +16,11 @@ from pipelines.core.names import FEED_TABLES
 from pipelines.core.settings import Settings
 from pipelines.ingest.parse import ingest_partition, parse_feed_csv
 from pipelines.ingest.schemas import FLIGHTS, table_schema
+from pipelines.ingest.steps import ingest_feed
 from pipelines.simulation.corruption import corrupt
 from pipelines.simulation.feed import feed_csv, land_day, land_feed, land_file, land_reference
 from pipelines.validation.partition import content_hash, promote_partition, validate_partition
-from pipelines.validation.steps import ingest_feed, promote_partitions, validate_partitions
+from pipelines.validation.steps import promote_partitions, validate_partitions
 
 DAY = date(2013, 1, 2)
 

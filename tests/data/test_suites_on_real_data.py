@@ -22,15 +22,10 @@ from pipelines.core.lake import Lake, open_lake, partition_key
 from pipelines.core.names import FEED_TABLES
 from pipelines.core.settings import Settings
 from pipelines.ingest.schemas import PARSE_ERRORS, table_schema
+from pipelines.ingest.steps import ingest_feed
 from pipelines.simulation.feed import feed_csv, land_feed
 from pipelines.validation.partition import Failure, content_hash
-from pipelines.validation.steps import (
-    QuarantineError,
-    check_quarantine,
-    ingest_feed,
-    promote_partitions,
-    validate_partitions,
-)
+from pipelines.validation.steps import QuarantineError, check_quarantine, promote_partitions, validate_partitions
 
 WIND_GLITCH = date(2013, 2, 12)
 NO_WEATHER = date(2013, 12, 31)

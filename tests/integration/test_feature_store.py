@@ -35,8 +35,9 @@ from pipelines.features.store import (
     training_set,
 )
 from pipelines.features.tables import PREDICTION_LEAD, WEATHER_FEATURES, build_features, feature_key
+from pipelines.ingest.steps import ingest_feed
 from pipelines.simulation.feed import land_feed
-from pipelines.validation.steps import ingest_feed, promote_partitions, validate_partitions
+from pipelines.validation.steps import promote_partitions, validate_partitions
 
 DAYS = date_range(date(2013, 1, 1), date(2013, 1, 12))
 DAY = date(2013, 1, 9)  # the day whose flights are predicted

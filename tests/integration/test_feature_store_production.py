@@ -31,8 +31,9 @@ from pipelines.features.store import (
     open_store,
 )
 from pipelines.features.tables import build_features, feature_key
+from pipelines.ingest.steps import ingest_feed
 from pipelines.simulation.feed import land_feed
-from pipelines.validation.steps import ingest_feed, promote_partitions, validate_partitions
+from pipelines.validation.steps import promote_partitions, validate_partitions
 
 pytestmark = pytest.mark.integration
 

@@ -4,12 +4,14 @@ A ``redis-server`` of its own runs for this module (a free port, no persistence,
 skipped where the binary is missing. Stock ``store.materialize`` writes into db 0, the fast engine into db 1, from
 the same feature lake (``tests/unit/test_online_fast_paths.py`` builds it) with the production profile (SQL
 registry, here in a SQLite file). Every key and hash field must be identical, including after out-of-order windows
-(older rows arriving after newer ones are skipped by both) and with ``skip_dedup`` / ``key_ttl_seconds``.
+(older rows arriving after newer ones are skipped by both) and with ``skip_dedup`` / ``key_ttl_seconds``, and the
+writer makes one script call per ``materialization.online_write_batch_size`` keys.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import shutil
 import subprocess
 import time
@@ -23,7 +25,7 @@ import pytest
 from pipelines.core.processes import free_port
 from pipelines.core.settings import Settings
 from pipelines.features import store as fs
-from pipelines.features.online_writer import ENGINE
+from pipelines.features.online_writer import FastLocalComputeEngine
 
 pytestmark = pytest.mark.integration
 
@@ -121,8 +123,8 @@ def test_fast_redis_materialization_is_byte_identical(homes: dict[str, Settings]
 @pytest.mark.parametrize("option", [{"skip_dedup": True}, {"key_ttl_seconds": 3600}])
 def test_store_options_are_honoured(homes: dict[str, Settings], option: dict[str, Any]) -> None:
     start, end = fs.run_window(LAKE.DAYS)
-    for name, engine in (("stock", None), ("ours", ENGINE)):
-        store = fs.open_store(homes[name], batch_engine=engine)
+    for name in ("stock", "ours"):
+        store = fs.open_store(homes[name], stock=name == "stock")
         for key, value in option.items():
             setattr(store.config.online_store, key, value)
         fs.apply_definitions(store)
@@ -131,6 +133,36 @@ def test_store_options_are_honoured(homes: dict[str, Settings], option: dict[str
     assert redis_contents(homes["ours"]) == redis_contents(homes["stock"])
     if "key_ttl_seconds" in option:
         assert all(0 < t <= 3600 for t in ttls(homes["ours"]) + ttls(homes["stock"]))
+
+
+@pytest.mark.parametrize("skip_dedup", [True, False])
+def test_online_write_batch_size_is_honoured(homes: dict[str, Settings], skip_dedup: bool) -> None:
+    """Keys per script call = ``materialization.online_write_batch_size`` (two calls per batch, read and write,
+    unless ``skip_dedup``), counted by the server; the stored bytes stay those of stock with the same batch size."""
+    from redis import Redis
+
+    start, end = fs.run_window(LAKE.DAYS)
+    host, rest = str(homes["ours"].feast_redis).split(":")
+    server = Redis(host=host, port=int(rest.split(",")[0]))
+    stats: dict[str, dict[str, int]] = {}
+    for name in ("stock", "ours"):
+        store = fs.open_store(homes[name], stock=name == "stock")
+        assert store.config.materialization_config.online_write_batch_size == 1000  # production.yaml
+        store.config.materialization_config.online_write_batch_size = 2
+        store.config.online_store.skip_dedup = skip_dedup
+        fs.apply_definitions(store)
+        server.config_resetstat()
+        store.materialize(start_date=start, end_date=end)
+        calls = server.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        engine = store._get_provider().batch_engine
+        if name == "ours":
+            assert type(engine) is FastLocalComputeEngine
+            stats = engine.stats
+    assert redis_contents(homes["ours"]) == redis_contents(homes["stock"])
+    assert [n for n, v in stats.items() if not v["fast"]] == []
+    batches = sum(math.ceil(v["rows_deduplicated"] / 2) for v in stats.values())
+    assert batches > len(stats)
+    assert calls == (1 if skip_dedup else 2) * batches
 
 
 def test_compiled_reader_on_redis(homes: dict[str, Settings]) -> None:

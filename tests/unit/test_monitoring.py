@@ -21,7 +21,14 @@ from benchmarks.monitoring import prediction_log_rows
 from pipelines.core.lake import Lake, open_lake
 from pipelines.core.names import LABEL
 from pipelines.core.settings import Settings
-from pipelines.monitoring.report import build_drift_report, build_report, monitoring_history, read_summary, served_frame
+from pipelines.monitoring.report import (
+    build_drift_report,
+    build_report,
+    evidently_dataset,
+    monitoring_history,
+    read_summary,
+    served_frame,
+)
 from pipelines.monitoring.retrain import MonitoringPolicy, decide_retrain
 from pipelines.training.columns import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS
 from pipelines.training.evaluation import classification_metrics
@@ -32,7 +39,9 @@ from pipelines.training.reference import (
     PREDICTION,
     THRESHOLD_FLOOR,
     calibrate_thresholds,
+    drift_score,
     feature_frame,
+    method_of,
     reference_key,
 )
 
@@ -162,6 +171,27 @@ def test_calibration_scores_are_the_reports(reference: pd.DataFrame, calm_day: p
     own = calibrate_thresholds(reference, calm_day, quantile=1.0)["day_scores"]
     for feature in calm[0]["drifted_features"]:
         assert feature["score"] == pytest.approx(own[feature["feature"]]["max"], abs=1e-4), feature["feature"]
+
+
+def test_drift_score_is_evidentlys_value_drift_for_every_column(reference: pd.DataFrame,
+                                                                calm_day: pd.DataFrame) -> None:
+    """The calibration's scipy distances equal what Evidently's public ValueDrift reports, column by column, with
+    nulls and infinities in the data (Evidently drops both)."""
+    from evidently import Report
+    from evidently.metrics import ValueDrift
+
+    day = calm_day.copy()
+    day.loc[day.index[:50], "temp"] = np.nan
+    day.loc[day.index[50:60], "wind_gust"] = np.inf
+    day.loc[day.index[60:90], "carrier"] = None
+    columns = [*DRIFT_FEATURES, PREDICTION]
+    snapshot = Report([ValueDrift(column=c, method=method_of(c)) for c in columns]).run(
+        evidently_dataset(day, columns), evidently_dataset(reference, columns))
+    evidently = {m["config"]["column"]: float(m["value"]) for m in snapshot.dict()["metrics"]}
+    ours = {c: drift_score(reference[c], day[c], method_of(c)) for c in columns}
+    assert ours == pytest.approx(evidently, rel=1e-9, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown drift method"):
+        drift_score(reference["temp"], day["temp"], "psi")
 
 
 def test_quality_on_labelled_flights_beside_the_training_metrics(calm: tuple[dict[str, Any], Lake],

@@ -1,5 +1,5 @@
-"""Composition of the owners' emails (pipelines.monitoring.notifications): subjects that say what happened, the numbers in the
-HTML body, the attachment cap, and the failed expectations of a critical validation failure."""
+"""Composition of the owners' emails (pipelines.monitoring.notifications): subjects that say what happened, the
+numbers in the HTML body, the attachment cap, and the failed expectations of a critical validation failure."""
 
 from __future__ import annotations
 

@@ -4,13 +4,21 @@ A small feature lake with the awkward cases (NaN and inf doubles, null ints and 
 ints, unicode keys, sub-second timestamps, several rows per entity, rows outside the window) is materialized twice
 with the same definitions: stock ``store.materialize`` into one online store, ``materialize_features`` (the fast
 engine) into another. The stores must hold the same rows byte for byte and read back the same through stock
-``get_online_features``; the compiled reader must return exactly what stock returns. The Redis side is in
+``get_online_features``; the compiled reader must return exactly what stock returns. The fast engine is the one
+``feature_store.yaml`` names, so a store built from the yaml alone and ``feast materialize`` from the CLI run it, and it
+honours ``materialization.online_write_batch_size``. The writer relies on Feast internals (the local engine's plan
+builder and output node, the stores' connections and key helpers): these tests pin them. The Redis side is in
 ``tests/integration/test_online_fast_paths_redis.py``.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -23,7 +31,7 @@ from pipelines.core.lake import open_lake
 from pipelines.core.settings import Settings
 from pipelines.features import online_writer as W
 from pipelines.features import store as fs
-from pipelines.features.tables import feature_key
+from pipelines.features.tables import PLANES_SNAPSHOT, feature_key
 
 DAYS = [date(2013, 1, 1), date(2013, 1, 2), date(2013, 1, 3)]
 
@@ -149,6 +157,60 @@ def test_fast_materialization_writes_exactly_what_stock_writes(two_homes: dict[s
     # Materialization intervals are recorded as stock records them.
     store = fs.open_store(two_homes["ours"])
     assert all(len(v.materialization_intervals) == 2 for v in store.list_feature_views())
+
+
+def test_the_yaml_names_the_fast_engine(two_homes: dict[str, Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    from feast import FeatureStore
+    from feast.infra.compute_engines.local.compute import LocalComputeEngine
+
+    for name, value in fs.feast_env(two_homes["ours"]).items():
+        monkeypatch.setenv(name, value)
+    store = FeatureStore(repo_path=str(fs.FEATURE_REPO))  # the yaml alone, as the feast CLI builds it
+    assert isinstance(store.config.batch_engine, W.FastLocalComputeEngineConfig)  # Feast resolves the config class
+    assert type(store._get_provider().batch_engine) is W.FastLocalComputeEngine
+    production = fs.FEATURE_REPO / "profiles" / "production.yaml"
+    assert f"type: {W.ENGINE}" in production.read_text()
+    assert type(fs.open_store(two_homes["ours"])._get_provider().batch_engine) is W.FastLocalComputeEngine
+    assert type(fs.open_store(two_homes["ours"], stock=True)._get_provider().batch_engine) is LocalComputeEngine
+
+
+def test_feast_cli_materialize_runs_the_fast_engine(two_homes: dict[str, Settings]) -> None:
+    """``feast -c feature_repo materialize`` with the environment of ``feast_env``: the bulk writer does the work and
+    the store holds what stock Feast writes."""
+    start, end = PLANES_SNAPSHOT.to_pydatetime(), fs.run_window(DAYS)[1]
+    stock = fs.open_store(two_homes["stock"], stock=True)
+    fs.apply_definitions(stock)
+    stock.materialize(start_date=start, end_date=end)
+    fs.apply_definitions(fs.open_store(two_homes["ours"]))
+    feast = Path(sys.executable).parent / "feast"
+    done = subprocess.run([str(feast), "--log-level", "info", "-c", str(fs.FEATURE_REPO), "materialize",
+                           start.isoformat(), end.isoformat()], env=os.environ | fs.feast_env(two_homes["ours"]),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    bulk = re.findall(r"(\w+): \d+ of \d+ rows written to the online store by the bulk writer", done.stderr)
+    assert sorted(bulk) == sorted(fs_views()), done.stderr[-3000:]
+    assert sqlite_rows(two_homes["ours"]) == sqlite_rows(two_homes["stock"])
+
+
+def test_online_write_batch_size_is_honoured(two_homes: dict[str, Settings]) -> None:
+    """``materialization.online_write_batch_size``: one SQLite transaction per batch of entity rows, as stock."""
+    start, end = PLANES_SNAPSHOT.to_pydatetime(), fs.run_window(DAYS)[1]
+    statements: dict[str, list[str]] = {}
+    engines = {}
+    for name in ("stock", "ours"):
+        store = fs.open_store(two_homes[name], stock=name == "stock")
+        store.config.materialization_config.online_write_batch_size = 2
+        fs.apply_definitions(store)
+        provider = store._get_provider()
+        provider.online_store._get_conn(store.config).set_trace_callback(statements.setdefault(name, []).append)
+        store.materialize(start_date=start, end_date=end)
+        engines[name] = provider.batch_engine
+    assert type(engines["ours"]) is W.FastLocalComputeEngine
+    assert [n for n, v in engines["ours"].stats.items() if not v["fast"]] == []
+    assert sqlite_rows(two_homes["ours"]) == sqlite_rows(two_homes["stock"])
+    commits = {name: sum(s == "COMMIT" for s in log) for name, log in statements.items()}
+    rows = {n: v["rows_written"] for n, v in engines["ours"].stats.items()}
+    assert commits["ours"] == commits["stock"] == sum(math.ceil(r / 2) for r in rows.values()) > len(rows)
 
 
 def test_views_the_encoders_do_not_cover_go_through_the_stock_writer(two_homes: dict[str, Settings],
