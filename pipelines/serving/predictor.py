@@ -26,6 +26,8 @@ from pipelines.serving.prediction_log import PredictionLog, feature_json
 
 log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.5
+ONLINE_READ_ATTEMPTS = 2
+"""A failed online read is tried once more at once before the request gets its 503."""
 
 
 @dataclass
@@ -114,22 +116,33 @@ class Predictor:
         """Answers for ``requests``, in order, each logged unless ``log`` is off (a deployment's smoke test is not
         traffic). Columns of plain values from the request to the model (no frame on the way): the same answers
         as the frame path, in a fraction of the time for a few flights."""
-        from pipelines.features.store import online_feature_columns
 
         for i, request in enumerate(requests):
             if request.dest not in self.known_dests:
                 raise RequestError(f"flights[{i}].dest", f"unknown airport code {request.dest!r}")
         entities = entity_columns(requests)
-        try:
-            features = online_feature_columns(entities, store=self.store)
-        except Exception as error:  # any backend failure (Redis down, SQLite locked) is the same answer: 503
-            raise FeaturesUnavailable(f"online feature store unavailable: {type(error).__name__}: {error}") \
-                from error
+        features = self._online_features(entities)
         probabilities = self.champion.model.predict_proba_columns(features).tolist()
         answers = self.answers(entities, probabilities)
         if log:
             self.log.add(self.log_records(requests, answers, probabilities, features))
         return answers
+
+    def _online_features(self, entities: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """The online read, tried ``ONLINE_READ_ATTEMPTS`` times at once (the client's own timeouts bound each try:
+        the production profile sets 1 s to connect and to read, and no retries of its own); then any backend failure
+        (Redis down, SQLite locked) is the same answer: ``FeaturesUnavailable``, the service's 503."""
+        from pipelines.features.store import online_feature_columns
+
+        for attempt in range(1, ONLINE_READ_ATTEMPTS + 1):
+            try:
+                return online_feature_columns(entities, store=self.store)
+            except Exception as error:
+                if attempt == ONLINE_READ_ATTEMPTS:
+                    raise FeaturesUnavailable(f"online feature store unavailable after {attempt} tries: "
+                                              f"{type(error).__name__}: {error}") from error
+                log.warning("online read failed (%s: %s), trying again", type(error).__name__, error)
+        raise AssertionError("unreachable")
 
     def answers(self, entities: dict[str, list[Any]], probabilities: list[float]) -> list[dict[str, Any]]:
         """What the caller gets per flight: probability, decision, model version and feature freshness."""

@@ -304,7 +304,8 @@ def test_killing_a_worker_mid_task_loses_nothing(chain: Stack) -> None:
         assert time.monotonic() < deadline, f"validate_partitions never ran: {ti['state']}"
         time.sleep(0.5)
     victim = _worker_of(chain, ti)
-    worker_pid = int((chain.settings.pipeline_home / "run" / f"{worker_name(victim)}.pid").read_text().split()[0])
+    pid_file = chain.settings.pipeline_home / "run" / f"{worker_name(victim)}.pid"
+    worker_pid = int(json.loads(pid_file.read_text())["pid"])
     killed = _kill_tree(worker_pid)  # the worker, its pool, the task's supervisor and the task, all at once
     assert int(ti["pid"]) in killed
 
