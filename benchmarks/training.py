@@ -18,7 +18,6 @@ DataLoader then collates on the CPU and each batch is copied to the GPU, as such
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import platform
 import time
@@ -29,9 +28,6 @@ import pandas as pd
 import torch
 
 from pipelines.training.fit import Batch
-
-log = logging.getLogger(__name__)
-
 
 TARGETS = {"cpu_samples_per_s": 200_000, "speedup_vs_dataloader": 10.0, "cuda_samples_per_s": 5_000_000}
 SLICED_EPOCHS = 5

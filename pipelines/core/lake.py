@@ -10,7 +10,6 @@ single PUT is atomic by itself (the object appears whole or not at all), so ``S3
 from __future__ import annotations
 
 import io
-import logging
 import os
 import re
 import tempfile
@@ -18,11 +17,6 @@ from abc import ABC, abstractmethod
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import pandas as pd
-
-log = logging.getLogger(__name__)
-
 
 if TYPE_CHECKING:
     import pandas as pd

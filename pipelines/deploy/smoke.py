@@ -4,7 +4,6 @@ as the registry's model answers them, a 4xx for a bad request, and a latency bur
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
 import time
@@ -17,8 +16,6 @@ import requests
 from pipelines.core.settings import Settings
 from pipelines.deploy.service import DeployError
 from pipelines.serving.contract import SMOKE_TEST_HEADER
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 from datetime import date
@@ -13,8 +12,6 @@ from pipelines.core.names import FEED_TABLES
 from pipelines.core.progress import log_progress
 from pipelines.core.settings import Settings
 from pipelines.ingest.parse import ingest_partition
-
-log = logging.getLogger(__name__)
 
 
 def ingest_feed(days: Iterable[date], settings: Settings | None = None) -> dict[str, Any]:

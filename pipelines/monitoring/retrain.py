@@ -4,15 +4,12 @@ decision, with its reasons in words and the cooldown between requests.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     pass
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ that name the field (``RequestError``: 4xx) apart from an unreachable store (``F
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -13,8 +12,6 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipelines.core.dates import LOCAL_TZ
-
-log = logging.getLogger(__name__)
 
 ORIGINS = ("EWR", "JFK", "LGA")
 SMOKE_TEST_HEADER = "X-Smoke-Test"

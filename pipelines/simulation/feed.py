@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import logging
 import time
 from collections.abc import Iterable
 from datetime import date
@@ -23,9 +22,6 @@ from pipelines.core.lake import Lake, landing_key, reference_key, settings_and_l
 from pipelines.core.names import FEED_TABLES, REFERENCE_TABLES
 from pipelines.core.progress import log_progress
 from pipelines.core.settings import Settings
-
-log = logging.getLogger(__name__)
-
 
 FIRST_DAY, LAST_DAY = date(2013, 1, 1), date(2013, 12, 31)
 

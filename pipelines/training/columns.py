@@ -4,13 +4,10 @@ numerics as float64 with NaN for missing values. Shared by preprocessing, the re
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-log = logging.getLogger(__name__)
 
 CATEGORICAL_COLUMNS: tuple[str, ...] = ("carrier", "origin", "dest", "dep_hour", "dep_weekday", "plane_type")
 WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib")

@@ -6,7 +6,6 @@ the plain columns an online read returns.
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +16,6 @@ import torch
 
 from pipelines.training.network import FlightDelayNet, build_net
 from pipelines.training.preprocessing import Preprocessor
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

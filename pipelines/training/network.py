@@ -4,7 +4,6 @@ with CPU fast paths for the embedding backward and dropout; CUDA when present.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -12,8 +11,6 @@ import torch
 from torch import nn
 
 from pipelines.training.preprocessing import Preprocessor
-
-log = logging.getLogger(__name__)
 
 
 class _CpuEmbedding(torch.autograd.Function):

@@ -4,7 +4,6 @@ training split, applied the same way to frames (training, evaluation) and to pla
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from pipelines.training.columns import (
     numeric_values,
 )
 
-log = logging.getLogger(__name__)
 UNKNOWN_INDEX = 0
 """Index 0 of every vocabulary: categories unseen in training and missing values share it, so serving never fails."""
 

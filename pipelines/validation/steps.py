@@ -6,7 +6,6 @@ day never blocks the others, and logs its progress so a long window is never sil
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 from datetime import date
@@ -17,8 +16,6 @@ from pipelines.core.names import FEED_TABLES
 from pipelines.core.progress import log_progress
 from pipelines.core.settings import Settings
 from pipelines.validation.partition import Verdict, build_data_docs, promote_partition, validate_partition
-
-log = logging.getLogger(__name__)
 
 
 class QuarantineError(RuntimeError):
