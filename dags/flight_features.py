@@ -5,10 +5,11 @@ Runs whenever `flights_ingest` announces newly validated flight partitions (the 
 event's extra lists the dates), or by hand with **start_date** / **end_date**.
 
 1. `build_features`: from `validated/`, write each day's feature tables to `features/` (weather by origin and
-   hour, schedule congestion, trailing carrier and route statistics, plane attributes), replacing that day's
-   partitions.
+   hour, schedule congestion, trailing carrier and route statistics, plane attributes, and the day's operations
+   state from its departures, which replaces the files its pushes left), replacing that day's partitions.
 2. `materialize_features`: apply `feature_repo/` and materialize exactly the run's event-time window (with an
-   overlap for late data) into the online store, never "up to now". Feature service: `flight_delay_v1`.
+   overlap for late data) into the online store, never "up to now". Feature service: `flight_delay_v1`. The
+   operations views are not materialized: they reach the online store by push, as their events happen.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def flight_features() -> None:
     @task
     def build_features() -> dict:
         from pipelines.core.runs import partition_window
-        from pipelines.features.tables import build_features
+        from pipelines.features.steps import build_features
 
         return build_features(partition_window(get_current_context()))
 

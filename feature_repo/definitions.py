@@ -11,17 +11,23 @@ import os
 from datetime import UTC, timedelta
 from typing import Any
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String, UnixTimestamp
 
 FEATURES_URI = os.environ.get("FEATURES_URI", "features")
 
 
-def _source(view: str) -> FileSource:
+def _source(view: str, files: str = "data.parquet") -> FileSource:
     # A glob over the daily partitions (DuckDB reads it directly).
-    return FileSource(name=f"{view}_source", path=f"{FEATURES_URI.rstrip('/')}/{view}/*/data.parquet",
+    return FileSource(name=f"{view}_source", path=f"{FEATURES_URI.rstrip('/')}/{view}/*/{files}",
                       timestamp_field="event_timestamp")
+
+
+def _push(view: str) -> PushSource:
+    # Pushed online as the events happen; offline, each push is a file in the day's partition beside the table the
+    # daily build writes (pipelines.features.push), hence every Parquet file of the partition.
+    return PushSource(name=f"{view}_push", batch_source=_source(view, "*.parquet"))
 
 
 flight = Entity(name="flight", join_keys=["flight_id"], value_type=ValueType.STRING,
@@ -30,6 +36,12 @@ origin = Entity(name="origin", join_keys=["origin"], value_type=ValueType.STRING
 carrier = Entity(name="carrier", join_keys=["carrier"], value_type=ValueType.STRING, description="Airline code")
 route = Entity(name="route", join_keys=["route"], value_type=ValueType.STRING, description="ORIGIN-DEST")
 plane = Entity(name="plane", join_keys=["tailnum"], value_type=ValueType.STRING, description="Tail number")
+origin_day = Entity(name="origin_day", join_keys=["origin_day"], value_type=ValueType.STRING,
+                    description="An origin on one local day: 2013-04-01:EWR")
+origin_carrier_day = Entity(name="origin_carrier_day", join_keys=["origin_carrier_day"], value_type=ValueType.STRING,
+                            description="An airline at an origin on one local day: 2013-04-01:EWR:B6")
+tail_day = Entity(name="tail_day", join_keys=["tail_day"], value_type=ValueType.STRING,
+                  description="An aircraft on one local day: 2013-04-01:N12345")
 
 weather_hourly = FeatureView(
     name="weather_hourly", entities=[origin], ttl=timedelta(hours=3), source=_source("weather_hourly"),
@@ -61,6 +73,24 @@ plane_attributes = FeatureView(
             Field(name="plane_engines", dtype=Int64), Field(name="plane_type", dtype=String)],
     description="Static plane attributes from the planes reference table",
 )
+
+
+
+def _operations(view: str, entity: Entity, stats: tuple[str, ...], what: str) -> FeatureView:
+    # A day's state starts at its local midnight and is read only on that day: a day's TTL.
+    return FeatureView(
+        name=view, entities=[entity], ttl=timedelta(days=1), source=_push(view),
+        schema=[Field(name=f"{view}_{s}", dtype=Int64 if s in ("departed", "pending") else Float64) for s in stats],
+        description=f"{what} so far today, from the departures pushed as they happen (pipelines.features.operations)",
+    )
+
+
+_GROUP_STATS = ("departed", "mean_dep_delay", "late_share", "last_hour_dep_delay", "pending", "pending_share")
+ops_origin = _operations("ops_origin", origin_day, _GROUP_STATS, "Departures and pending flights at the origin")
+ops_carrier = _operations("ops_carrier", origin_carrier_day, _GROUP_STATS,
+                          "Departures and pending flights of the airline at the origin")
+ops_tail = _operations("ops_tail", tail_day, ("departed", "last_dep_delay", "pending"),
+                       "The aircraft's departures from New York and its flights due out")
 
 flight_request = RequestSource(
     name="flight_request",
@@ -96,6 +126,7 @@ def request_features(inputs: dict[str, list[Any]]) -> dict[str, list[Any]]:
 
 flight_delay_v1 = FeatureService(
     name="flight_delay_v1",
-    features=[weather_hourly, flight_schedule, carrier_stats, route_stats, plane_attributes, request_features],
+    features=[weather_hourly, flight_schedule, carrier_stats, route_stats, plane_attributes, ops_origin, ops_carrier,
+              ops_tail, request_features],
     description="Everything the flight-disruption model v1 reads",
 )

@@ -63,7 +63,7 @@ def _promote(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _features(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.features.tables import build_features
+    from pipelines.features.steps import build_features
 
     return build_features(_window(args))
 

@@ -92,8 +92,8 @@ def real_days() -> list:
 
 @pytest.fixture(scope="session")
 def real_data(tmp_path_factory: pytest.TempPathFactory, real_days: list) -> Settings:
+    from pipelines.features.steps import build_features
     from pipelines.features.store import apply_definitions, open_store
-    from pipelines.features.tables import build_features
     from pipelines.ingest.steps import ingest_feed
     from pipelines.simulation.feed import land_feed
     from pipelines.validation.steps import promote_partitions, validate_partitions

@@ -282,9 +282,11 @@ def redis_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
     versioning = config.registry.enable_online_feature_view_versioning
 
     def write(table: pa.Table | pa.RecordBatch, feature_view: FeatureView, join_keys: dict[str, ValueType],
-              batch_size: int | None = None) -> int:
+              batch_size: int | None = None, *, force: bool = False) -> int:
+        """``force``: every row written, newer stored values included (``rewind_online``)."""
         keys, names, values, event, _ = _prepared(table, feature_view, join_keys,
                                                   config.entity_key_serialization_version)
+        dedup = not (skip_dedup or force)
         view_name = compute_versioned_name(feature_view, versioning)
         ts_field = f"_ts:{view_name}".encode()
         fields = [_mmh3(f"{view_name}:{n}") for n in names]
@@ -297,13 +299,13 @@ def redis_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
         for start in range(0, len(keys), step):
             stop = min(start + step, len(keys))
             chunk = [k + project for k in keys[start:stop]]
-            previous = [None] * len(chunk) if skip_dedup else read_ts(keys=chunk, args=[ts_field])
+            previous = read_ts(keys=chunk, args=[ts_field]) if dedup else [None] * len(chunk)
             out_keys: list[bytes] = []
             out_args = list(header)
             for offset, key in enumerate(chunk):
                 row = start + offset
                 ts_bytes, nanos = stamps[event[row]]
-                if not skip_dedup:
+                if dedup:
                     prev_nanos = 0
                     prev = previous[offset]
                     if prev:
@@ -340,7 +342,8 @@ def sqlite_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
     versioning = config.registry.enable_online_feature_view_versioning
 
     def write(table: pa.Table | pa.RecordBatch, feature_view: FeatureView, join_keys: dict[str, ValueType],
-              batch_size: int | None = None) -> int:
+              batch_size: int | None = None, *, force: bool = False) -> int:
+        """``force`` changes nothing here: SQLite rows are replaced whatever their stored time, as stock does."""
         keys, names, values, event, created = _prepared(table, feature_view, join_keys,
                                                         config.entity_key_serialization_version)
         texts = [_value_texts(table.column(f.name), f.dtype.to_value_type()) for f in feature_view.features]
@@ -366,6 +369,36 @@ def sqlite_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
         return len(keys)
 
     return write
+
+
+def delete_keys(online_store: Any, config: RepoConfig, feature_view: FeatureView, join_keys: dict[str, ValueType],
+                table: pa.Table) -> int:
+    """Remove the view's values of the entities in ``table`` (its join key columns) from the online store, as
+    stock ``delete_table`` removes them for every entity: Redis ``HDEL`` of the view's fields and timestamp, SQLite
+    rows of the view's table. Returns the entities asked for."""
+    from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
+    from feast.infra.online_stores.redis import RedisOnlineStore
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id
+
+    keys = entity_keys(table, join_keys, config.entity_key_serialization_version)
+    versioning = config.registry.enable_online_feature_view_versioning
+    name = compute_versioned_name(feature_view, versioning)
+    if isinstance(online_store, RedisOnlineStore):
+        client = online_store._get_client(config.online_store)
+        fields = [f"_ts:{name}".encode(), *(_mmh3(f"{name}:{f.name}") for f in feature_view.features)]
+        project = config.project.encode("utf-8")
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hdel(key + project, *fields)
+            pipe.execute()
+    elif isinstance(online_store, SqliteOnlineStore):
+        conn = online_store._get_conn(config)
+        table_name = _quote_id(_table_id(config.project, feature_view, versioning))
+        with conn:
+            conn.executemany(f"DELETE FROM {table_name} WHERE entity_key = ?", [(k,) for k in keys])
+    else:
+        raise Unsupported(f"deleting keys from {type(online_store).__name__}")
+    return len(keys)
 
 
 def _value_texts(column: pa.ChunkedArray | pa.Array, value_type: ValueType) -> list[str | None]:
@@ -406,7 +439,7 @@ class FastOutputNode(LocalOutputNode):
         join_keys = {e.name: e.dtype.to_value_type() for e in self.feature_view.entity_columns}
         try:
             # Writers encode everything before their first write, so Unsupported never leaves a partial write.
-            written = _writer(context.online_store, context.repo_config)(
+            written = bulk_writer(context.online_store, context.repo_config)(
                 table, self.feature_view, join_keys, write_batch_size(context.repo_config))
         except Unsupported as reason:
             log.info("%s: %d rows to the online store through the stock writer (%s)", self.feature_view.name,
@@ -425,7 +458,8 @@ class FastOutputNode(LocalOutputNode):
         return output
 
 
-def _writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
+def bulk_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
+    """The bulk writer for ``online_store`` (cached on it); ``Unsupported`` when none fits."""
     cache = getattr(online_store, "_pipelines_fast_writer", None)
     if cache is not None:
         return cache
@@ -476,6 +510,11 @@ class FastLocalComputeEngine(LocalComputeEngine):
     def _materialize_one(self, registry: BaseRegistry, task: MaterializationTask,
                          **kwargs: Any) -> LocalMaterializationJob:
         job_id = f"{task.feature_view.name}-{task.start_time}-{task.end_time}"
+        if task.feature_view.stream_source is not None:
+            # A pushed view (the operations state) is online as its events happen; loading a window of it would
+            # put a day's evening online before its morning (also from `feast materialize` with no --views).
+            log.warning("%s is fed by push only: not materialized", task.feature_view.name)
+            return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.SUCCEEDED)
         context = self.get_execution_context(registry, task)
         try:
             backend = self._get_backend(context)

@@ -29,6 +29,7 @@ import pandas as pd
 from pipelines.core.dates import LOCAL_TZ
 from pipelines.core.lake import open_lake, partition_key
 from pipelines.core.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.features.operations import local_day_text, operations_keys
 from pipelines.features.tables import (
     PLANES_SNAPSHOT,
     PREDICTION_LEAD,
@@ -47,7 +48,8 @@ FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 FEATURE_SERVICE = "flight_delay_v1"
 LATE_DATA_OVERLAP = timedelta(hours=6)
 UNKNOWN = "UNKNOWN"
-ENTITY_COLUMNS = ["flight_id", "origin", "carrier", "route", "tailnum", "scheduled_departure", "distance"]
+ENTITY_COLUMNS = ["flight_id", "origin", "carrier", "route", "tailnum", "origin_day", "origin_carrier_day", "tail_day",
+                  "scheduled_departure", "distance"]
 
 
 def feast_env(settings: Settings) -> dict[str, str]:
@@ -97,12 +99,60 @@ def definitions() -> ModuleType:
 
 
 def apply_definitions(store: FeatureStore) -> list[str]:
-    from feast import Entity, FeatureService, FeatureView, OnDemandFeatureView, RequestSource
+    from feast import Entity, FeatureService, FeatureView, OnDemandFeatureView, PushSource, RequestSource
 
-    kinds = (Entity, FeatureView, OnDemandFeatureView, FeatureService, RequestSource)
+    kinds = (Entity, FeatureView, OnDemandFeatureView, FeatureService, RequestSource, PushSource)
     objects: list[Any] = [v for v in vars(definitions()).values() if isinstance(v, kinds)]
     store.apply(objects)
     return sorted(getattr(o, "name", "?") for o in objects)
+
+
+def windowed_views(views: Iterable[Any]) -> list[str]:
+    """The views materialized by event-time window: all but the plane snapshot (loaded whatever the window) and the
+    operations views, which reach the online store only by push, as their events happen: materializing a day of
+    them would serve the day's evening to its morning."""
+    return [view.name for view in views if view.name != "plane_attributes" and view.stream_source is None]
+
+
+def rewind_online(store: FeatureStore, at: datetime) -> dict[str, dict[str, int]]:
+    """Put the windowed views of the online store back to what they held at ``at``, whatever was loaded since.
+
+    Redis keeps the newest row per key, so once a later window is online (``make up`` materializes each ingested
+    day, which a replay of that day then follows) materializing an earlier hour changes nothing, and a replay would
+    serve the evening to the morning. Per view, each key's latest offline row stamped at or before ``at`` (within
+    the view's TTL) is written over what is stored, and keys whose rows all come later are removed. Views keyed by
+    the flight itself (the schedule) are left alone: a flight's rows are stamped before its day, and no request
+    asks for another day's flight."""
+    import pyarrow as pa
+
+    from pipelines.features.online_writer import bulk_writer, delete_keys, write_batch_size
+
+    provider = store._get_provider()  # type: ignore[attr-defined]
+    writer = bulk_writer(provider.online_store, store.config)
+    out: dict[str, dict[str, int]] = {}
+    for view in store.list_feature_views(allow_cache=True):
+        if view.name not in windowed_views([view]) or view.join_keys == ["flight_id"]:
+            continue
+        keys = {e.name: e.dtype.to_value_type() for e in view.entity_columns}
+        source = view.batch_source
+        assert source is not None and view.ttl is not None  # every windowed view has both (feature_repo/)
+        stamp = source.timestamp_field
+        features = [f.name for f in view.features]
+        known = provider.offline_store.pull_latest_from_table_or_query(
+            store.config, source, list(keys), features, stamp, source.created_timestamp_column,
+            at - view.ttl, at).to_arrow()
+        later = provider.offline_store.pull_all_from_table_or_query(
+            store.config, source, list(keys), [], stamp, None, at + timedelta(microseconds=1),
+            datetime(2100, 1, 1, tzinfo=at.tzinfo)).to_arrow().select(list(keys))
+        written = writer(known, view, keys, write_batch_size(store.config), force=True) if known.num_rows else 0
+        seen = set(zip(*(known.column(k).to_pylist() for k in keys), strict=True))
+        gone = pd.DataFrame(later.to_pandas()).drop_duplicates()
+        gone = gone[[tuple(row) not in seen for row in gone.itertuples(index=False)]]
+        removed = delete_keys(provider.online_store, store.config, view, keys,
+                              pa.Table.from_pandas(gone, preserve_index=False)) if len(gone) else 0
+        out[view.name] = {"written": written, "removed": removed}
+    log.info("rewind_online: online store as of %s: %s", at.isoformat(), out)
+    return out
 
 
 def run_window(days: Iterable[date]) -> tuple[datetime, datetime]:
@@ -131,7 +181,7 @@ def materialize_features(days: Iterable[date], settings: Settings | None = None,
     # already materialized (the window still starts at the run's own start, never "up to now").
     end = max([end, *(e for view in views for _, e in view.materialization_intervals)])
     started = time.perf_counter()
-    windowed = [view.name for view in views if view.name != "plane_attributes"]
+    windowed = windowed_views(views)
     store.materialize(start_date=start, end_date=end, feature_views=windowed)
     # The plane snapshot is stamped before 2013: load it whatever the window, so serving sees what training sees.
     store.materialize(start_date=min(start, PLANES_SNAPSHOT.to_pydatetime()), end_date=end,
@@ -149,12 +199,14 @@ def materialize_features(days: Iterable[date], settings: Settings | None = None,
 def flight_entities(flights: pd.DataFrame) -> pd.DataFrame:
     """One row per flight: the entity keys, request fields, prediction time and label."""
     departure = scheduled_departure(flights)
+    keys = operations_keys(local_day_text(departure), flights["origin"], flights["carrier"], flights["tailnum"])
     return pd.DataFrame({
         "flight_id": flight_id(flights),
         "origin": flights["origin"],
         "carrier": flights["carrier"],
         "route": flights["origin"] + "-" + flights["dest"],
         "tailnum": flights["tailnum"].fillna(UNKNOWN),
+        **{column: keys[column] for column in keys.columns},
         "scheduled_departure": departure,
         "distance": flights["distance"].astype("float64"),
         "event_timestamp": departure - PREDICTION_LEAD,

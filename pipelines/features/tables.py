@@ -1,4 +1,5 @@
-"""Feature tables computed from ``validated/``: pure frame-in, frame-out functions, plus the step that writes them.
+"""Feature tables computed from ``validated/``: pure frame-in, frame-out functions (``pipelines.features.steps``
+writes them; the same-day operations tables are ``pipelines.features.operations``).
 
 Every table has an ``event_timestamp``: the moment its values became knowable. Feast's point-in-time join only
 hands a flight the rows stamped at or before its prediction time (scheduled departure minus two hours), so the
@@ -14,26 +15,23 @@ stamps are where leakage is prevented:
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable
 from datetime import date, timedelta
 
 import pandas as pd
 
 from pipelines.core.dates import LOCAL_TZ
-from pipelines.core.lake import Lake, partition_key, reference_key
-from pipelines.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 PREDICTION_LEAD = pd.Timedelta(hours=2)
 STATS_PUBLISHED_AFTER_DAY_END = pd.Timedelta(hours=6)
 TRAILING_DAYS = (7, 28)
-LOOKBACK_DAYS = max(TRAILING_DAYS) - 1
+LOOKBACK_DAYS = max(TRAILING_DAYS)
+"""Days of history read before the first day built: the longest window, and the day before it (see
+``_trailing_stats``: whether a key has a row depends on the window of the day before too)."""
 DISRUPTION_DELAY_MINUTES = 15
 PLANES_SNAPSHOT = pd.Timestamp("2012-12-31T00:00:00Z")
 
 WEATHER_FEATURES = ["temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
-FEATURE_TABLES = ("weather_hourly", "flight_schedule", "carrier_stats", "route_stats", "plane_attributes")
 
 
 def flight_id(flights: pd.DataFrame) -> pd.Series:
@@ -54,7 +52,7 @@ def disrupted(flights: pd.DataFrame) -> pd.Series:
     return (delay.isna() | (delay >= DISRUPTION_DELAY_MINUTES)).astype("int64")
 
 
-def _day_end_published(days: pd.Series) -> pd.Series:
+def day_end_published(days: pd.Series) -> pd.Series:
     """When the statistics of each local calendar day become knowable, in UTC."""
     local_midnight = pd.to_datetime(days).dt.tz_localize(LOCAL_TZ)
     return (local_midnight + pd.Timedelta(days=1) + STATS_PUBLISHED_AFTER_DAY_END).dt.tz_convert("UTC")
@@ -97,7 +95,7 @@ def _trailing_stats(flights: pd.DataFrame, key: str, days: list[date], prefix: s
         "arrived": flights["arr_delay"].notna().astype("int64"),
     })
     daily = frame.groupby([key, "day"]).sum()
-    calendar = pd.date_range(min(days) - timedelta(days=max(windows) - 1), max(days), freq="D")
+    calendar = pd.date_range(min(days) - timedelta(days=max(windows)), max(days), freq="D")
     keys = daily.index.get_level_values(0).unique()
     full = daily.reindex(pd.MultiIndex.from_product([keys, calendar], names=[key, "day"]), fill_value=0)
     out = pd.DataFrame(index=full.index)
@@ -109,9 +107,14 @@ def _trailing_stats(flights: pd.DataFrame, key: str, days: list[date], prefix: s
         out[f"{prefix}_cancel_rate_{window}d"] = (rolled["cancelled"] / volume).where(volume > 0)
         out[f"{prefix}_mean_arr_delay_{window}d"] = (rolled["arr_delay_sum"] / rolled["arrived"]).where(
             rolled["arrived"] > 0)
-    out = out.reset_index()
+    # A key has a row on a day when it flew within the longest window, or within the day before's (the row that
+    # says its volume fell to zero). Never for a key that flies only later: which keys exist must not depend on
+    # which days are built together (a replay builds the days before its day apart from the day itself).
+    volume = full["flights"].groupby(level=0).rolling(max(windows), min_periods=1).sum().droplevel(0)
+    active = (volume > 0) | (volume.groupby(level=0).shift(1, fill_value=0) > 0)
+    out = out[active.reindex(out.index).to_numpy()].reset_index()
     out = out[out["day"].isin(pd.to_datetime(days))]
-    out["event_timestamp"] = _day_end_published(out["day"])
+    out["event_timestamp"] = day_end_published(out["day"])
     return out.drop(columns="day").sort_values([key, "event_timestamp"]).reset_index(drop=True)
 
 
@@ -133,55 +136,3 @@ def plane_attributes(planes: pd.DataFrame) -> pd.DataFrame:
         "plane_engines": planes["engines"].astype("int64"),
         "plane_type": planes["type"].astype(str),
     }).sort_values("tailnum").reset_index(drop=True)
-
-
-def _for_feast(frame: pd.DataFrame) -> pd.DataFrame:
-    """Microsecond timestamps: DuckDB (Feast's offline store) cannot cast nanosecond time zones."""
-    return frame.reset_index(drop=True).astype({"event_timestamp": "datetime64[us, UTC]"})
-
-
-def feature_key(table: str, day: date) -> str:
-    return partition_key("features", table, day, "data.parquet")
-
-
-def _validated(lake: Lake, table: str, days: Iterable[date]) -> pd.DataFrame:
-    frames = [lake.read_parquet(partition_key("validated", table, d, "data.parquet")) for d in days
-              if lake.exists(partition_key("validated", table, d, "data.parquet"))]
-    if not frames:
-        raise FileNotFoundError(f"no validated {table} partitions for the requested days in {lake.uri}")
-    return pd.concat(frames, ignore_index=True)
-
-
-def build_features(days: Iterable[date], settings: Settings | None = None) -> dict[str, object]:
-    """Write every feature table's partition for each of ``days`` (idempotent: each partition is replaced)."""
-    from pipelines.core.lake import open_lake
-
-    settings = settings or get_settings()
-    lake = open_lake(settings)
-    days = sorted(days)
-    started = time.perf_counter()
-    history = [days[0] - timedelta(days=i) for i in range(LOOKBACK_DAYS, 0, -1)]
-    available = set(lake.partitions("validated", "flights"))
-    flights = _validated(lake, "flights", [d for d in history + days if d in available])
-    rows: dict[str, int] = dict.fromkeys(FEATURE_TABLES, 0)
-    carriers = carrier_stats(flights, days)
-    routes = route_stats(flights, days)
-    for day in days:
-        published = _day_end_published(pd.Series([pd.Timestamp(day)])).iloc[0]
-        tables = {"carrier_stats": carriers[carriers["event_timestamp"] == published],
-                  "route_stats": routes[routes["event_timestamp"] == published]}
-        if day in available:
-            day_flights = flights[(flights["year"] == day.year) & (flights["month"] == day.month)
-                                  & (flights["day"] == day.day)]
-            tables["flight_schedule"] = flight_schedule(day_flights)
-        weather_key = partition_key("validated", "weather", day, "data.parquet")
-        if lake.exists(weather_key):
-            tables["weather_hourly"] = weather_hourly(lake.read_parquet(weather_key))
-        for table, frame in tables.items():
-            lake.write_parquet(feature_key(table, day), _for_feast(frame))
-            rows[table] += len(frame)
-    planes = plane_attributes(lake.read_parquet(reference_key("planes")))
-    lake.write_parquet(feature_key("plane_attributes", PLANES_SNAPSHOT.date()), _for_feast(planes))
-    rows["plane_attributes"] = len(planes)
-    log.info("build_features: %d days, %s rows (%.1fs)", len(days), rows, time.perf_counter() - started)
-    return {"dates": len(days), "rows": rows, "seconds": round(time.perf_counter() - started, 2)}

@@ -163,6 +163,11 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
         for day in summary["monitoring"]:
             say(format_monitoring(day))
             say(f"  report: {day['report_paths']['html']}")
+        from pipelines.simulation.replay import format_replay_summary, replay_summary
+
+        summary["replay"] = [replay_summary(day, settings) for day in replayed]
+        for day in summary["replay"]:
+            say(format_replay_summary(day))
     elapsed = time.perf_counter() - started
     mails = read_messages(settings)[mails_before:]
     say(f"Emails to {settings.model_owners}: {len(mails)} this run, received by the mail server into "

@@ -81,6 +81,10 @@ def entity_columns(requests: list[FlightRequest]) -> dict[str, list[Any]]:
         "carrier": [r.carrier for r in requests],
         "route": [f"{r.origin}-{r.dest}" for r in requests],
         "tailnum": [r.tailnum or "UNKNOWN" for r in requests],
+        # The same-day operations keys (pipelines.features.operations.operations_keys, as strings).
+        "origin_day": [f"{d}:{r.origin}" for d, r in zip(local_days, requests, strict=True)],
+        "origin_carrier_day": [f"{d}:{r.origin}:{r.carrier}" for d, r in zip(local_days, requests, strict=True)],
+        "tail_day": [f"{d}:{r.tailnum or 'UNKNOWN'}" for d, r in zip(local_days, requests, strict=True)],
         "scheduled_departure": departures,
         "distance": [float(r.distance) for r in requests],
     }

@@ -1,19 +1,23 @@
 """Production traffic, simulated honestly: a day's scheduled flights sent to the live model service over HTTP, each
-at its prediction time (two hours before departure), with the online store materialized hour by hour as a live
-system's hourly job would, so every flight is served the features that were knowable at its prediction time.
+at its prediction time (two hours before departure), with the online store kept as a live system keeps it, so every
+flight is served the features that were knowable at its prediction time.
 
-Hour by hour through the day: materialize the feature tables' rows stamped up to the hour, then send the flights
-whose prediction time falls in that hour as single-flight requests from a few concurrent clients. Weather is
-observed on the hour, so a flight predicted at 14:35 sees the 14:00 observation, as the point-in-time training
-set does. Days are replayed in order: the online store keeps the newest row per key, so replaying a day after a
-later one would serve the later day's values. Progress is kept in ``{lake}/replay/flight_delay/state.json``, so a
-retried replay resumes at the hour it reached and a finished day is not sent twice.
+The day is walked in time order, minute by minute of prediction time. The departures that happened before the minute
+are given to the operations tracker (``pipelines.features.operations``), whose new state rows are pushed to Feast
+(online at once, offline at each hour's end: ``pipelines.features.push``); then the flights predicted in that minute
+are sent as single-flight requests from a few concurrent clients. So a request sees exactly the events before its
+time. The batch views are materialized hour by hour as a live system's hourly job would: weather observed at 14:00
+serves flights predicted 14:00-14:59, as the point-in-time training set does. Days are replayed in order: the online
+store keeps the newest row per key, so replaying a day after a later one would serve the later day's values.
+Progress is kept in ``{lake}/replay/flight_delay/state.json``, so a retried replay resumes at the hour it reached
+(the tracker's state rebuilt up to it, nothing pushed twice) and a finished day is not sent twice.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
@@ -24,7 +28,8 @@ import requests
 
 from pipelines.core.lake import Lake, open_lake, partition_key
 from pipelines.core.settings import Settings, get_settings
-from pipelines.features.tables import PLANES_SNAPSHOT, PREDICTION_LEAD, build_features, scheduled_departure
+from pipelines.features.steps import build_features
+from pipelines.features.tables import PLANES_SNAPSHOT, PREDICTION_LEAD, scheduled_departure
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +54,37 @@ def _day_flights(lake: Lake, day: date) -> pd.DataFrame:
     return flights.sort_values("prediction_time", kind="stable").reset_index(drop=True)
 
 
-def _send(url: str, bodies: list[dict[str, Any]], clients: int) -> tuple[int, int]:
-    """Single-flight requests from ``clients`` keep-alive connections: (answered 200, failed)."""
-    def client(batch: list[dict[str, Any]]) -> tuple[int, int]:
-        ok = failed = 0
-        with requests.Session() as http:
-            for body in batch:
-                try:
-                    response = http.post(f"{url}/predict", json={"flights": [body]}, timeout=30)
-                    ok, failed = (ok + 1, failed) if response.status_code == 200 else (ok, failed + 1)
-                    if response.status_code != 200:
-                        log.warning("replay: %s answered %d: %s", body["flight"], response.status_code,
-                                    response.text[:200])
-                except requests.RequestException as error:
-                    failed += 1
-                    log.warning("replay: request failed: %s", error)
-        return ok, failed
+class _Clients:
+    """``clients`` keep-alive HTTP sessions on threads of their own, reused for every batch of the day."""
 
-    with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(client, [bodies[i::clients] for i in range(clients)]))
-    return sum(ok for ok, _ in results), sum(failed for _, failed in results)
+    def __init__(self, url: str, clients: int) -> None:
+        self.url, self.clients = url, clients
+        self.pool = ThreadPoolExecutor(clients)
+        self.local = threading.local()
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self.local, "session"):
+            self.local.session = requests.Session()
+        session: requests.Session = self.local.session
+        return session
+
+    def _post(self, body: dict[str, Any]) -> bool:
+        try:
+            response = self._session().post(f"{self.url}/predict", json={"flights": [body]}, timeout=30)
+        except requests.RequestException as error:
+            log.warning("replay: request failed: %s", error)
+            return False
+        if response.status_code != 200:
+            log.warning("replay: %s answered %d: %s", body["flight"], response.status_code, response.text[:200])
+        return response.status_code == 200
+
+    def send(self, bodies: list[dict[str, Any]]) -> tuple[int, int]:
+        """Single-flight requests, at most ``clients`` at once: (answered 200, failed)."""
+        answers = list(self.pool.map(self._post, bodies))
+        return sum(answers), len(answers) - sum(answers)
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
 def _logged(lake: Lake, day: date) -> int:
@@ -82,7 +98,15 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
                    wait_for_log_s: float = 60) -> dict[str, Any]:
     """Send ``day``'s flights to the service at ``url`` (default: the front door) at their prediction times, and
     return once the service has written their predictions to the lake."""
-    from pipelines.features.store import apply_definitions, open_store, run_window
+    from pipelines.features.operations import OperationsTracker, day_schedule, departure_events
+    from pipelines.features.push import OperationsPusher
+    from pipelines.features.store import (
+        apply_definitions,
+        open_store,
+        rewind_online,
+        run_window,
+        windowed_views,
+    )
     from pipelines.serving.contract import requests_from_flights
 
     settings = settings or get_settings()
@@ -107,39 +131,71 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
 
     # The day's feature tables, and the two days' before: the trailing statistics a flight of the day sees are
     # published the morning after their own day (D-1's at 06:00 on D, D-2's before that). What the service sees
-    # of them is set by the materialization below, hour by hour.
+    # of them is set by the materialization below, hour by hour. The day's own operations tables are not built:
+    # they come from the pushes below, as the day unfolds.
     validated = set(lake.partitions("validated", "flights"))
-    build_features([d for d in (day - timedelta(days=2), day - timedelta(days=1)) if d in validated] + [day],
-                   settings)
+    build_features([d for d in (day - timedelta(days=2), day - timedelta(days=1)) if d in validated], settings)
+    build_features([day], settings, operations=False)
     store = open_store(settings)  # materializes through the fast engine feature_store.yaml names
     apply_definitions(store)  # as materialize_features does: the sources point at this home's feature tables
     # From the start of the day's feature window (its schedule is stamped the day before): rows loaded again are
     # the same rows, and the online store keeps the newest per key.
     loaded_until = pd.Timestamp(run_window([day])[0]).tz_convert("UTC")
-    views = [view.name for view in store.list_feature_views() if view.name != "plane_attributes"]
+    views = windowed_views(store.list_feature_views())
     # The plane snapshot is stamped before 2013: loaded whatever the day, as materialize_features does.
     store.materialize(start_date=PLANES_SNAPSHOT.to_pydatetime(), end_date=loaded_until.to_pydatetime(),
                       feature_views=["plane_attributes"])
+    if not done:  # a fresh day: the online store as it was before the day's window, whatever was loaded since
+        rewind_online(store, loaded_until.to_pydatetime())
+
+    events = departure_events(flights)
+    tracker = OperationsTracker(day, day_schedule(flights))
+    pusher = OperationsPusher(store)
+    if through is not None and done:  # a retried replay: the state it had pushed, rebuilt without pushing again
+        tracker.record(events[events["event_time"] < through])
+        tracker.advance(through)
+    recorded_until = tracker.clock
+
+    def operations_until(now: pd.Timestamp) -> None:
+        """The departures before ``now`` reach the tracker; the state rows stamped up to ``now`` are pushed."""
+        nonlocal recorded_until
+        tracker.record(events[(events["event_time"] >= recorded_until) & (events["event_time"] < now)])
+        recorded_until = max(recorded_until, now)
+        pusher.push(tracker.advance(now))
+
     logged_before = _logged(lake, day)
     started = time.perf_counter()
     sent = failed = 0
     materialize_s = 0.0
-    for hour, batch in flights.groupby(flights["prediction_time"].dt.floor("h"), sort=True):
-        if through is not None and hour + HOUR <= through:
-            continue  # a retried replay: these hours were sent before it stopped
-        # Rows stamped up to and including the hour: the observation at 14:00 serves flights predicted 14:00-14:59.
-        until = hour + pd.Timedelta(seconds=1)
-        if until > loaded_until:
-            tick = time.perf_counter()
-            store.materialize(start_date=loaded_until.to_pydatetime(), end_date=until.to_pydatetime(),
-                              feature_views=views)
-            materialize_s += time.perf_counter() - tick
-            loaded_until = until
-        ok, bad = _send(url, requests_from_flights(batch), clients)
-        sent, failed = sent + ok, failed + bad
-        state["through"] = (hour + HOUR).isoformat()
-        state["days"][day.isoformat()] = {"sent": sent, "failed": failed, "finished": False}
-        lake.write_text(STATE_KEY, json.dumps(state, indent=2))
+    sender = _Clients(url, clients)
+    try:
+        for hour, batch in flights.groupby(flights["prediction_time"].dt.floor("h"), sort=True):
+            if through is not None and hour + HOUR <= through:
+                continue  # a retried replay: these hours were sent before it stopped
+            # Rows stamped up to and including the hour: the observation at 14:00 serves flights predicted
+            # 14:00-14:59.
+            until = hour + pd.Timedelta(seconds=1)
+            if until > loaded_until:
+                tick = time.perf_counter()
+                store.materialize(start_date=loaded_until.to_pydatetime(), end_date=until.to_pydatetime(),
+                                  feature_views=views)
+                materialize_s += time.perf_counter() - tick
+                loaded_until = until
+            for minute, requests_now in batch.groupby("prediction_time", sort=True):
+                operations_until(minute)
+                ok, bad = sender.send(requests_from_flights(requests_now))
+                sent, failed = sent + ok, failed + bad
+            # The hour's state, pushed online and offline, before the hour is recorded as done.
+            operations_until(hour + HOUR)
+            pusher.flush()
+            state["through"] = (hour + HOUR).isoformat()
+            state["days"][day.isoformat()] = {"sent": sent, "failed": failed, "finished": False}
+            lake.write_text(STATE_KEY, json.dumps(state, indent=2))
+        # The rest of the day's events (late departures, the last hour's window): the day's offline state whole.
+        operations_until(max(events["event_time"].max(), tracker.clock) + 2 * HOUR)
+        pusher.flush()
+    finally:
+        sender.close()
     send_s = time.perf_counter() - started
     if failed:
         raise ReplayError(f"{failed} of {len(flights)} requests for {day} failed; see the log above")
@@ -153,10 +209,46 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
                           f"{wait_for_log_s:.0f}s")
     result = {"sent": sent, "failed": 0, "finished": True, "logged": logged,
               "seconds": round(send_s, 1), "materialize_seconds": round(materialize_s, 1),
+              "operations": pusher.stats(),
               "requests_per_s": round(sent / max(send_s - materialize_s, 1e-9), 1),
               "at": datetime.now().astimezone().isoformat(timespec="seconds")}
     state["days"][day.isoformat()] = result
     lake.write_text(STATE_KEY, json.dumps(state, indent=2))
-    log.info("replay_traffic: %s: %d flights served and logged in %.1fs (materialization %.1fs)", day, sent,
-             send_s, materialize_s)
+    log.info("replay_traffic: %s: %d flights served and logged in %.1fs (materialization %.1fs, operations "
+             "pushes %s)", day, sent, send_s, materialize_s, pusher.stats())
     return result | {"day": day.isoformat()}
+
+
+def replay_summary(day: date, settings: Settings | None = None) -> dict[str, Any]:
+    """What the replay of ``day`` served: its record (flights, pushes of the operations state) and how many served
+    vectors carried that state, with the origin's state at one mid-day request as an example."""
+    from pipelines.serving.prediction_log import read_prediction_log
+
+    settings = settings or get_settings()
+    lake = open_lake(settings)
+    record = _state(lake)["days"].get(day.isoformat(), {})
+    logged = read_prediction_log(lake, day)
+    if logged.empty:
+        return {"day": day.isoformat(), "record": record, "served": 0}
+    features = pd.DataFrame([json.loads(text) for text in logged["features"]])
+    with_state = features["ops_origin_departed"].notna() if "ops_origin_departed" in features else pd.Series(False)
+    example = features.iloc[len(features) // 2]
+    return {"day": day.isoformat(), "record": record, "served": len(features),
+            "with_operations_state": int(with_state.sum()),
+            "example": {k: example.get(k) for k in ("flight_id", "ops_origin_departed", "ops_origin_mean_dep_delay",
+                                                    "ops_origin_pending", "ops_carrier_departed")}}
+
+
+def format_replay_summary(summary: dict[str, Any]) -> str:
+    ops = summary["record"].get("operations", {})
+    lines = [f"Replayed {summary['day']}: {summary['served']:,} flights served at their prediction times; "
+             f"{ops.get('pushes', 0):,} pushes of the operations state ({ops.get('online_rows', 0):,} rows online, "
+             f"{ops.get('offline_rows', 0):,} offline); {summary.get('with_operations_state', 0):,} served vectors "
+             "carry it"]
+    if example := summary.get("example"):
+        delay = example["ops_origin_mean_dep_delay"]
+        lines.append(f"  e.g. {example['flight_id']} saw its origin at {example['ops_origin_departed']} departed "
+                     f"(mean delay {'-' if delay is None or delay != delay else f'{delay:.1f}'} min), "
+                     f"{example['ops_origin_pending']} pending; its airline there {example['ops_carrier_departed']} "
+                     "departed")
+    return "\n".join(lines)

@@ -17,8 +17,25 @@ CARRIER_COLUMNS = tuple(f"carrier_{stat}_{w}d" for w in (7, 28)
 ROUTE_COLUMNS = tuple(f"route_{stat}_28d" for stat in ("flights", "disruption_rate", "cancel_rate", "mean_arr_delay"))
 PLANE_COLUMNS = ("plane_age", "plane_seats", "plane_engines")
 REQUEST_COLUMNS = ("dep_month", "log_distance")
+OPERATIONS_STATS = ("departed", "mean_dep_delay", "late_share", "last_hour_dep_delay", "pending", "pending_share")
+OPERATIONS_COLUMNS = (tuple(f"ops_origin_{stat}" for stat in OPERATIONS_STATS)
+                      + tuple(f"ops_carrier_{stat}" for stat in OPERATIONS_STATS)
+                      + ("ops_tail_departed", "ops_tail_last_dep_delay", "ops_tail_pending"))
+"""The day so far at the origin, at the origin for the flight's airline, and for its aircraft, as of the prediction
+time (``pipelines.features.operations``)."""
 NUMERIC_COLUMNS: tuple[str, ...] = (WEATHER_COLUMNS + SCHEDULE_COLUMNS + CARRIER_COLUMNS + ROUTE_COLUMNS
-                                    + PLANE_COLUMNS + REQUEST_COLUMNS)
+                                    + PLANE_COLUMNS + REQUEST_COLUMNS + OPERATIONS_COLUMNS)
+FEATURE_FAMILIES: dict[str, tuple[str, ...]] = {
+    "weather": WEATHER_COLUMNS,
+    "schedule": SCHEDULE_COLUMNS,
+    "carrier_history": CARRIER_COLUMNS,
+    "route_history": ROUTE_COLUMNS,
+    "plane": PLANE_COLUMNS + ("plane_type",),
+    "calendar": REQUEST_COLUMNS + ("dep_hour", "dep_weekday"),
+    "operations": OPERATIONS_COLUMNS,
+}
+"""Numeric and categorical columns grouped by where they come from: the unit the ablation drops in turn. The
+identity categoricals (carrier, origin, dest) are in no family: every model keeps them."""
 
 
 def categorical_values(frame: pd.DataFrame, column: str) -> pd.Series:

@@ -181,6 +181,7 @@ def test_served_features_are_the_point_in_time_features(monitored: dict[str, Any
     """What each replayed flight was served equals what the point-in-time training set gives for its prediction
     time: the hour-by-hour materialization serves exactly what was knowable then (no leak, no stale value)."""
     from pipelines.features.store import training_set
+    from pipelines.training.columns import OPERATIONS_COLUMNS
 
     settings = monitored["settings"]
     lake = settings.pipeline_home / "lake"
@@ -192,6 +193,10 @@ def test_served_features_are_the_point_in_time_features(monitored: dict[str, Any
     assert list(served.index) == list(expected.index)
     numeric = [c for c in served.columns if c in expected.columns and pd.api.types.is_numeric_dtype(expected[c])]
     assert len(numeric) > 20
+    # The same-day operations state, pushed as the day unfolded, is among them, and was not empty.
+    assert set(OPERATIONS_COLUMNS) <= set(numeric)
+    assert served["ops_origin_departed"].astype("float64").gt(0).mean() > 0.5
+    assert served["ops_tail_last_dep_delay"].notna().sum() > 50
     for column in numeric:
         got, want = served[column].astype("float64"), expected[column].astype("float64")
         same = (got - want).abs().le(1e-9) | (got.isna() & want.isna())

@@ -21,8 +21,9 @@ import pandas as pd
 import pytest
 
 from pipelines.core.settings import PROJECT_ROOT, Settings
+from pipelines.features.steps import FEATURE_TABLES
 from pipelines.features.store import flight_entities, online_features
-from pipelines.features.tables import FEATURE_TABLES, PLANES_SNAPSHOT
+from pipelines.features.tables import PLANES_SNAPSHOT
 from pipelines.ops.airflow_config import airflow_env
 
 pytestmark = pytest.mark.e2e

@@ -22,6 +22,8 @@ import pytest
 from pipelines.core.dates import date_range
 from pipelines.core.lake import open_lake, partition_key
 from pipelines.core.settings import Settings
+from pipelines.features.operations import OPERATIONS_VIEWS
+from pipelines.features.steps import build_features, feature_key
 from pipelines.features.store import (
     ENTITY_COLUMNS,
     FEATURE_SERVICE,
@@ -30,7 +32,6 @@ from pipelines.features.store import (
     online_features,
     open_store,
 )
-from pipelines.features.tables import build_features, feature_key
 from pipelines.ingest.steps import ingest_feed
 from pipelines.simulation.feed import land_feed
 from pipelines.validation.steps import promote_partitions, validate_partitions
@@ -167,13 +168,16 @@ def test_registry_tables_hold_the_definitions(profiles: Profiles) -> None:
     assert {"projects", "entities", "data_sources", "feature_views", "on_demand_feature_views",
             "feature_services", "feast_metadata"} <= tables
 
-    assert {row[0] for row in profiles.postgres("SELECT feature_view_name FROM feature_views")} == VIEWS
+    pushed = set(OPERATIONS_VIEWS)
+    assert {row[0] for row in profiles.postgres("SELECT feature_view_name FROM feature_views")} == VIEWS | pushed
     assert profiles.postgres("SELECT feature_service_name FROM feature_services") == [(FEATURE_SERVICE,)]
     assert profiles.postgres("SELECT feature_view_name FROM on_demand_feature_views") == [("request_features",)]
-    # Read back through Feast: the views' materialized intervals are what the registry in PostgreSQL recorded.
+    # Read back through Feast: the views' materialized intervals are what the registry in PostgreSQL recorded; the
+    # operations views, online only by push, have none.
     recorded = {view.name: view.materialization_intervals for view in open_store(profiles.production)
                 .list_feature_views(allow_cache=False)}
-    assert set(recorded) == VIEWS and all(recorded.values())
+    assert set(recorded) == VIEWS | pushed and all(recorded[v] for v in VIEWS)
+    assert not any(recorded[v] for v in pushed)
 
 
 def test_redis_holds_one_key_per_materialized_entity(profiles: Profiles) -> None:

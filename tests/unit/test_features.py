@@ -43,6 +43,22 @@ def test_trailing_stats_cover_exactly_the_window_ending_on_the_day() -> None:
     assert first["carrier_mean_arr_delay_28d"] == pytest.approx(30 / 8)
 
 
+def test_which_keys_have_statistics_does_not_depend_on_the_days_built_together() -> None:
+    """A route first flown on day 10 has no row on day 9, built alone or with day 10 (the replay builds a day's
+    predecessors apart from the day itself; a row that appeared only in the joint build was served nowhere and
+    trained on); a route that stopped flying keeps one zero row, then none."""
+    flown = [{"day": d} for d in range(1, 6)] + [{"day": 10, "dest": "SFO"}, {"day": 10}]
+    frame = _flights(flown)
+    alone = F.route_stats(frame[frame["day"] < 10], [date(2013, 1, 9)])
+    together = F.route_stats(frame, [date(2013, 1, 9), date(2013, 1, 10)])
+    day_9 = together[together["event_timestamp"] == alone["event_timestamp"].iloc[0]]
+    pd.testing.assert_frame_equal(alone.reset_index(drop=True), day_9.reset_index(drop=True))
+    assert "JFK-SFO" not in set(day_9["route"]) and "JFK-SFO" in set(together["route"])
+    stopped = _flights([{"day": 1}])
+    rows = F.route_stats(stopped, [date(2013, 1, d) for d in range(28, 31)])
+    assert rows["route_flights_28d"].tolist() == [1, 0]  # day 28 still sees day 1; day 29 is the zero row
+
+
 def test_statistics_of_a_day_are_published_the_morning_after() -> None:
     frame = _flights([{"day": 2}])
     stats = F.carrier_stats(frame, [date(2013, 1, 2)])

@@ -31,7 +31,8 @@ from pipelines.core.lake import open_lake
 from pipelines.core.settings import Settings
 from pipelines.features import online_writer as W
 from pipelines.features import store as fs
-from pipelines.features.tables import PLANES_SNAPSHOT, feature_key
+from pipelines.features.steps import feature_key
+from pipelines.features.tables import PLANES_SNAPSHOT
 
 DAYS = [date(2013, 1, 1), date(2013, 1, 2), date(2013, 1, 3)]
 
@@ -72,6 +73,8 @@ def write_feature_lake(lake_root: Path) -> None:
                 "route_disruption_rate_28d": 0.5, "route_cancel_rate_28d": nan if r == 1 else 0.1,
                 "route_mean_arr_delay_28d": 1e300 if r == 2 else 12.0,
             })
+    # A route first flown on the last day: its only row comes after every earlier time (rewind_online removes it).
+    tables["route_stats"].append(tables["route_stats"][-1] | {"route": "NOPE", "event_timestamp": _ts(2013, 1, 4, 11)})
     # Outside any window used below: must never reach the online store.
     late = {"event_timestamp": _ts(2013, 3, 1), "carrier_flights_7d": -1}
     tables["carrier_stats"].append(tables["carrier_stats"][0] | late)
@@ -102,6 +105,8 @@ def entity_rows() -> list[dict]:
                          "carrier": ["AA", "B6", "9E", "ZZ"][n % 4],
                          "route": ["JFK-LAX", "EWR-ORD", "LGA-ATL", "NOPE"][n % 4],
                          "tailnum": ["N1", "N2", "N3", "UNKNOWN"][n % 4],
+                         "origin_day": f"{day}:{origin}", "origin_carrier_day": f"{day}:{origin}:AA",
+                         "tail_day": f"{day}:{['N1', 'N2', 'N3', 'UNKNOWN'][n % 4]}",
                          "scheduled_departure": _ts(2013, 1, day.day, 10 + n, 5 * n),
                          "distance": [1089.0, 0.0, 2475.5, 17.0][n % 4]})
     return rows + rows[:3]  # repeated flights
@@ -152,11 +157,16 @@ def test_fast_materialization_writes_exactly_what_stock_writes(two_homes: dict[s
         assert same(stock_read(two_homes["ours"], entity_rows()), stock_read(two_homes["stock"], entity_rows()))
     # The row stamped 2013-03-01 lies outside both windows.
     values = stock_read(two_homes["ours"], [{"carrier": "AA", "flight_id": "x", "origin": "EWR", "route": "r",
-                                             "tailnum": "N1", "scheduled_departure": _ts(2013, 1, 1), "distance": 1.0}])
+                                             "tailnum": "N1", "origin_day": "x", "origin_carrier_day": "x",
+                                             "tail_day": "x", "scheduled_departure": _ts(2013, 1, 1),
+                                             "distance": 1.0}])
     assert values["carrier_flights_7d"] == [72]
     # Materialization intervals are recorded as stock records them.
     store = fs.open_store(two_homes["ours"])
-    assert all(len(v.materialization_intervals) == 2 for v in store.list_feature_views())
+    intervals = {v.name: len(v.materialization_intervals) for v in store.list_feature_views()}
+    # The operations views reach the online store by push only: materializing one would put a day's evening online
+    # before its morning.
+    assert intervals == dict.fromkeys(fs_views(), 2) | {"ops_origin": 0, "ops_carrier": 0, "ops_tail": 0}
 
 
 def test_the_yaml_names_the_fast_engine(two_homes: dict[str, Settings], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,7 +190,7 @@ def test_feast_cli_materialize_runs_the_fast_engine(two_homes: dict[str, Setting
     start, end = PLANES_SNAPSHOT.to_pydatetime(), fs.run_window(DAYS)[1]
     stock = fs.open_store(two_homes["stock"], stock=True)
     fs.apply_definitions(stock)
-    stock.materialize(start_date=start, end_date=end)
+    stock.materialize(start_date=start, end_date=end, feature_views=fs_views())  # stock would load pushed views too
     fs.apply_definitions(fs.open_store(two_homes["ours"]))
     feast = Path(sys.executable).parent / "feast"
     done = subprocess.run([str(feast), "--log-level", "info", "-c", str(fs.FEATURE_REPO), "materialize",
@@ -189,6 +199,7 @@ def test_feast_cli_materialize_runs_the_fast_engine(two_homes: dict[str, Setting
     assert done.returncode == 0, done.stderr[-3000:]
     bulk = re.findall(r"(\w+): \d+ of \d+ rows written to the online store by the bulk writer", done.stderr)
     assert sorted(bulk) == sorted(fs_views()), done.stderr[-3000:]
+    assert "ops_origin is fed by push only: not materialized" in done.stderr
     assert sqlite_rows(two_homes["ours"]) == sqlite_rows(two_homes["stock"])
 
 
@@ -203,7 +214,7 @@ def test_online_write_batch_size_is_honoured(two_homes: dict[str, Settings]) -> 
         fs.apply_definitions(store)
         provider = store._get_provider()
         provider.online_store._get_conn(store.config).set_trace_callback(statements.setdefault(name, []).append)
-        store.materialize(start_date=start, end_date=end)
+        store.materialize(start_date=start, end_date=end, feature_views=fs_views())
         engines[name] = provider.batch_engine
     assert type(engines["ours"]) is W.FastLocalComputeEngine
     assert [n for n, v in engines["ours"].stats.items() if not v["fast"]] == []
@@ -225,11 +236,33 @@ def test_views_the_encoders_do_not_cover_go_through_the_stock_writer(two_homes: 
     assert sqlite_rows(two_homes["ours"]) == sqlite_rows(two_homes["stock"])
 
 
+def pushed_operations() -> dict[str, pd.DataFrame]:
+    """Operations state rows as the tracker makes them, with the awkward values: NaN means, zero counts, two rows
+    of one key (the newer wins), a key no request asks for."""
+    from pipelines.features.operations import OPERATIONS_VIEWS, VIEW_COLUMNS, VIEW_KEYS
+
+    nan = float("nan")
+    keys = {"ops_origin": ["2013-01-01:EWR", "2013-01-01:JFK", "2013-01-02:EWR", "2013-01-09:LGA"],
+            "ops_carrier": ["2013-01-01:EWR:AA", "2013-01-01:JFK:AA", "2013-01-02:EWR:AA", "2013-01-09:LGA:AA"],
+            "ops_tail": ["2013-01-01:N1", "2013-01-01:N2", "2013-01-02:N3", "2013-01-09:N1"]}
+    frames = {}
+    for view in OPERATIONS_VIEWS:
+        rows = []
+        for i, key in enumerate([*keys[view], keys[view][0]]):
+            values = [i if c.endswith(("_departed", "_pending")) else [nan, -3.25, 0.5, 1e300, 7.0][i]
+                      for c in VIEW_COLUMNS[view]]
+            rows.append([key, _ts(2013, 1, 1, 12, i), *values, key[:10]])
+        frames[view] = pd.DataFrame(rows, columns=[VIEW_KEYS[view], "event_timestamp", *VIEW_COLUMNS[view], "day"])
+    return frames
+
+
 def test_compiled_reader_returns_what_stock_returns(two_homes: dict[str, Settings]) -> None:
     from pipelines.features.online_reader import read_online, reader_for
+    from pipelines.features.push import push_online
 
     fs.materialize_features(DAYS, two_homes["ours"])
     store = fs.open_store(two_homes["ours"])
+    assert push_online(store, pushed_operations()) == 12  # the newest of the repeated key's two rows
     assert reader_for(store, fs.FEATURE_SERVICE) is not None
     service = store.get_feature_service(fs.FEATURE_SERVICE, allow_cache=True)
     rows = entity_rows()
@@ -245,6 +278,10 @@ def test_compiled_reader_returns_what_stock_returns(two_homes: dict[str, Setting
     out = read_online(store, fs.FEATURE_SERVICE, rows[:1])
     assert out["dewp"] == [18.0] and out["plane_type"] == [None] and out["plane_seats"] == [55]
     assert out["dep_hour"] == [5] and out["log_distance"] == [pytest.approx(np.log1p(1089.0))]
+    # Pushed operations state: the newer of two rows of 2013-01-01:EWR, and nothing for a key never pushed.
+    assert out["ops_origin_departed"] == [4] and out["ops_origin_mean_dep_delay"] == [7.0]
+    assert out["ops_tail_departed"] == [4]
+    assert read_online(store, fs.FEATURE_SERVICE, rows[14:15])["ops_origin_departed"] == [None]  # 2013-01-03
 
 
 def test_reader_falls_back_to_stock_outside_its_scope(two_homes: dict[str, Settings]) -> None:
@@ -314,3 +351,47 @@ def test_unsupported_shapes_are_refused_not_guessed() -> None:
         W.entity_key_encoder({"k": ValueType.BYTES}, 3)
     with pytest.raises(W.Unsupported):
         W.entity_keys(pa.table({"k": pa.array(["a", None])}), {"k": ValueType.STRING}, 3)
+
+
+def test_fast_push_writes_exactly_what_stock_push_writes(two_homes: dict[str, Settings]) -> None:
+    """``OnlinePush`` (views resolved once, the bulk writer) against Feast's ``store.push``: the same stored rows,
+    the newer row winning as stock decides it, also when an older row comes after a newer one."""
+    from pipelines.features.push import OnlinePush
+
+    frames = pushed_operations()
+    older = {view: frame.iloc[[0]].assign(event_timestamp=_ts(2013, 1, 1, 6)) for view, frame in frames.items()}
+    for name in ("stock", "ours"):
+        store = fs.open_store(two_homes[name])
+        fs.apply_definitions(store)
+        push = OnlinePush(store, stock=name == "stock")
+        assert (push.writer is None) == (name == "stock")
+        assert push(frames) == 12
+        push(older)  # stamped before what is stored: dropped
+    assert sqlite_rows(two_homes["ours"]) == sqlite_rows(two_homes["stock"])
+    assert sum(len(rows) for rows in sqlite_rows(two_homes["ours"]).values()) > 30
+
+
+def check_rewind(homes: dict[str, Settings]) -> None:
+    """``rewind_online``: "ours" gets the whole window and is rewound to ``at``; "stock" is loaded only up to ``at``;
+    every rewound view reads back the same, and a key whose rows all come later is gone."""
+    at = datetime(2013, 1, 2, 13, tzinfo=UTC)
+    start = fs.run_window(DAYS)[0]
+    early = fs.open_store(homes["stock"])
+    fs.apply_definitions(early)
+    early.materialize(start_date=start, end_date=at, feature_views=fs_views())
+    fs.materialize_features(DAYS, homes["ours"])
+    store = fs.open_store(homes["ours"])
+    rows = entity_rows()
+    rewound = ["weather_hourly", "carrier_stats", "route_stats"]
+    columns = [f.name for v in rewound for f in store.get_feature_view(v).features]
+    before = {c: v for c, v in stock_read(homes["ours"], rows).items() if c in columns}
+    assert not same(before, {c: v for c, v in stock_read(homes["stock"], rows).items() if c in columns})
+    done = fs.rewind_online(store, at)
+    assert sorted(done) == sorted(rewound)
+    assert done["route_stats"]["removed"] == 1 and done["weather_hourly"]["written"] == 4
+    assert same({c: v for c, v in stock_read(homes["ours"], rows).items() if c in columns},
+                {c: v for c, v in stock_read(homes["stock"], rows).items() if c in columns})
+
+
+def test_rewind_puts_back_what_was_online_at_a_time(two_homes: dict[str, Settings]) -> None:
+    check_rewind(two_homes)
