@@ -74,6 +74,14 @@ def _materialize(args: argparse.Namespace) -> dict[str, Any]:
     return materialize_features(_window(args))
 
 
+def _ablation(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.training.ablation import format_ablation, run_ablation
+
+    table = run_ablation(args.run_key, max_epochs=args.max_epochs)
+    print(format_ablation(table))  # noqa: T201 - the command's output
+    return {"run_key": args.run_key, "families": len(table["rows"]) - 1}
+
+
 def _training_set(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.core.settings import get_settings
     from pipelines.features.store import training_set
@@ -238,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-epochs", type=int, default=30, help="epochs per training at most (default 30)")
     train.add_argument("--valid-days", type=int, default=14, help="validation days before the test window")
     train.add_argument("--test-days", type=int, default=14, help="most recent days held out for evaluation")
+    ablation = command("ablation", _ablation, "Retrain a run's final model with each feature family left out in "
+                       "turn; test ROC AUC and Brier, logged to its MLflow run", window=False)
+    ablation.add_argument("--run-key", required=True, help="the training run whose model and split to use")
+    ablation.add_argument("--max-epochs", type=int, default=20, help="epochs per retraining at most (default 20)")
     deploy = command("deploy", _deploy, "Serve the champion (or --version) at 127.0.0.1:$SERVICE_PORT: build its "
                      "Bento, "
                      "start it beside the live one, smoke-test, switch traffic", window=False)

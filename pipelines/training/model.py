@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines.training.network import FlightDelayNet, build_net
+from pipelines.training.network import Network, build_net
 from pipelines.training.preprocessing import Preprocessor
 
 
@@ -30,7 +30,7 @@ class TrainedModel:
     best_epoch: int
     calibration: tuple[float, float] = (1.0, 0.0)
     """Platt scaling fitted on the validation window: probability = sigmoid(a * logit + b)."""
-    _networks: dict[str, FlightDelayNet] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _networks: dict[str, Network] = field(default_factory=dict, init=False, repr=False, compare=False)
     """Eval-mode networks for inference, one per device, built on first use (never pickled)."""
 
     @property
@@ -43,13 +43,13 @@ class TrainedModel:
         """The same epoch's validation log loss of the raw ``sigmoid(logit)``, for comparison."""
         return self.history[self.best_epoch]["valid_log_loss_uncalibrated"]
 
-    def network(self, device: torch.device | None = None) -> FlightDelayNet:
+    def network(self, device: torch.device | None = None) -> Network:
         """A new network with the best epoch's weights, in eval mode."""
         net = build_net(self.preprocessor, self.params)
         net.load_state_dict(self.state_dict)
         return net.to(device or torch.device("cpu")).eval()
 
-    def _inference_network(self, device: torch.device) -> FlightDelayNet:
+    def _inference_network(self, device: torch.device) -> Network:
         # Building a network and loading its weights costs more than scoring a thousand flights: once per device.
         # Eval mode and no autograd state, so threads serving requests share it safely.
         net = self._networks.get(str(device))

@@ -61,7 +61,7 @@ def train_final_model(run_key: str, settings: Settings | None = None, *, max_epo
 
     from pipelines.training.fit import DEFAULT_PARAMS, train_model
     from pipelines.training.network import pick_device
-    from pipelines.training.tuning import log_study, open_study
+    from pipelines.training.tuning import log_study, log_study_figures, open_study
 
     settings, lake = settings_and_lake(settings)
     manifest = read_manifest(run_key, settings)
@@ -98,6 +98,7 @@ def train_final_model(run_key: str, settings: Settings | None = None, *, max_epo
         mlflow.log_metrics({"best_epoch": model.best_epoch, "train_seconds": seconds})
         data = model.to_bytes()
         lake.write_bytes(model_file, data)
+        log_study_figures(study, final_id, summary.get("importances"))  # the Optuna charts beside the model
         mlflow.log_dict(model.preprocessor.to_dict(), "model/preprocessor.json")
         mlflow.log_dict(manifest, "model/training_manifest.json")
         mlflow.set_tag("model_uri", lake.url(model_file))

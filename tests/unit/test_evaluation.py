@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 
 from pipelines.core.names import LABEL
+from pipelines.core.settings import Settings
 from pipelines.training import evaluation as E
-from pipelines.training.fit import time_split
+from pipelines.training.ablation import ALL_FEATURES, ablate, format_ablation, run_ablation
+from pipelines.training.columns import FEATURE_FAMILIES
+from pipelines.training.fit import DEFAULT_PARAMS, time_split, train_model
 
 
 def _mann_whitney_auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -123,3 +126,59 @@ def test_paired_bootstrap_interval_of_the_auc_difference() -> None:
     assert 0 < result["low"] < expected < result["high"]
     same = E.paired_bootstrap_auc_difference(y, better, better, resamples=50)
     assert same["difference"] == same["low"] == same["high"] == 0.0
+
+
+FAST = DEFAULT_PARAMS | {"hidden_sizes": [32, 16], "dropout": 0.0, "lr": 3e-3, "batch_size": 256, "members": 1}
+
+
+def test_ablation_finds_the_family_the_label_depends_on(make_training_frame: Callable[..., pd.DataFrame]) -> None:
+    """The synthetic label rises steeply with the departure hour (the request family); the histories and the plane are
+    noise there."""
+    train, valid, test = time_split(make_training_frame(3000), valid_days=5, test_days=5)
+    families = {name: FEATURE_FAMILIES[name] for name in ("route_history", "request", "plane")}
+    rows = ablate(train, valid, test, FAST, families=families, max_epochs=8, patience=3)
+    by_name = {row["left_out"]: row for row in rows}
+    assert [row["left_out"] for row in rows] == [ALL_FEATURES, *families]
+    assert by_name[ALL_FEATURES]["roc_auc_change"] == 0.0
+    assert by_name["request"]["roc_auc_change"] < -0.05
+    assert by_name["request"]["roc_auc_change"] == min(row["roc_auc_change"] for row in rows)
+    assert by_name["plane"]["columns"] == by_name[ALL_FEATURES]["columns"] - len(FEATURE_FAMILIES["plane"])
+    lines = format_ablation({"rows": rows}).splitlines()
+    assert lines[0].startswith("| left out |") and len(lines) == 2 + len(rows)
+    assert lines[2].startswith(f"| {ALL_FEATURES} (all columns) |")
+    assert lines[3].startswith("| request |")  # the family that matters most comes first
+
+
+def test_run_ablation_logs_the_table_on_the_final_run(settings: Settings,
+                                                     make_training_frame: Callable[..., pd.DataFrame]) -> None:
+    import mlflow
+
+    from pipelines.core.lake import open_lake
+    from pipelines.core.runs import run_slug
+    from pipelines.training.datasets import SPLITS, model_key
+    from pipelines.training.tracking import find_or_create_run, use_tracking
+
+    run_key = "flight_delay_training/2013-03-31T00:00:00+00:00/manual__ablation"
+    lake = open_lake(settings)
+    splits = dict(zip(SPLITS, time_split(make_training_frame(1500, days=20), valid_days=4, test_days=4),
+                      strict=True))
+    for name, part in splits.items():
+        buffer = io.BytesIO()
+        part.to_parquet(buffer, index=False)
+        lake.write_bytes(f"training/{run_slug(run_key)}/{name}.parquet", buffer.getvalue())
+    lake.write_text(f"training/{run_slug(run_key)}/manifest.json", "{}")
+    with pytest.raises(FileNotFoundError, match="no final model"):
+        run_ablation(run_key, settings)
+    model = train_model(splits["train"], splits["valid"], FAST, seed=0, max_epochs=2)
+    lake.write_bytes(model_key(run_key, "model.pt"), model.to_bytes())
+    final = find_or_create_run(use_tracking(settings), run_key, "final", run_name="final")
+
+    table = run_ablation(run_key, settings, max_epochs=2, patience=1)
+    assert table["params"] == model.params
+    assert [row["left_out"] for row in table["rows"]] == [ALL_FEATURES, *FEATURE_FAMILIES]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(final, "evaluation")}
+    assert artifacts == {"evaluation/ablation.json", "evaluation/ablation.md"}
+    metrics = mlflow.get_run(final).data.metrics
+    assert metrics["ablation_without_weather_test_roc_auc"] == pytest.approx(table["rows"][1]["roc_auc"])
+    assert {f"ablation_without_{name}_test_brier" for name in FEATURE_FAMILIES} <= set(metrics)
+    assert lake.exists(model_key(run_key, "ablation.json"))

@@ -22,7 +22,7 @@ from pipelines.training.fit import (
     training_parts,
 )
 from pipelines.training.model import TrainedModel
-from pipelines.training.network import EMBEDDING_DIM, Dropout, _lookup, pick_device
+from pipelines.training.network import EMBEDDING_DIM, Dropout, FlightDelayEnsemble, FlightDelayNet, _lookup, pick_device
 from pipelines.training.preprocessing import UNKNOWN_INDEX, Preprocessor
 
 FAST = {"hidden_sizes": [32, 16], "dropout": 0.0, "lr": 3e-3, "batch_size": 256}
@@ -238,14 +238,17 @@ def test_categorical_values_match_the_per_value_definition(make_training_frame: 
     assert categorical_values(odd, "dest").tolist() == ["XXX", "LAX", None, None, None, "ORD", "B-C", None]
 
 
-def test_categoricals_share_one_embedding_table(trained: TrainedModel) -> None:
+def test_categoricals_share_one_embedding_table_per_member(trained: TrainedModel) -> None:
     net = trained.network()
-    tables = [m for m in net.modules() if isinstance(m, torch.nn.Embedding)]
+    assert isinstance(net, FlightDelayEnsemble) and len(net.members) == DEFAULT_PARAMS["members"]
     cardinalities = trained.preprocessor.cardinalities
-    assert len(tables) == 1 and tables[0].num_embeddings == sum(cardinalities)
-    assert net.offsets.tolist() == np.concatenate([[0], np.cumsum(cardinalities)[:-1]]).tolist()
-    # index 0 (unknown) of each column is its own row: the columns do not share an "unknown" vector
-    assert len(set((net.offsets + UNKNOWN_INDEX).tolist())) == len(cardinalities)
+    for member in net.members:
+        assert isinstance(member, FlightDelayNet)
+        tables = [m for m in member.modules() if isinstance(m, torch.nn.Embedding)]
+        assert len(tables) == 1 and tables[0].num_embeddings == sum(cardinalities)
+        assert member.offsets.tolist() == np.concatenate([[0], np.cumsum(cardinalities)[:-1]]).tolist()
+        # index 0 (unknown) of each column is its own row: the columns do not share an "unknown" vector
+        assert len(set((member.offsets + UNKNOWN_INDEX).tolist())) == len(cardinalities)
 
 
 def test_cpu_embedding_matches_the_stock_lookup_and_gradient() -> None:
@@ -320,3 +323,55 @@ def test_bench_training_measures_both_paths(make_training_frame: Callable[..., p
         cpu["sliced_samples_per_s"] / cpu["dataloader_samples_per_s"], abs=0.06)
     assert set(figures["met"]) == {"cpu_samples_per_s", "speedup_vs_dataloader"} and figures["targets"] == TARGETS
     print_training(figures)
+
+
+def test_each_member_learns_as_it_would_alone(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    """The ensemble's loss is the sum of its members' own: member 0 of two ends an epoch where one network would."""
+    train = splits[0]
+    pre = Preprocessor().fit(train)
+    cat, num = pre.transform(train)
+    y = torch.as_tensor(train["disrupted"].to_numpy(), dtype=torch.float32)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    states = {}
+    for members in (1, 2):
+        torch.manual_seed(0)  # the first member's initialization
+        net, optimizer, criterion = training_parts(pre, train, DEFAULT_PARAMS | FAST | {"members": members},
+                                                   torch.device("cpu"))
+        train_epoch(net, optimizer, criterion, sliced_batches(cat, num, y, order, 256))
+        states[members] = net.state_dict()
+    assert isinstance(net, FlightDelayEnsemble)
+    for name, value in states[1].items():
+        torch.testing.assert_close(states[2][f"members.0.{name}"], value, msg=name)
+    assert not torch.equal(states[2]["members.0.linear.weight"], states[2]["members.1.linear.weight"])
+
+
+def test_the_model_predicts_the_mean_logit_of_its_members(trained: TrainedModel,
+                                                          splits: tuple[pd.DataFrame, pd.DataFrame,
+                                                                        pd.DataFrame]) -> None:
+    test = splits[2]
+    with torch.no_grad():
+        each = trained.network().member_logits(*trained.preprocessor.transform(test))
+    assert each.shape == (DEFAULT_PARAMS["members"], len(test)) and not torch.equal(each[0], each[1])
+    torch.testing.assert_close(trained.predict_logits(test), each.mean(0))
+
+
+def test_a_model_saved_before_ensembles_loads_as_one_network(
+        splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    train, valid, test = splits
+    single = train_model(train, valid, FAST | {"members": 1}, seed=0, max_epochs=2)
+    old = TrainedModel.from_bytes(single.to_bytes())
+    old.params = {k: v for k, v in old.params.items() if k != "members"}  # what such a model's params hold
+    assert isinstance(old.network(), FlightDelayNet) and not any(k.startswith("members.") for k in old.state_dict)
+    np.testing.assert_array_equal(old.predict_proba(test), single.predict_proba(test))
+
+
+def test_train_model_takes_a_column_subset(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    train, valid, test = splits
+    subset = Preprocessor(categorical=["carrier", "origin", "dest"],
+                          numeric=[c for c in Preprocessor().numeric if c not in ("temp", "precip")])
+    model = train_model(train, valid, FAST, seed=0, max_epochs=2, preprocessor=subset)
+    assert model.preprocessor.categorical == ["carrier", "origin", "dest"]
+    assert "precip" not in model.preprocessor.numeric
+    restored = TrainedModel.from_bytes(model.to_bytes())
+    other = test.assign(precip=test["precip"] + 1.0, plane_type="zz")
+    np.testing.assert_array_equal(restored.predict_proba(test), restored.predict_proba(other))

@@ -15,7 +15,19 @@ from pipelines.core.settings import Settings
 from pipelines.training.fit import DEFAULT_PARAMS, time_split, train_model
 from pipelines.training.model import TrainedModel
 from pipelines.training.tracking import find_or_create_run, use_tracking
-from pipelines.training.tuning import finished_trials, log_study, open_study, params_from_trial, run_trials
+from pipelines.training.tuning import (
+    DEFAULTS_MARGIN,
+    chosen_trial,
+    finished_trials,
+    log_study,
+    log_study_figures,
+    open_study,
+    params_from_trial,
+    run_trials,
+    suggest_params,
+    summarize_study,
+    trial_values,
+)
 
 RUN_KEY = "flight_delay_training/2013-03-31T00:00:00+00:00/manual__test"
 
@@ -64,7 +76,8 @@ def test_trials_are_nested_runs_and_the_parent_records_the_study(settings: Setti
                                                                  tuning: dict[str, Any]) -> None:
     study = open_study(settings, RUN_KEY)
     summary = _run(study, tuning, n_trials=3)
-    assert summary["best_params"] == params_from_trial(study.best_trial.params)
+    chosen = chosen_trial(study)
+    assert chosen is not None and summary["best_params"] == params_from_trial(chosen.params)
     assert set(summary["best_params"]) == set(DEFAULT_PARAMS)
 
     trials = mlflow.search_runs(experiment_ids=[tuning["experiment"]], output_format="list",
@@ -75,10 +88,55 @@ def test_trials_are_nested_runs_and_the_parent_records_the_study(settings: Setti
 
     logged = log_study(study, tuning["parent"])
     parent = mlflow.get_run(tuning["parent"])
-    assert parent.data.metrics["best_valid_log_loss"] == pytest.approx(study.best_value)
-    assert parent.data.params["best_lr"] == str(study.best_trial.params["lr"])
+    assert parent.data.metrics["best_valid_log_loss"] == pytest.approx(chosen.value)
+    assert parent.data.params["best_lr"] == str(chosen.params["lr"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(tuning["parent"], "tuning")}
     assert artifacts == {"tuning/optimization_history.html", "tuning/param_importances.html",
-                         "tuning/param_importances.json"}
+                         "tuning/param_importances.json", "tuning/optimization_history.png",
+                         "tuning/param_importances.png"}
     assert set(logged["importances"]) <= set(study.best_trial.params)
 
+    final = find_or_create_run(tuning["experiment"], RUN_KEY, "final", run_name="final")
+    with mlflow.start_run(run_id=final):  # the final run's step may have it active: the figures go in anyway
+        log_study_figures(study, final, logged["importances"])
+    images = {a.path for a in mlflow.MlflowClient().list_artifacts(final, "tuning")}
+    assert images == {"tuning/optimization_history.png", "tuning/param_importances.png"}
+
+
+def test_the_defaults_are_the_first_trial_and_the_space_keeps_to_its_bounds(settings: Settings,
+                                                                            tuning: dict[str, Any]) -> None:
+    assert params_from_trial(trial_values(DEFAULT_PARAMS)) == DEFAULT_PARAMS
+    study = open_study(settings, RUN_KEY)
+    _run(study, tuning, n_trials=3)
+    assert study.trials[0].params == trial_values(DEFAULT_PARAMS)
+    assert [t.params for t in study.trials].count(trial_values(DEFAULT_PARAMS)) == 1
+    _run(open_study(settings, RUN_KEY), tuning, n_trials=5)  # resumed: the defaults are not tried again
+    assert [t.params for t in study.trials].count(trial_values(DEFAULT_PARAMS)) == 1
+    for trial in open_study(settings, RUN_KEY).trials:
+        params = params_from_trial(trial.params)
+        assert 0.0 <= params["imbalance_power"] <= 0.5 and 0.1 <= params["dropout"] <= 0.6
+        assert 3e-4 <= params["lr"] <= 3e-3 and params["members"] == DEFAULT_PARAMS["members"]
+
+
+
+def test_a_trial_must_beat_the_defaults_by_the_margin_to_be_chosen() -> None:
+    import optuna
+
+    study = optuna.create_study()
+    study.enqueue_trial(trial_values(DEFAULT_PARAMS))
+    values = iter([0.5, 0.5 - DEFAULTS_MARGIN / 2, 0.6, 0.5 - 2 * DEFAULTS_MARGIN])
+
+    def objective(trial: optuna.Trial) -> float:
+        suggest_params(trial)
+        return next(values)
+
+    study.optimize(objective, n_trials=3)
+    chosen = chosen_trial(study)
+    assert chosen is not None and chosen.number == 0 and study.best_trial.number == 1  # within noise: the defaults
+    summary = summarize_study(study)
+    assert summary["best_params"] == DEFAULT_PARAMS
+    assert summary["lowest_value"] == pytest.approx(0.5 - DEFAULTS_MARGIN / 2)
+    study.optimize(objective, n_trials=1)
+    clearly_better = chosen_trial(study)
+    assert clearly_better is not None and clearly_better.number == 3
+    assert chosen_trial(optuna.create_study()) is None
