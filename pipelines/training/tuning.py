@@ -129,7 +129,9 @@ def run_trials(study: optuna.Study, train: pd.DataFrame, valid: pd.DataFrame, *,
     log.info("study %s: %d finished trials, running up to %d more (budget %s)", study.study_name, already, remaining,
              f"{timeout_s:.0f}s" if timeout_s else "none")
     # The defaults go first: the startup trials are random draws, and with a few trials none may land near them.
-    study.enqueue_trial(trial_values(DEFAULT_PARAMS), skip_if_exists=True)
+    # One worker enqueues them: two checking ``skip_if_exists`` at once would both enqueue, and run, the same trial.
+    if worker == 0:
+        study.enqueue_trial(trial_values(DEFAULT_PARAMS), skip_if_exists=True)
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial)
