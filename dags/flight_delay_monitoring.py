@@ -10,7 +10,8 @@ logical date, or the **day** param of a manual trigger (any day, earlier ones to
 1. `replay_traffic`: the simulated production traffic. The day's scheduled flights go to the live service over
    HTTP at their prediction times, minute by minute, with the day's departures pushed to Feast as operations state
    before each minute's requests and the batch views materialized hour by hour (after a rewind of the online store
-   to the day's window start); their predictions are logged to `predictions/`. Off with **replay_traffic** = false where real traffic reaches the service.
+   to the day's window start); their predictions are logged to `predictions/`. Off with **replay_traffic** =
+   false where real traffic reaches the service.
 2. `label_predictions`: the day's outcomes (its validated feed) joined to what was served: `labels/`.
 3. `build_drift_report`: Evidently: data drift of the served features against the champion's training reference,
    drift of the scores, and quality on the labelled trailing window beside the training metrics. HTML, JSON and
