@@ -20,7 +20,7 @@ export PIPELINE_HOME ?= $(CURDIR)/.pipeline_home
 ENV_FILE ?=
 PIPELINES := $(BIN)/python -m pipelines $(if $(ENV_FILE),--env-file $(ENV_FILE))
 
-.PHONY: help install run up down serve status stop rollback test bench lint lock clean
+.PHONY: help install run year up down serve status stop rollback test bench lint lock clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-9s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ install: $(STAMP) ## Install haproxy, wrk and chromium if missing, create .venv 
 
 run: $(STAMP) ## Run the pipeline through Airflow on embedded defaults (demo window 2013-01-01..03-31)
 	@$(PIPELINES) run
+
+year: $(STAMP) ## Run 2013 as production under Airflow's scheduler, every day from April (resumable; START=/END= for a slice)
+	@$(PIPELINES) year $(if $(START),--start $(START)) $(if $(END),--end $(END))
 
 up: $(STAMP) ## Start Airflow (UI on 127.0.0.1:8080, login printed), the mail server and the model service; ENV_FILE=infra/prod.env: the production profile
 	@$(PIPELINES) up

@@ -53,10 +53,22 @@ def notify_owners_on_failure(context: Mapping[str, Any]) -> None:
 
 def send_monitoring_email(summary: Mapping[str, Any], report_paths: Iterable[str | Path],
                           conn_id: str = SMTP_CONN_ID) -> dict[str, Any]:
-    """Email the model's owners the monitoring run's summary, with its report attached (or named when too large).
-    Returns what was sent (recipients, subject, attachments), small enough for XCom."""
+    """Email the model's owners the monitoring run's summary: a first line that says whether anything needs them,
+    the last 30 days as a chart shown inline (a PNG drawn into a temporary folder, attached, referenced by its
+    Content-ID), the figures, and where the full report is (named, never attached: it is ~8 MB). Without a chart
+    (the history unreadable) the email still goes. Returns what was sent (recipients, subject, attachments,
+    reports), small enough for XCom."""
+    import tempfile
+
     from pipelines.core.settings import get_settings
+    from pipelines.monitoring.daily_chart import write_history_chart
     from pipelines.monitoring.notifications import monitoring_email
 
     settings = get_settings()
-    return send_email(monitoring_email(summary, report_paths, settings.owners, settings), conn_id)
+    with tempfile.TemporaryDirectory(prefix="monitoring-email-") as folder:
+        try:
+            chart: Path | None = write_history_chart(summary, Path(folder), settings)
+        except Exception:  # the figures matter more than the picture
+            log.warning("monitoring email for %s goes without its chart", summary.get("date"), exc_info=True)
+            chart = None
+        return send_email(monitoring_email(summary, report_paths, settings.owners, settings, chart=chart), conn_id)

@@ -1,22 +1,26 @@
 """
 ### flight_delay_monitoring: the served model, checked every day, with its owners told
 
-One run per day from 2013-04-01 (the first day after the demo window), one run at a time (traffic is replayed in
-order); no catchup: a stretch of days is a backfill, which runs them in order. From the UI's trigger form, keep the
-**Logical date** inside the DAG's dates (2013-04-01 .. 2013-12-31): Airflow marks a run dated outside them
-successful without running any task (the form's default, now, is past 2013). Each run watches the day of its
-logical date, or the **day** param of a manual trigger (any day, earlier ones too).
+One run per New York day from 2013-04-01 (the first day after the demo window), when the day has ended (midnight
+America/New_York; the run's data interval is the day), one run at a time (traffic is replayed in order); no catchup:
+a stretch of days is a backfill (the UI's *Backfill*, or `make year`), which runs them in order. A manual run
+watches the **day** param, else the New York date of its **Logical date**; a day the feed does not hold (the
+form's default, now, is past 2013) is refused with the feed's dates.
 
+0. `wait_for_feed`: the day's flights validated (`flights_ingest`); waits (rescheduling, no worker held) while the
+   day's feed is late, or quarantined until it is re-landed and its ingest run cleared.
 1. `replay_traffic`: the simulated production traffic. The day's scheduled flights go to the live service over
    HTTP at their prediction times, minute by minute, with the day's departures pushed to Feast as operations state
    before each minute's requests and the batch views materialized hour by hour (after a rewind of the online store
-   to the day's window start); their predictions are logged to `predictions/`. Off with **replay_traffic** =
-   false where real traffic reaches the service.
+   to the day's window start; in the pool `online_store`, never beside flight_features' materialization); their
+   predictions are logged to `predictions/`. Off with **replay_traffic** = false where real traffic reaches the
+   service.
 2. `label_predictions`: the day's outcomes (its validated feed) joined to what was served: `labels/`.
 3. `build_drift_report`: Evidently: data drift of the served features against the champion's training reference,
    drift of the scores, and quality on the labelled trailing window beside the training metrics. HTML, JSON and
    the summary in `reports/monitoring/date=YYYY-MM-DD/`; the summary carries the retraining decision.
-4. `email_report`: the owners get the summary, with the report attached, through the SMTP connection.
+4. `email_report`: the owners get the summary through the SMTP connection: a first line that says whether anything
+   needs them, a 30-day chart inline, the figures, and where the full report is (named, not attached).
 5. `request_retraining`: when the report asks for it (drift share or a quality drop over the thresholds, enough
    flights, outside the cooldown), an event of the Asset `flight_delay_retrain_requests`, which schedules
    `flight_delay_training` on the window it names. Skipped otherwise, with the reasons.
@@ -24,23 +28,26 @@ logical date, or the **day** param of a manual trigger (any day, earlier ones to
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from _assets import RETRAIN_REQUESTS
 from _notifiers import notify_owners_on_failure, send_monitoring_email
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from _sensors import DayValidatedSensor
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, timezone
 from airflow.sdk.exceptions import AirflowSkipException
+
+from pipelines.core.dates import LOCAL_TZ
+from pipelines.core.names import ONLINE_STORE_POOL
 
 
 @dag(
     dag_id="flight_delay_monitoring",
     doc_md=__doc__,
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=datetime(2013, 4, 1),
-    end_date=datetime(2013, 12, 31),
-    # No catchup: unpausing (the UI's trigger form does) must not start a run for every day of 2013; a replay of
-    # the year is an explicit backfill (the UI's Backfill, or `airflow backfill create`).
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone=LOCAL_TZ),
+    start_date=timezone.parse("2013-04-01", timezone=LOCAL_TZ),
+    # No end date (a manual run dated after it would be marked successful without running a task): the feed's own
+    # dates decide (wait_for_features). No catchup: a replay of the year is an explicit backfill.
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1),
@@ -55,7 +62,7 @@ from airflow.sdk.exceptions import AirflowSkipException
     },
 )
 def flight_delay_monitoring() -> None:
-    @task
+    @task(pool=ONLINE_STORE_POOL)
     def replay_traffic() -> dict:
         if not get_current_context()["params"]["replay_traffic"]:
             raise AirflowSkipException("replay_traffic is off: monitoring the traffic the service really got")
@@ -92,7 +99,7 @@ def flight_delay_monitoring() -> None:
         return extra
 
     summary = build_drift_report()
-    replay_traffic() >> label_predictions() >> summary
+    DayValidatedSensor(task_id="wait_for_feed") >> replay_traffic() >> label_predictions() >> summary
     email_report(summary)
     request_retraining(summary)
 

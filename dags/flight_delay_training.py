@@ -1,11 +1,15 @@
 """
 ### flight_delay_training: tune and train the disruption model, and judge it against baselines
 
-Weekly (Mondays 06:00 UTC over 2013; no catchup, a replay of 2013 is a backfill), on a retrain request (the Asset
+Weekly (Mondays 06:00 America/New_York; no catchup, a replay of 2013 is a backfill), on a retrain request (the Asset
 `flight_delay_retrain_requests`, emitted by monitoring; its extra may carry `start_date` / `end_date`), or by hand.
 The training window is **start_date** .. **end_date** when given, else the **window_days** days before the run's
-date. From the UI's trigger form, keep the **Logical date** inside the DAG's dates (2013-04-01 .. 2013-12-31):
-Airflow marks a run dated outside them successful without running any task (the form's default, now, is past 2013).
+New York date. A window the feed does not hold (a manual run with the form's default logical date, now, is years
+past 2013) is refused with the feed's dates.
+
+0. `wait_for_window`: checks the window; with **after_monitoring** (the year's backfill sets it), waits until
+   monitoring has watched the window's last day, so a model never goes live before the days it was trained on
+   were served (a replayed year runs faster than its calendar; live, the calendar does this by itself).
 
 1. `build_training_set`: point-in-time features from Feast (`flight_delay_v1`) for the window's validated flights,
    split by time: train, validation (**valid_days**, for tuning and early stopping), test (the last **test_days**).
@@ -34,23 +38,25 @@ lake folders, so a retried task resumes what it started.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from _assets import RETRAIN_REQUESTS, TRAINED_MODEL
 from _notifiers import notify_owners_on_failure
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from _sensors import WindowMonitoredSensor
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task, timezone
 from airflow.sdk.exceptions import AirflowSkipException
+
+from pipelines.core.dates import LOCAL_TZ
 
 
 @dag(
     dag_id="flight_delay_training",
     doc_md=__doc__,
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 6 * * 1", timezone="UTC"),
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 6 * * 1", timezone=LOCAL_TZ),
                                  assets=RETRAIN_REQUESTS),
-    start_date=datetime(2013, 4, 1),
-    end_date=datetime(2013, 12, 31),
-    # No catchup: unpausing (the UI's trigger form does) must not start a run for every day of 2013; a replay of
-    # the year is an explicit backfill (the UI's Backfill, or `airflow backfill create`).
+    start_date=timezone.parse("2013-04-01", timezone=LOCAL_TZ),
+    # No end date (a manual run dated after it would be marked successful without running a task): the feed's own
+    # dates decide (wait_for_window). No catchup: a replay of the year is an explicit backfill.
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
@@ -76,6 +82,9 @@ from airflow.sdk.exceptions import AirflowSkipException
                             description="Upper bound per training; early stopping usually ends sooner."),
         "tuning_workers": Param(1, type="integer", minimum=1, maximum=32, title="Tuning workers",
                                 description="Mapped tuning tasks sharing the study (needs PostgreSQL storage)."),
+        "after_monitoring": Param(False, type="boolean", title="After monitoring",
+                                  description="Wait until flight_delay_monitoring has watched the window's last day "
+                                              "(a replayed year: no model goes live before its window was served)."),
     },
 )
 def flight_delay_training() -> None:
@@ -147,7 +156,7 @@ def flight_delay_training() -> None:
         return {name: deployed.get(name) for name in ("status", "model_version", "bento", "slot", "url")}
 
     workers = start_tuning()
-    build_training_set() >> workers
+    WindowMonitoredSensor(task_id="wait_for_window") >> build_training_set() >> workers
     decision = promote_model()
     (tune_hyperparameters.expand(worker=workers) >> train_final_model() >> evaluate_model() >> register_model()
      >> decision)

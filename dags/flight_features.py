@@ -8,7 +8,8 @@ event's extra lists the dates), or by hand with **start_date** / **end_date**.
    hour, schedule congestion, trailing carrier and route statistics, plane attributes, and the day's operations
    state from its departures, which replaces the files its pushes left), replacing that day's partitions.
 2. `materialize_features`: apply `feature_repo/` and materialize exactly the run's event-time window (with an
-   overlap for late data) into the online store, never "up to now". Feature service: `flight_delay_v1`. The
+   overlap for late data) into the online store, never "up to now"; in the pool `online_store`, never beside a
+   monitoring run's replay. Feature service: `flight_delay_v1`. The
    operations views are not materialized: they reach the online store by push, as their events happen.
 """
 
@@ -19,6 +20,8 @@ from datetime import datetime, timedelta
 from _assets import ONLINE_FEATURES, VALIDATED_FLIGHTS
 from _notifiers import notify_owners_on_failure
 from airflow.sdk import Param, dag, get_current_context, task
+
+from pipelines.core.names import ONLINE_STORE_POOL
 
 
 @dag(
@@ -46,7 +49,7 @@ def flight_features() -> None:
 
         return build_features(partition_window(get_current_context()))
 
-    @task(outlets=[ONLINE_FEATURES])
+    @task(outlets=[ONLINE_FEATURES], pool=ONLINE_STORE_POOL)
     def materialize_features() -> dict:
         from pipelines.core.runs import partition_window
         from pipelines.features.store import materialize_features

@@ -1,13 +1,14 @@
 """
 ### flights_ingest: the daily flight and weather feed, landed, typed and validated
 
-One run per day of 2013 (the simulated airline feed's year); each run handles the partition of its logical date. No
-catchup: replay a stretch of 2013 as a backfill (the UI's *Backfill*, or `airflow backfill create`). From the UI's
-trigger form, keep the **Logical date** inside the DAG's dates (2013-01-01 .. 2013-12-31): Airflow marks a run
-dated outside them successful without running any task (the form's default, now, is past 2013). A manual trigger
-can load a whole window in one run: set **start_date** and **end_date**.
+One run per New York day, when the day has ended (midnight America/New_York; the run's data interval is the day).
+The simulated airline feed holds 2013: no catchup, replay a stretch of it as a backfill (the UI's *Backfill*,
+`airflow backfill create`, or `make year`). A manual trigger handles the New York date of its **Logical date**, or
+the window **start_date** .. **end_date**; a day the feed does not hold (the form's default, now, is past 2013) is
+refused with the feed's dates, and a scheduled run past 2013 skips, saying so.
 
-1. `land_feed`: the source drops the day's flights and weather CSVs into `landing/` (as an airline feed would).
+1. `land_feed`: the source drops the day's flights and weather CSVs into `landing/` (as an airline feed would); a
+   day whose files already arrived keeps them (a broken delivery stays until the source re-lands it).
 2. `ingest_feed`: landing CSV -> typed Parquet in `raw/` (atomic overwrite; unreadable fields are flagged, never lost).
 3. `validate_partitions`: Great Expectations checkpoints `flights` and `weather`; Data Docs rebuilt.
 4. `promote_partitions`: passing and warned partitions -> `validated/`, announced as events of the Assets
@@ -18,21 +19,24 @@ can load a whole window in one run: set **start_date** and **end_date**.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from _assets import VALIDATED_PARTITIONS, VALIDATED_TABLES
 from _notifiers import notify_owners_on_failure
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from _refusals import refuse
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, timezone
+
+from pipelines.core.dates import LOCAL_TZ
 
 
 @dag(
     dag_id="flights_ingest",
     doc_md=__doc__,
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=datetime(2013, 1, 1),
-    end_date=datetime(2013, 12, 31),
-    # No catchup: unpausing (the UI's trigger form does) must not start a run for every day of 2013; a replay of
-    # the year is an explicit backfill (the UI's Backfill, or `airflow backfill create`).
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone=LOCAL_TZ),
+    start_date=timezone.parse("2013-01-01", timezone=LOCAL_TZ),
+    # No end date: Airflow would mark a manual run dated after it successful without running a task; the feed's
+    # own dates decide instead (land_feed). No catchup: unpausing (the UI's trigger form does) must not start a run
+    # for every day since 2013; a replay of the year is an explicit backfill.
     catchup=False,
     max_active_runs=2,
     default_args={"owner": "data-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
@@ -49,9 +53,13 @@ def flights_ingest() -> None:
     @task
     def land_feed() -> dict:
         from pipelines.core.runs import partition_window
-        from pipelines.simulation.feed import land_feed
+        from pipelines.simulation.feed import FeedUnavailable, land_feed
 
-        return land_feed(partition_window(get_current_context()))
+        context = get_current_context()
+        try:
+            return land_feed(partition_window(context), keep_landed=True)
+        except FeedUnavailable as error:
+            refuse(context, error)
 
     @task
     def ingest_feed() -> dict:

@@ -150,6 +150,12 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     return run_demo(args.start, args.end)
 
 
+def _year(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.ops.year import YEAR, run_year
+
+    return run_year(args.start or YEAR[0], args.end or YEAR[1])
+
+
 def _mail_server(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.core.settings import get_settings
     from pipelines.ops.mail_server import serve
@@ -277,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
                   window=False)
     run.add_argument("--start", type=_iso, help="first date (default: the demo window)")
     run.add_argument("--end", type=_iso, help="last date (default: the demo window)")
+    year = command("year", _year, "Run 2013 as production under Airflow's scheduler: history, then every day by "
+                   "backfill, retraining, faults and their repair (resumable)", window=False)
+    year.add_argument("--start", type=_iso, help="first production day (default 2013-04-01)")
+    year.add_argument("--end", type=_iso, help="last production day (default 2013-12-31)")
     return parser
 
 
@@ -305,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.command == "up":
         return 0
-    if args.command not in ("summary", "run"):
+    if args.command not in ("summary", "run", "year"):
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     return 0

@@ -5,7 +5,8 @@ Every step takes its dates from its run (the logical date, or an explicit window
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 
 def date_range(start: date, end: date) -> list[date]:
@@ -25,6 +26,11 @@ def partition_dates(logical_date: date, start: str | date | None = None, end: st
 
 LOCAL_TZ = "America/New_York"
 """The feed's clock: flights, weather and partitions are dated in New York local time."""
+
+
+def local_midnight(day: date) -> datetime:
+    """The start of ``day`` in New York: a daily run's logical date (its data interval's start)."""
+    return datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(LOCAL_TZ))
 
 DEFAULT_WINDOW_DAYS = 90
 

@@ -217,5 +217,14 @@ def landing_key(table: str, day: date) -> str:
     return partition_key("landing", table, day, f"{table}.csv")
 
 
+MONITORING_REPORTS = "reports/monitoring"
+"""The daily monitoring reports: ``date=YYYY-MM-DD/`` folders of these files."""
+REPORT_FILES = {"html": "report.html", "json": "report.json", "summary": "summary.json"}
+
+
+def monitoring_report_key(day: date, name: str) -> str:
+    return f"{MONITORING_REPORTS}/date={day.isoformat()}/{name}"
+
+
 def reference_key(table: str) -> str:
     return f"reference/{table}/{table}.parquet"

@@ -2,8 +2,10 @@
 
 The context is taken as a plain mapping (what ``get_current_context()`` returns), so nothing here imports Airflow.
 A run's moment is its logical date; a manual or asset-triggered run may have none (Airflow 3), and then it is the
-moment the run was created for (``run_after``). Every artefact of a run carries its **run key**: DAG id, moment
-and run id, so a model version traces back to the run, and a retried task finds what it made before.
+moment the run was created for (``run_after``). A run's **day** is its moment's date in New York local time, the
+data's clock: a daily schedule's run covers one New York day (its data interval), starting at local midnight.
+Every artefact of a run carries its **run key**: DAG id, moment and run id, so a model version traces back to the
+run, and a retried task finds what it made before.
 """
 
 from __future__ import annotations
@@ -12,14 +14,22 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from pipelines.core.dates import partition_dates, training_window
+from pipelines.core.dates import LOCAL_TZ, partition_dates, training_window
 
 
 def run_moment(context: Mapping[str, Any]) -> datetime:
     """The run's logical date, or when it was triggered for when it has none."""
     moment: datetime = context.get("logical_date") or context["dag_run"].run_after
     return moment
+
+
+def run_day(context: Mapping[str, Any]) -> date:
+    """The New York local date of the run's moment: the day a daily run's data interval covers (it starts at local
+    midnight), a weekly run's Monday, a manual run's chosen date."""
+    moment = run_moment(context)
+    return (moment.astimezone(ZoneInfo(LOCAL_TZ)) if moment.tzinfo else moment).date()
 
 
 def run_key(context: Mapping[str, Any]) -> str:
@@ -47,7 +57,7 @@ def partition_window(context: Mapping[str, Any]) -> list[date]:
     """The partitions a run handles: its **start_date** / **end_date** params when set; else the dates the
     triggering asset events announce (``extra["dates"]``); else its own day."""
     params = context["params"]
-    day = run_moment(context).date()
+    day = run_day(context)
     if params.get("start_date") or params.get("end_date"):
         return partition_dates(day, params.get("start_date"), params.get("end_date"))
     dates = sorted({date.fromisoformat(str(value)) for value in announced(context, "dates")})
@@ -60,10 +70,10 @@ def training_run_window(context: Mapping[str, Any]) -> list[date]:
     params = context["params"]
     start = params.get("start_date") or next(iter(announced(context, "start_date")), None)
     end = params.get("end_date") or next(iter(announced(context, "end_date")), None)
-    return training_window(run_moment(context).date(), start, end, int(params["window_days"]))
+    return training_window(run_day(context), start, end, int(params["window_days"]))
 
 
 def monitored_day(context: Mapping[str, Any]) -> date:
     """The day a monitoring run watches: its **day** param, else its own day."""
     day = context["params"].get("day")
-    return date.fromisoformat(str(day)) if day else run_moment(context).date()
+    return date.fromisoformat(str(day)) if day else run_day(context)

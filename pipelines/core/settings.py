@@ -80,11 +80,6 @@ class Settings(BaseSettings):
     )
     smtp_port: int = Field(default=8025, ge=1, le=65535, description="Port of the embedded mail server.")
     mail_from: str = Field(default="flight-delay-pipeline@example.com", description="Sender of the emails.")
-    email_attachment_max_bytes: int = Field(
-        # An Evidently day report is ~5.5 MB (3.5 MB of it its JavaScript); relays commonly take 10-25 MB.
-        default=8 * 1024 * 1024, ge=0,
-        description="Largest report attached to an email (8 MiB); a larger one is named by its path instead.",
-    )
     prediction_log_max_age_s: float = Field(
         default=10.0, gt=0, description="The model service writes its buffered predictions to the lake at least "
                                         "this often (and every 1,000 rows).")

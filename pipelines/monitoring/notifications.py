@@ -2,8 +2,10 @@
 to attach. Pure functions with no Airflow import; the DAG layer (``dags/_notifiers.py``) sends the parts through
 Airflow's SMTP connection.
 
-* ``monitoring_email``: after every monitoring run, from its summary (drift, quality against training, traffic,
-  retraining) with the HTML report attached, or named by its path or URI when it is over the size cap.
+* ``monitoring_email``: after every monitoring run, from its summary. The first line (and the subject) says
+  whether anything needs a person (``needs_attention`` defines what does); then a small chart of the last 30 days
+  shown inline (``pipelines.monitoring.daily_chart``), drift, quality against training, traffic, retraining, and
+  where the full report is in the lake. The report itself is not attached: the message stays well under 1 MB.
 * ``failure_email``: when a task fails for good, with the failed expectations of a critical validation failure.
 """
 
@@ -12,13 +14,13 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from pipelines.core.settings import Settings, get_settings
+from pipelines.monitoring.retrain import MonitoringPolicy
 
 SUBJECT_PREFIX = "[flight_delay]"
 # How many features the monitoring email lists; the report has all of them.
@@ -31,20 +33,21 @@ _ITEM = re.compile(r"^\s+- (?P<item>.+)$")
 
 @dataclass(frozen=True)
 class EmailParts:
-    """One email as the SMTP hook takes it: recipients, subject, HTML body and local files to attach."""
+    """One email as the SMTP hook takes it: recipients, subject, HTML body and local files to attach (the hook gives
+    each the Content-ID ``<file name>``, so the body can show an attached image with ``cid:file name``)."""
 
     to: list[str]
     subject: str
     html: str
     mail_from: str
     attachments: list[Path] = field(default_factory=list)
-    # Reports that were not attached (too large, or not a local file), with the reason, as the body names them.
-    not_attached: list[str] = field(default_factory=list)
+    # The full reports the body names by path or URI (never attached).
+    reports: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         """A small JSON-able record of what was sent (an XCom, a log line)."""
         return {"to": self.to, "subject": self.subject, "attachments": [p.name for p in self.attachments],
-                "not_attached": self.not_attached}
+                "reports": self.reports}
 
 
 # Formatting
@@ -76,10 +79,6 @@ def _delta(value: Any, reference: Any, digits: int = 3) -> str:
     return f" ({float(value) - float(reference):+.{digits}f})"
 
 
-def _bytes(size: int) -> str:
-    return f"{size / 1024 / 1024:.1f} MiB" if size >= 1024 * 1024 else f"{size / 1024:.1f} KiB"
-
-
 def _day(moment: date | datetime | str | None) -> str:
     if moment is None:
         return "no date"
@@ -103,36 +102,10 @@ def _page(title: str, sections: Iterable[str]) -> str:
 # Monitoring
 
 
-def _local_path(location: str | Path) -> Path | None:
-    """A report location as a local file, or None for a remote URI (s3://...)."""
-    if isinstance(location, Path):
-        return location
-    parsed = urlparse(location)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if len(parsed.scheme) <= 1:  # a bare path (or a Windows drive letter)
-        return Path(location)
-    return None
-
-
-def _attachments(report_paths: Iterable[str | Path], cap: int) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Attach the reports (in the order given) while their total size stays within ``cap`` bytes; name the rest
-    with the reason. Returns (attached, [(location, reason)])."""
-    attached: list[Path] = []
-    named: list[tuple[str, str]] = []
-    used = 0
-    for location in report_paths:
-        path = _local_path(location)
-        if path is None:
-            named.append((str(location), "not a local file"))
-        elif not path.is_file():
-            named.append((str(location), "not found"))
-        elif used + (size := path.stat().st_size) > cap:
-            named.append((str(path), f"{_bytes(size)}, over the {_bytes(cap)} attachment cap"))
-        else:
-            attached.append(path)
-            used += size
-    return attached, named
+def policy_of(summary: Mapping[str, Any]) -> MonitoringPolicy:
+    """The policy the day was judged by (``summary["policy"]``, as ``build_report`` stores it), else the defaults."""
+    stored = summary.get("policy") or {}
+    return MonitoringPolicy(**{f.name: stored[f.name] for f in fields(MonitoringPolicy) if f.name in stored})
 
 
 def drift_counts(summary: Mapping[str, Any]) -> tuple[int, int]:
@@ -149,8 +122,13 @@ def drift_counts(summary: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def _not_measured(summary: Mapping[str, Any]) -> bool:
-    """Drift was not measured (no served traffic): the summary says ``drift_share: None``."""
-    return "drift_share" in summary and summary["drift_share"] is None and not summary.get("drift_detected")
+    """Drift was not measured: no drift share (``build_report`` writes ``drift_share: None`` on a day without scored
+    traffic; a summary without the key has no measurement either)."""
+    return summary.get("drift_share") is None and not summary.get("drift_detected")
+
+
+def _quality_judged(quality: Mapping[str, Any]) -> bool:
+    return quality.get("roc_auc") is not None or quality.get("brier") is not None
 
 
 def _drift_rank(feature: Mapping[str, Any]) -> tuple[bool, float]:
@@ -160,43 +138,112 @@ def _drift_rank(feature: Mapping[str, Any]) -> tuple[bool, float]:
     return not feature.get("drifted"), -(score / float(threshold) if threshold else score)
 
 
-def monitoring_subject(summary: Mapping[str, Any]) -> str:
-    day = _day(summary.get("date"))
-    drifted, total = drift_counts(summary)
-    prediction = summary.get("prediction_drift") or {}
+def needs_attention(summary: Mapping[str, Any], policy: MonitoringPolicy | None = None) -> list[str]:
+    """What in the day needs a person, in words, in this order; empty when nothing does. Exactly these, with
+    the thresholds of ``policy`` (default: the one the summary was judged by):
+
+    * traffic short: fewer flights served than ``min_served_flights`` (none at all included: drift is then not
+      acted on), or fewer than were scheduled when the summary says how many (``traffic.scheduled``);
+    * drift not measured: the summary has no drift share (no scored traffic);
+    * drift detected: the drift share at or above ``drift_share`` (``drift_detected``, as ``build_report`` judged);
+    * predictions drifted: the score's distribution drifted from training (``prediction_drift.drifted``);
+    * a quality drop, on a window that was judged (``quality`` not None): ROC AUC ``roc_auc_drop`` or more below
+      the training ROC AUC, or Brier score ``brier_rise`` or more above the training Brier score;
+    * retraining requested (``retrain.requested``).
+    """
+    policy = policy or policy_of(summary)
+    items: list[str] = []
+    traffic = summary.get("traffic") or {}
+    served = traffic.get("flights", traffic.get("predictions"))
+    if served is not None:
+        flights, scheduled = int(served), traffic.get("scheduled")
+        if flights == 0:
+            items.append("no flights served")
+        elif flights < policy.min_served_flights:
+            items.append(f"only {flights:,} flights served (under {policy.min_served_flights:,})")
+        elif scheduled is not None and flights < int(scheduled):
+            items.append(f"{flights:,} of {int(scheduled):,} scheduled flights served")
+    if _not_measured(summary):
+        items.append("drift not measured")
+    elif summary.get("drift_detected"):
+        drifted, total = drift_counts(summary)
+        items.append(f"drift on {drifted} of {total} features")
+    if (summary.get("prediction_drift") or {}).get("drifted"):
+        items.append("predictions drifted")
+    quality = summary.get("quality") or {}
+    auc, training_auc = quality.get("roc_auc"), quality.get("training_roc_auc")
+    if auc is not None and training_auc is not None and training_auc - auc >= policy.roc_auc_drop:
+        items.append(f"ROC AUC {auc:.3f}, {training_auc - auc:.3f} below training")
+    brier, training_brier = quality.get("brier"), quality.get("training_brier")
+    if brier is not None and training_brier is not None and brier - training_brier >= policy.brier_rise:
+        items.append(f"Brier score {brier:.3f}, {brier - training_brier:.3f} above training")
+    if (summary.get("retrain") or {}).get("requested"):
+        items.append("retraining requested")
+    return items
+
+
+def monitoring_headline(summary: Mapping[str, Any], policy: MonitoringPolicy | None = None) -> str:
+    """The email's first line (and its subject after the date): "Action needed: ..." with what needs a person
+    (``needs_attention``), else "Nothing needs you: ..." with the day's state in brief."""
+    policy = policy or policy_of(summary)
+    items = needs_attention(summary, policy)
     retrain = summary.get("retrain") or {}
-    if summary.get("drift_detected"):
-        subject = f"{SUBJECT_PREFIX} DRIFT on {day}: {drifted} of {total} features drifted"
-        if prediction.get("drifted"):
-            subject += ", predictions drifted"
-        return subject + (", retraining requested" if retrain.get("requested") else ", no retraining")
-    subject = f"{SUBJECT_PREFIX} {'drift not measured' if _not_measured(summary) else 'no drift'} on {day}"
-    if prediction.get("drifted"):
-        subject += ", but predictions drifted"
-    return subject + (", retraining requested" if retrain.get("requested") else "")
+    if items:
+        if retrain and not retrain.get("requested"):
+            # triggers without a request: decide_retrain held it back (cooldown)
+            items.append("no retraining (cooldown)" if retrain.get("triggers") else "no retraining")
+        return "Action needed: " + ", ".join(items)
+    drifted, total = drift_counts(summary)
+    state = [f"no drift ({drifted} of {total} features, under the {policy.drift_share:.0%} threshold)" if drifted
+             else "no drift"]
+    quality = summary.get("quality") or {}
+    if _quality_judged(quality):
+        state.append("quality within bounds")
+    else:
+        labelled = quality.get("labelled_flights", summary.get("labelled_flights"))
+        state.append("quality not judged yet" + (f" ({labelled:,} labelled flights)" if labelled is not None else ""))
+    flights = (summary.get("traffic") or {}).get("flights")
+    if flights is not None:
+        state.append(f"{int(flights):,} flights served")
+    return "Nothing needs you: " + ", ".join(state)
+
+
+def monitoring_subject(summary: Mapping[str, Any], policy: MonitoringPolicy | None = None) -> str:
+    return f"{SUBJECT_PREFIX} {_day(summary.get('date'))} {monitoring_headline(summary, policy)}"
 
 
 def monitoring_email(summary: Mapping[str, Any], report_paths: Iterable[str | Path], owners: Sequence[str] | None,
-                     settings: Settings | None = None) -> EmailParts:
-    """The email after a monitoring run. ``summary`` is the run's summary dict (``date``, ``drift_detected``,
+                     settings: Settings | None = None, *, chart: Path | None = None,
+                     policy: MonitoringPolicy | None = None) -> EmailParts:
+    """The email after a monitoring run: its first line says whether anything needs a person
+    (``monitoring_headline``), then the last 30 days as an inline chart, the drift, quality, traffic and retraining
+    figures, and where the full report is. ``summary`` is the run's summary dict (``date``, ``drift_detected``,
     ``drift_share``, ``drifted_features`` [{feature, score, drifted}], ``prediction_drift`` {score, drifted},
     ``quality`` {labelled_flights, roc_auc, training_roc_auc, brier, training_brier}, ``traffic`` {predictions,
-    flights}, ``retrain`` {requested, reasons}); any part but ``date`` may be missing. ``report_paths``: the
-    report files or URIs, attached in that order while they fit in ``email_attachment_max_bytes`` together."""
+    flights}, ``retrain`` {requested, reasons}, ``policy``); any part but ``date`` may be missing.
+    ``report_paths``: the report files or URIs, named in the body, never attached (the HTML report is ~8 MB).
+    ``chart``: a local PNG (``pipelines.monitoring.daily_chart``), attached and shown inline by its Content-ID,
+    which Airflow's SMTP hook sets to the file's name."""
     settings = settings or get_settings()
+    policy = policy or policy_of(summary)
     owners = list(owners or settings.owners)
-    subject = monitoring_subject(summary)
+    headline = monitoring_headline(summary, policy)
+    subject = monitoring_subject(summary, policy)
     drifted, total = drift_counts(summary)
     prediction = summary.get("prediction_drift") or {}
-    sections = []
+    version = f", model version {_e(summary['model_version'])}" if summary.get("model_version") is not None else ""
+    sections = [f"<p>Daily monitoring of {_e(_day(summary.get('date')))}{version}.</p>"]
 
-    drift_rows: list[tuple[str, str]] = []
-    if summary.get("model_version") is not None:
-        drift_rows.append(("model version", str(summary["model_version"])))
-    drift_rows += [
+    if chart is not None:
+        sections.append(
+            f'<p><img src="cid:{_e(chart.name)}" width="640" height="360" alt="drift share, ROC AUC and traffic over '
+            f'the last 30 days"><br><small>Last 30 days: drift share (dashed: the threshold), ROC AUC on matured '
+            f'labels (dotted: training; dashed: the allowed drop), predictions served.</small></p>')
+
+    drift_rows: list[tuple[str, str]] = [
         ("dataset drift", "not measured" if _not_measured(summary)
          else "DETECTED" if summary.get("drift_detected") else "not detected"),
-        ("drift share", _share(summary.get("drift_share"))),
+        ("drift share", f"{_share(summary.get('drift_share'))} (threshold {policy.drift_share:.0%})"),
         ("features drifted", f"{drifted} of {total}"),
     ]
     if prediction:
@@ -221,9 +268,10 @@ def monitoring_email(summary: Mapping[str, Any], report_paths: Iterable[str | Pa
 
     quality = summary.get("quality") or {}
     labelled = quality.get("labelled_flights", summary.get("labelled_flights"))
-    if quality.get("roc_auc") is None and quality.get("brier") is None:
+    if not _quality_judged(quality):
         sections.append("<h3>Quality against training</h3><p>Not judged: too few of the outcomes have arrived"
-                        f" (labelled flights: {_number(labelled)}).</p>")
+                        f" (labelled flights: {_number(labelled)}, at least {policy.min_labelled_flights:,} "
+                        "needed).</p>")
     else:
         window = quality.get("window") or {}
         span = f"{window.get('start_date')} .. {window.get('end_date')}" if window else ""
@@ -231,17 +279,20 @@ def monitoring_email(summary: Mapping[str, Any], report_paths: Iterable[str | Pa
             ("labelled flights", _number(labelled), span),
             ("ROC AUC", _number(quality.get("roc_auc")),
              f"training {_number(quality.get('training_roc_auc'))}"
-             f"{_delta(quality.get('roc_auc'), quality.get('training_roc_auc'))}"),
+             f"{_delta(quality.get('roc_auc'), quality.get('training_roc_auc'))}; a drop of "
+             f"{policy.roc_auc_drop:.2f} or more needs you"),
             ("Brier score", _number(quality.get("brier")),
              f"training {_number(quality.get('training_brier'))}"
-             f"{_delta(quality.get('brier'), quality.get('training_brier'))}"),
-        ], header=("", "this day", "")))
+             f"{_delta(quality.get('brier'), quality.get('training_brier'))}; a rise of "
+             f"{policy.brier_rise:.2f} or more needs you"),
+        ], header=("", "window", "")))
 
     traffic = summary.get("traffic") or {}
     if traffic:
         sections.append("<h3>Traffic</h3>" + _table([
             ("predictions served", _number(traffic.get("predictions"))),
             ("flights served", _number(traffic.get("flights"))),
+            *([("flights scheduled", _number(traffic["scheduled"]))] if traffic.get("scheduled") is not None else []),
             *([("model versions", ", ".join(f"v{k}: {_number(v)}" for k, v in traffic["model_versions"].items()))]
               if traffic.get("model_versions") else []),
         ]))
@@ -252,14 +303,14 @@ def monitoring_email(summary: Mapping[str, Any], report_paths: Iterable[str | Pa
         sections.append(f"<h3>Retraining</h3><p>{'Requested' if retrain.get('requested') else 'Not requested'}."
                         f"</p>{f'<ul>{reasons}</ul>' if reasons else ''}")
 
-    attached, named = _attachments(report_paths, settings.email_attachment_max_bytes)
-    report_items = [f"<li>attached: {_e(path.name)}</li>" for path in attached]
-    report_items += [f"<li>{_e(location)} (not attached: {_e(reason)})</li>" for location, reason in named]
-    if report_items:
-        sections.append(f"<h3>Report</h3><ul>{''.join(report_items)}</ul>")
+    reports = [str(location) for location in report_paths]
+    if reports:
+        items = "".join(f"<li><code>{_e(location)}</code></li>" for location in reports)
+        sections.append("<h3>Full report</h3><p>In the lake, not attached (Evidently's HTML report is several MB):"
+                        f"</p><ul>{items}</ul>")
 
-    return EmailParts(to=owners, subject=subject, html=_page(subject, sections), mail_from=settings.mail_from,
-                      attachments=attached, not_attached=[f"{location} ({reason})" for location, reason in named])
+    return EmailParts(to=owners, subject=subject, html=_page(headline, sections), mail_from=settings.mail_from,
+                      attachments=[chart] if chart is not None else [], reports=reports)
 
 
 # Failures

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipelines.core.lake import settings_and_lake
+from pipelines.core.lake import MONITORING_REPORTS, REPORT_FILES, monitoring_report_key, settings_and_lake
 from pipelines.core.names import LABEL
 from pipelines.core.settings import Settings
 from pipelines.monitoring.retrain import MonitoringPolicy, decide_retrain
@@ -76,8 +76,6 @@ if TYPE_CHECKING:
     from evidently import Run as Snapshot
 
 log = logging.getLogger(__name__)
-REPORT_TABLE = "reports/monitoring"
-REPORT_FILES = {"html": "report.html", "json": "report.json", "summary": "summary.json"}
 
 
 def served_frame(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -102,10 +100,6 @@ def served_frame(predictions: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- the report ---------------------------------------------------------------------------------------------------
-
-def report_key(day: date, name: str) -> str:
-    return f"{REPORT_TABLE}/date={day.isoformat()}/{name}"
-
 
 def _drift_report(columns: list[str], thresholds: dict[str, float], policy: MonitoringPolicy) -> Report:
     from evidently import Report
@@ -301,10 +295,10 @@ def build_report(reference: pd.DataFrame, current: pd.DataFrame, labelled: pd.Da
     keys = {}
     if snapshots:
         combined = _combined(snapshots)
-        lake.write_text(report_key(day, REPORT_FILES["html"]), combined.get_html_str(as_iframe=False))
-        lake.write_text(report_key(day, REPORT_FILES["json"]), combined.json())
-        keys = {"html": report_key(day, REPORT_FILES["html"]), "json": report_key(day, REPORT_FILES["json"])}
-    keys["summary"] = report_key(day, REPORT_FILES["summary"])
+        keys = {name: monitoring_report_key(day, REPORT_FILES[name]) for name in ("html", "json")}
+        lake.write_text(keys["html"], combined.get_html_str(as_iframe=False))
+        lake.write_text(keys["json"], combined.json())
+    keys["summary"] = monitoring_report_key(day, REPORT_FILES["summary"])
     summary["report_keys"] = keys
     summary["report_paths"] = {name: lake.url(key) for name, key in keys.items()}
     summary["seconds"] = round(time.perf_counter() - started, 2)
@@ -380,7 +374,7 @@ def monitoring_history(settings: Settings | None = None, before: date | None = N
     """The summaries of earlier monitoring days (before ``before``, at most ``lookback_days`` back), oldest first."""
     settings, lake = settings_and_lake(settings)
     summaries = []
-    for key in lake.list_keys(f"{REPORT_TABLE}/"):
+    for key in lake.list_keys(f"{MONITORING_REPORTS}/"):
         if not key.endswith("/" + REPORT_FILES["summary"]):
             continue
         day = date.fromisoformat(key.split("/")[-2].removeprefix("date="))
@@ -395,7 +389,7 @@ def monitoring_history(settings: Settings | None = None, before: date | None = N
 def read_summary(day: date, settings: Settings | None = None) -> dict[str, Any]:
     """The summary ``build_report`` wrote for ``day``."""
     settings, lake = settings_and_lake(settings)
-    return dict(json.loads(lake.read_text(report_key(day, REPORT_FILES["summary"]))))
+    return dict(json.loads(lake.read_text(monitoring_report_key(day, REPORT_FILES["summary"]))))
 
 
 def format_summary(summary: dict[str, Any], top: int = 8) -> str:

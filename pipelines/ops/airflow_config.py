@@ -16,9 +16,12 @@ import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from pipelines.core.names import ONLINE_STORE_POOL
 from pipelines.core.settings import PROJECT_ROOT, Settings
 
 ADMIN = "admin"
+# The pools the DAGs name (a task in a pool that does not exist is never scheduled): name -> (slots, description).
+POOLS = {ONLINE_STORE_POOL: (1, "Writers of the online store: a monitoring replay or a materialization, one at a time")}
 
 
 def airflow_home(settings: Settings) -> Path:

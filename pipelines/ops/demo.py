@@ -1,8 +1,10 @@
 """``make run``: the pipeline through Airflow on embedded defaults, told to a person.
 
 Runs ``airflow dags test`` (a real DAG run in Airflow's SQLite metadata database, tasks executed by Airflow) with
-the window as the run's params. Airflow's own output goes to a log file; the terminal shows one line per stage
-and the summary. This module starts Airflow as a subprocess and never imports it.
+the window as the run's params. The runs are dated now, when they run: the 2013 days they handle are their params,
+so the UI shows when they ran and how long they took (a run dated in 2013 would show as lasting years, because
+``dags test`` starts a run at its logical date). Airflow's own output goes to a log file; the terminal shows one
+line per stage and the summary. This module starts Airflow as a subprocess and never imports it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,6 @@ log = logging.getLogger(__name__)
 
 # Airflow's console line: "<timestamp> [level    ] message    [logger] loc=file:line ..."
 _LOG_LINE = re.compile(r"^\S+ \[(?P<level>\w+)\s*\] (?P<message>.*?)\s+\[(?P<logger>[\w.]+)\]( loc=\S+)?")
-# flight_delay_training's start_date: its first weekly run (Monday 2013-04-01) has the 90 days of the demo window
-# behind it. A manual run needs a logical date on or after it; the training run of `make run` takes the day after
-# the window (the Monday after the demo window), or this day for windows that end earlier.
-TRAINING_START = date(2013, 4, 1)
 # The chain `make run` drives over the window, in order; each DAG gets the window as its params, plus its own.
 DAGS: dict[str, dict[str, Any]] = {
     "flights_ingest": {},
@@ -127,8 +125,7 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
     for step, (dag_id, extra) in enumerate(DAGS.items(), 2):
         say(f"[{step}/{total}] Running DAG {dag_id} through Airflow for {start} .. {end}...")
         conf = json.dumps(window | extra)
-        logical = max(end + timedelta(days=1), TRAINING_START) if dag_id == "flight_delay_training" else end
-        if _airflow(["dags", "test", dag_id, logical.isoformat(), "-c", conf], env, log_file, show=True) != 0:
+        if _airflow(["dags", "test", dag_id, "-c", conf], env, log_file, show=True) != 0:
             failed = dag_id
             break
 
@@ -143,16 +140,14 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
         say(f"[{total - 1}/{total}] Running DAG flights_ingest for the replayed days {replayed[0]} .. "
             f"{replayed[-1]}...")
         conf = json.dumps({"start_date": replayed[0].isoformat(), "end_date": replayed[-1].isoformat()})
-        if _airflow(["dags", "test", "flights_ingest", replayed[-1].isoformat(), "-c", conf], env, log_file,
-                    show=True) != 0:
+        if _airflow(["dags", "test", "flights_ingest", "-c", conf], env, log_file, show=True) != 0:
             failed = "flights_ingest"
     if failed is None:
         say(f"[{total}/{total}] Running DAG flight_delay_monitoring for each replayed day (traffic through the live "
             "service, labels, Evidently report, email to the owners)...")
         for day in replayed:
             conf = json.dumps({"day": day.isoformat()})
-            if _airflow(["dags", "test", "flight_delay_monitoring", day.isoformat(), "-c", conf], env, log_file,
-                        show=True) != 0:
+            if _airflow(["dags", "test", "flight_delay_monitoring", "-c", conf], env, log_file, show=True) != 0:
                 failed = "flight_delay_monitoring"
                 break
         from pipelines.monitoring.report import format_summary as format_monitoring

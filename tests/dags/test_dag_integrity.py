@@ -11,9 +11,10 @@ import fnmatch
 import os
 import warnings
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -36,6 +37,7 @@ def _ignored(path: Path) -> bool:
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not _ignored(p))
 HELPER_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if _ignored(p))
 
+NEW_YORK = ZoneInfo("America/New_York")
 FLIGHTS_INGEST_CHAIN = ["land_feed", "ingest_feed", "validate_partitions", "promote_partitions", "check_quarantine"]
 
 
@@ -151,23 +153,28 @@ def test_dag_serializes_as_the_dag_processor_does(dagbag: Any, path: Path) -> No
 
 
 def test_flights_ingest_runs_daily_over_2013_by_backfill_not_catchup(flights_ingest: Any) -> None:
-    assert flights_ingest.catchup is False, "unpausing from the UI must not start a run for every day of 2013"
-    assert flights_ingest.start_date == datetime(2013, 1, 1, tzinfo=UTC)
-    assert flights_ingest.end_date == datetime(2013, 12, 31, tzinfo=UTC)
+    assert flights_ingest.catchup is False, "unpausing from the UI must not start a run for every day since 2013"
+    assert flights_ingest.start_date == datetime(2013, 1, 1, tzinfo=NEW_YORK)
+    # An end date makes Airflow mark a manual run dated after it successful without running a task (the UI form's
+    # default logical date is now): the feed's own dates refuse such a run instead, saying why.
+    assert flights_ingest.end_date is None
 
 
-def test_flights_ingest_schedule_is_one_run_per_utc_day(flights_ingest: Any) -> None:
-    """Read through the serialized timetable, the one the scheduler uses."""
+def test_flights_ingest_schedule_is_one_run_per_new_york_day_after_it_ends(flights_ingest: Any) -> None:
+    """Read through the serialized timetable, the one the scheduler uses: each run's data interval is a New York
+    day (23 and 25 hours across the clock changes), and it runs when the day has ended there."""
     from airflow.serialization.serialized_objects import DagSerialization
 
     serialized = DagSerialization.from_dict(DagSerialization.to_dict(flights_ingest))
-    infos = list(serialized.iter_dagrun_infos_between(datetime(2013, 1, 1, tzinfo=UTC),
-                                                      datetime(2013, 1, 4, tzinfo=UTC)))
+    infos = list(serialized.iter_dagrun_infos_between(datetime(2013, 3, 9, 5, tzinfo=UTC),
+                                                      datetime(2013, 3, 11, 4, tzinfo=UTC)))
 
-    days = [datetime(2013, 1, d, tzinfo=UTC) for d in (1, 2, 3, 4)]
-    assert [(info.data_interval.start, info.data_interval.end) for info in infos] == [
-        (day, day + timedelta(days=1)) for day in days
-    ]
+    midnights = [datetime(2013, 3, d, tzinfo=NEW_YORK) for d in (9, 10, 11, 12)]
+    assert [(info.data_interval.start, info.data_interval.end) for info in infos] == list(
+        zip(midnights[:-1], midnights[1:], strict=True))
+    assert [info.run_after for info in infos] == midnights[1:]
+    spring = infos[1].data_interval
+    assert (spring.end.timestamp() - spring.start.timestamp()) / 3600 == 23, "March 10, 2013: clocks went forward"
 
 
 def test_flights_ingest_window_params_are_documented_dates(flights_ingest: Any) -> None:
@@ -222,28 +229,27 @@ def test_flight_features_runs_when_flights_are_validated(dagbag: Any) -> None:
 
 
 def test_flight_delay_training_runs_weekly_and_on_retrain_requests(dagbag: Any) -> None:
-    """Mondays 06:00 UTC from the DAG's start (the Monday after the demo window, which make run uses), or when
-    monitoring emits a retrain request; read through the serialized timetable the scheduler uses."""
+    """Mondays 06:00 New York time from the DAG's start (the Monday after the demo window, which make run uses), or
+    when monitoring emits a retrain request; read through the serialized timetable the scheduler uses."""
     from airflow.sdk import Asset
     from airflow.serialization.serialized_objects import DagSerialization
 
-    from pipelines.ops.demo import TRAINING_START
-
     training = _dag(dagbag, DAGS_DIR / "flight_delay_training.py")
-    assert training.start_date.date() == TRAINING_START
+    assert training.start_date == datetime(2013, 4, 1, tzinfo=NEW_YORK)
     condition = training.timetable.asset_condition
     assert isinstance(condition, Asset) and condition.name == "flight_delay_retrain_requests"
     serialized = DagSerialization.from_dict(DagSerialization.to_dict(training))
-    infos = list(serialized.iter_dagrun_infos_between(datetime(2013, 4, 1, tzinfo=UTC),
-                                                      datetime(2013, 4, 20, tzinfo=UTC)))
-    assert [info.run_after for info in infos] == [datetime(2013, 4, d, 6, tzinfo=UTC) for d in (1, 8, 15)]
+    infos = list(serialized.iter_dagrun_infos_between(datetime(2013, 4, 1, tzinfo=NEW_YORK),
+                                                      datetime(2013, 4, 20, tzinfo=NEW_YORK)))
+    assert [info.run_after for info in infos] == [datetime(2013, 4, d, 6, tzinfo=NEW_YORK) for d in (1, 8, 15)]
+    assert training.end_date is None
 
 
 def test_flight_delay_training_chain_fans_tuning_out(dagbag: Any) -> None:
     training = _dag(dagbag, DAGS_DIR / "flight_delay_training.py")
     assert [t.task_id for t in training.topological_sort()] == [
-        "build_training_set", "start_tuning", "tune_hyperparameters", "train_final_model", "evaluate_model",
-        "register_model", "promote_model", "deploy_service"]
+        "wait_for_window", "build_training_set", "start_tuning", "tune_hyperparameters", "train_final_model",
+        "evaluate_model", "register_model", "promote_model", "deploy_service"]
     assert type(training.get_task("tune_hyperparameters")).__name__.endswith("MappedOperator")
     # A failed smoke test has rolled back already: retrying would deploy the restored champion and hide it.
     assert training.get_task("deploy_service").retries == 0
@@ -258,12 +264,41 @@ def test_flight_delay_monitoring_runs_daily_in_order_and_requests_retraining(dag
     training = _dag(dagbag, DAGS_DIR / "flight_delay_training.py")
     assert monitoring.max_active_runs == 1, "replays must run one day at a time, in order"
     assert not monitoring.catchup and not training.catchup, "history is replayed by backfills, not on unpausing"
-    assert monitoring.start_date == datetime(2013, 4, 1, tzinfo=UTC)
+    assert monitoring.start_date == datetime(2013, 4, 1, tzinfo=NEW_YORK) and monitoring.end_date is None
     assert [t.task_id for t in monitoring.topological_sort()] == [
-        "replay_traffic", "label_predictions", "build_drift_report", "email_report", "request_retraining"]
+        "wait_for_feed", "replay_traffic", "label_predictions", "build_drift_report", "email_report",
+        "request_retraining"]
     # The retrain request is the very Asset the training DAG is scheduled on.
     (outlet,) = monitoring.get_task("request_retraining").outlets
     assert outlet == training.timetable.asset_condition
     assert monitoring.get_task("label_predictions").trigger_rule == "none_failed", "runs when the replay is off"
     assert monitoring.params.get_param("replay_traffic").value is True
     assert monitoring.params.get_param("day").value is None and monitoring.params.get_param("day").description
+    # The replay and the features' materialization write the online store: never both at once.
+    features = _dag(dagbag, DAGS_DIR / "flight_features.py")
+    writers = [monitoring.get_task("replay_traffic"), features.get_task("materialize_features")]
+    assert {task.pool for task in writers} == {"online_store"}
+    from pipelines.ops.airflow_config import POOLS
+
+    assert POOLS["online_store"][0] == 1
+
+
+@pytest.mark.parametrize(("run_type", "outcome"), [
+    ("manual", "AirflowFailException"), ("backfill", "AirflowFailException"), ("scheduled", "AirflowSkipException")])
+def test_a_day_the_feed_lacks_is_refused_by_hand_and_skipped_on_schedule(dagbag: Any, run_type: str,
+                                                                          outcome: str) -> None:
+    """The UI form's default logical date is now, years past the feed: the person gets a failed run that says why
+    and which dates to use (never a silent green run); a scheduled run past 2013 skips with the same words."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.api.datamodels._generated import DagRunType  # what a task's context carries
+
+    sensor = _dag(dagbag, DAGS_DIR / "flight_delay_monitoring.py").get_task("wait_for_feed")
+    context = {"params": {"day": None}, "logical_date": datetime(2026, 12, 4, 5, tzinfo=UTC), "run_id": "r",
+               "dag_run": SimpleNamespace(run_type=DagRunType(run_type),
+                                          run_after=datetime(2026, 12, 4, 5, tzinfo=UTC))}
+    with pytest.raises(Exception) as refused:
+        sensor.poke(context)
+    assert type(refused.value).__name__ == outcome
+    assert "holds New York days 2013-01-01 .. 2013-12-31" in str(refused.value) and "not 2026-12-04" in str(
+        refused.value)

@@ -39,8 +39,8 @@ from urllib.parse import quote, unquote
 import pytest
 
 from pipelines.core.settings import PROJECT_ROOT, Settings, get_settings
+from pipelines.ops.airflow_api import AirflowClient
 from pipelines.ops.stack import down, names, up
-from tests.helpers.airflow_api import AirflowClient
 
 pytestmark = pytest.mark.e2e
 

@@ -154,13 +154,11 @@ def test_owners_got_each_days_report_over_smtp(monitored: dict[str, Any]) -> Non
         assert message["To"] == OWNERS and day.isoformat() in message["Subject"]
         body = next(part for part in message.walk() if part.get_content_type() == "text/html").get_content()
         assert f"{summary['traffic']['flights']:,}" in body or str(summary["traffic"]["flights"]) in body
-        attachments = [part.get_filename() for part in message.iter_attachments()]
-        report_size = (settings.pipeline_home / "lake" / "reports" / "monitoring" / f"date={day}"
-                       / "report.html").stat().st_size
-        if report_size <= settings.email_attachment_max_bytes:
-            assert "report.html" in " ".join(attachments)
-        else:
-            assert "report.html" in body
+        # The report stays in the lake, named in the body; the only attachment is the inline 30-day chart.
+        assert f"date={day}/report.html" in body
+        assert [part.get_filename() for part in message.iter_attachments()] == [f"monitoring_{day}.png"]
+        assert f"cid:monitoring_{day}.png" in body
+        assert len(message.as_bytes()) < 1_000_000
 
 
 def test_retraining_decision_matches_the_asset_event(monitored: dict[str, Any]) -> None:

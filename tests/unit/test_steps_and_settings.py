@@ -245,7 +245,8 @@ def test_cli_date_outside_the_feed_fails_with_one_line(home: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "land failed: 2014-01-01 is outside the feed's data" in lines[0]
+    assert "land failed: the simulated feed holds New York days 2013-01-01 .. 2013-12-31" in lines[0]
+    assert "not 2014-01-01" in lines[0]
 
 
 def test_cli_main_returns_1_for_a_failing_step(home: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,15 +1,19 @@
-"""A small client of Airflow 3's REST API (``/api/v2``): log in, unpause, trigger a DAG run with params, wait for
-it, read its task instances. What a person does from the UI, for scripts and the production end-to-end test."""
+"""A small client of Airflow 3's REST API (``/api/v2``): log in, unpause, trigger a DAG run with params, create a
+backfill, clear a run, wait, read task instances. What a person does from the UI, for ``make year`` and the
+end-to-end tests. Dates are New York days: a date given for a logical date means its local midnight, the start of
+that day's data interval."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import requests
+
+from pipelines.core.dates import local_midnight
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +66,38 @@ class AirflowClient:
         self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
     def trigger(self, dag_id: str, logical_date: date | datetime, conf: dict[str, Any] | None = None) -> str:
-        """Start a run of ``dag_id`` with ``conf`` as its params; its run id. Refuses a logical date outside the
-        DAG's start and end dates: Airflow would accept the run and mark it successful without running any task."""
-        when = logical_date if isinstance(logical_date, datetime) else datetime(*logical_date.timetuple()[:3])
-        when = when if when.tzinfo else when.replace(tzinfo=UTC)
-        details = self.request("GET", f"/dags/{dag_id}/details")
-        first, last = (datetime.fromisoformat(details[key]) if details.get(key) else None
-                       for key in ("start_date", "end_date"))
-        if (first and when < first) or (last and when > last):
-            raise AirflowApiError(f"{dag_id} runs from {first} to {last}: a run dated {when} would run no task; pick a "
-                                  "logical date inside, and give the dates to process as params")
+        """Start a run of ``dag_id`` with ``conf`` as its params; its run id. A date is that New York day's
+        midnight."""
+        when = logical_date if isinstance(logical_date, datetime) else local_midnight(logical_date)
         run = self.request("POST", f"/dags/{dag_id}/dagRuns",
-                           json={"logical_date": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "conf": conf or {}})
+                           json={"logical_date": when.isoformat(), "conf": conf or {}})
         log.info("triggered %s %s with %s", dag_id, run["dag_run_id"], conf)
         return str(run["dag_run_id"])
+
+    def backfills(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's backfills, oldest first (``completed_at`` is None while one runs)."""
+        answer = self.request("GET", "/backfills", params={"dag_id": dag_id, "limit": 100, "order_by": "id"})
+        return list(answer["backfills"])
+
+    def backfill(self, dag_id: str, first: date, last: date, conf: dict[str, Any] | None = None,
+                 max_active_runs: int = 1, reprocess: str = "failed") -> dict[str, Any]:
+        """A backfill of the New York days ``first`` .. ``last``: the scheduler runs them in date order, at most
+        ``max_active_runs`` at once; a day with a successful run is not run again (``reprocess``: "failed" reruns
+        failed ones, "none" none, "completed" all)."""
+        body = {"dag_id": dag_id, "from_date": local_midnight(first).isoformat(),
+                "to_date": local_midnight(last).isoformat(), "max_active_runs": max_active_runs,
+                "reprocess_behavior": reprocess, "dag_run_conf": conf or {}}
+        backfill = dict(self.request("POST", "/backfills", json=body))
+        log.info("backfill %s of %s for %s .. %s", backfill["id"], dag_id, first, last)
+        return backfill
+
+    def clear(self, dag_id: str, run_id: str) -> list[str]:
+        """Clear every task instance of the run (the UI's *Clear*, whole run): the scheduler runs it again. The
+        cleared task ids."""
+        answer = self.request("POST", f"/dags/{dag_id}/clearTaskInstances",
+                              json={"dry_run": False, "dag_run_id": run_id, "only_failed": False,
+                                    "reset_dag_runs": True, "include_downstream": True})
+        return [ti["task_id"] for ti in answer.get("task_instances", [])]
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}"))

@@ -1,0 +1,339 @@
+"""``make year``: 2013 run as production by Airflow's scheduler, day by day, with faults on the way.
+
+1. The stack (``make up``: API server with the UI, scheduler, DAG processor, triggerer, mail server, model service).
+2. History: January to March ingested in one manual run of ``flights_ingest`` (``flight_features`` follows on its
+   Asset), then the first champion trained on them by a manual run of ``flight_delay_training``, which deploys it.
+3. Production, April 1 to December 31, as backfills the scheduler runs in date order (Airflow's own backfills, as
+   the UI's *Backfill* creates them): ``flights_ingest`` and ``flight_delay_monitoring`` every New York day,
+   ``flight_delay_training`` every Monday with lighter tuning (``WEEKLY``), after monitoring has watched the
+   Sunday; drift and quality requests start more trainings through the Asset, with full tuning (the DAG's own).
+   Ingestion runs ahead; monitoring waits for each day's validated flights; the online store's writers take turns.
+4. Faults: the days of ``BROKEN_DAYS`` arrive broken (kinds from the corruption catalogue), are quarantined and
+   emailed, and the year goes on. Once their ingest run has failed, the fixed feed is re-landed and the run is
+   cleared through the REST API, as an operator would; monitoring of the day was waiting for it.
+
+Resumable: the state (history done, backfill ids, faults repaired) is kept in ``$PIPELINE_HOME/year/state.json``
+and Airflow keeps the runs; the same command continues where it stopped, no day run twice. Ctrl-C pauses the
+backfills (the stack keeps running: ``make down`` stops it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pipelines.core.dates import local_midnight
+from pipelines.core.lake import open_lake, partition_key
+from pipelines.core.settings import Settings, get_settings
+from pipelines.ops.airflow_api import AirflowClient
+
+log = logging.getLogger(__name__)
+
+HISTORY = (date(2013, 1, 1), date(2013, 3, 31))
+YEAR = (date(2013, 4, 1), date(2013, 12, 31))
+DAG_IDS = ("flights_ingest", "flight_features", "flight_delay_training", "flight_delay_monitoring")
+# The first champion: tuned as make run tunes it.
+FIRST_TRAINING = {"trials": 6, "time_budget_minutes": 5, "max_epochs": 20}
+# A scheduled weekly retrain: the default hyperparameters (enqueued as the study's first trial) and one more trial;
+# a drift or quality request runs the DAG's full tuning. The week's data moved, the best settings rarely do.
+WEEKLY = {"trials": 2, "time_budget_minutes": 5, "max_epochs": 20, "after_monitoring": True}
+# Days whose flights feed arrives broken, and how (pipelines.simulation.corruption): each is quarantined.
+BROKEN_DAYS = {date(2013, 5, 14): "truncated", date(2013, 8, 20): "missing_columns",
+               date(2013, 10, 9): "duplicated_flights"}
+POLL_S = 15
+
+
+@dataclass
+class YearState:
+    """What ``make year`` did so far, kept between runs of the command."""
+
+    history: bool = False
+    backfills: dict[str, int] = field(default_factory=dict)
+    broken: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+
+    @staticmethod
+    def path(settings: Settings) -> Path:
+        return settings.pipeline_home / "year" / "state.json"
+
+    @classmethod
+    def load(cls, settings: Settings) -> YearState:
+        path = cls.path(settings)
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+    def save(self, settings: Settings) -> None:
+        path = self.path(settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.__dict__, indent=2))
+        temporary.replace(path)
+
+
+def _client(settings: Settings) -> AirflowClient:
+    from pipelines.ops.airflow_config import ADMIN, admin_password, api_url
+
+    return AirflowClient(api_url(settings), ADMIN, admin_password(settings))
+
+
+def _validated(settings: Settings, day: date) -> bool:
+    return open_lake(settings).exists(partition_key("validated", "flights", day, "data.parquet"))
+
+
+def _wait_until(check: Callable[[], bool], what: str, timeout_s: float, say: Callable[[str], None]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not done within {timeout_s:.0f}s")
+        time.sleep(POLL_S / 3)
+    say(f"  {what}: done")
+
+
+def _active_runs(api: AirflowClient, dag_id: str) -> int:
+    answer = api.request("GET", f"/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"], "limit": 1})
+    return int(answer["total_entries"])
+
+
+def run_history(api: AirflowClient, settings: Settings, state: YearState, first: date,
+                say: Callable[[str], None]) -> None:
+    """Every day before ``first`` ingested and featurized (January to March for the whole year), and the first
+    champion trained on January to March and deployed."""
+    start, last = HISTORY[0], first - timedelta(days=1)
+    say(f"History {start} .. {last}: flights_ingest (one manual run), then flight_features on its Asset...")
+    window = {"start_date": start.isoformat(), "end_date": last.isoformat()}
+    api.wait("flights_ingest", api.trigger("flights_ingest", last, window), timeout_s=3600)
+    _wait_until(lambda: _active_runs(api, "flight_features") == 0 and bool(api.runs("flight_features")),
+                "flight_features for the history", 1800, say)
+    say(f"First champion: flight_delay_training on {HISTORY[0]} .. {HISTORY[1]} (manual run), promoted and "
+        "deployed...")
+    monday = local_midnight(YEAR[0]) + timedelta(hours=6)
+    champion_window = {"start_date": HISTORY[0].isoformat(), "end_date": HISTORY[1].isoformat()}
+    run = api.trigger("flight_delay_training", monday, champion_window | FIRST_TRAINING)
+    api.wait("flight_delay_training", run, timeout_s=1800)
+    state.history = True
+    state.save(settings)
+
+
+def land_broken_days(settings: Settings, state: YearState, days: tuple[date, date],
+                     say: Callable[[str], None]) -> None:
+    """The broken deliveries of ``days``, in the landing zone before their day's ingest run (it keeps a landed
+    file)."""
+    from pipelines.simulation.corruption import corrupt
+    from pipelines.simulation.feed import feed_csv, land_file
+
+    lake = open_lake(settings)
+    for day, kind in BROKEN_DAYS.items():
+        if not days[0] <= day <= days[1] or day.isoformat() in state.broken or _validated(settings, day):
+            continue
+        land_file(lake, "flights", day, corrupt(kind, feed_csv("flights", day)))
+        state.broken.append(day.isoformat())
+        say(f"  the flights feed of {day} will arrive broken ({kind})")
+    state.save(settings)
+
+
+def start_backfills(api: AirflowClient, state: YearState, settings: Settings, days: tuple[date, date],
+                    say: Callable[[str], None]) -> None:
+    """The year's backfills, once: daily ingestion (two days at once) and monitoring (one at a time, in order),
+    weekly training."""
+    first, last = days
+    plans = {"flights_ingest": (first, last, {}, 2), "flight_delay_monitoring": (first, last, {}, 1),
+             "flight_delay_training": (first + timedelta(days=1), last, WEEKLY, 1)}
+    if not any((first + timedelta(days=n)).weekday() == 0 for n in range(1, (last - first).days + 1)):
+        del plans["flight_delay_training"]  # no Monday after the first day: Airflow refuses an empty backfill
+    for dag_id, (start, end, conf, at_once) in plans.items():
+        if dag_id in state.backfills:
+            api.request("PUT", f"/backfills/{state.backfills[dag_id]}/unpause")
+            continue
+        backfill = api.backfill(dag_id, start, end, conf, max_active_runs=at_once)
+        state.backfills[dag_id] = int(backfill["id"])
+        state.save(settings)
+        say(f"  backfill {backfill['id']}: {dag_id} {start} .. {end}")
+
+
+def repair_broken_days(api: AirflowClient, state: YearState, settings: Settings,
+                       say: Callable[[str], None]) -> None:
+    """A broken day whose ingest run failed: the source re-lands the fixed feed, the operator clears the run."""
+    from pipelines.simulation.feed import land_day
+
+    for text in state.broken:
+        if text in state.repaired:
+            continue
+        day = date.fromisoformat(text)
+        run = _run_of_day(api, "flights_ingest", day)
+        if run is None or run["state"] != "failed":
+            continue
+        say(f"  {day}: quarantined as expected ({BROKEN_DAYS.get(day)}); the owners were emailed. Re-landing the "
+            f"fixed feed and clearing run {run['dag_run_id']} through the REST API")
+        land_day(open_lake(settings), day)
+        api.clear("flights_ingest", run["dag_run_id"])
+        state.repaired.append(text)
+        state.save(settings)
+
+
+def _run_of_day(api: AirflowClient, dag_id: str, day: date) -> dict[str, Any] | None:
+    moment = local_midnight(day)
+    answer = api.request("GET", f"/dags/{dag_id}/dagRuns",
+                         params={"logical_date_gte": moment.isoformat(), "logical_date_lte": moment.isoformat(),
+                                 "limit": 5})
+    runs = answer["dag_runs"]
+    return dict(runs[-1]) if runs else None
+
+
+def progress(api: AirflowClient, state: YearState) -> dict[str, Any]:
+    """Days done per daily DAG, trainings, failures: from Airflow's runs."""
+    counts: dict[str, Any] = {}
+    for dag_id in DAG_IDS:
+        answer = api.request("GET", f"/dags/{dag_id}/dagRuns",
+                             params={"limit": 1, "state": ["success"], "logical_date_gte":
+                                     local_midnight(HISTORY[0]).isoformat(),
+                                     "logical_date_lte": local_midnight(YEAR[1]).isoformat()})
+        failed = api.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 1, "state": ["failed"]})
+        counts[dag_id] = {"success": answer["total_entries"], "failed": failed["total_entries"],
+                          "active": _active_runs(api, dag_id)}
+    backfills = {dag_id: api.request("GET", f"/backfills/{backfill_id}")
+                 for dag_id, backfill_id in state.backfills.items()}
+    counts["finished"] = bool(backfills) and all(b["completed_at"] for b in backfills.values()) and \
+        counts["flight_delay_training"]["active"] == 0
+    return counts
+
+
+def _line(counts: dict[str, Any], started: float, first: date, last: date) -> str:
+    days = (last - first).days + 1
+    ingest, monitoring = counts["flights_ingest"], counts["flight_delay_monitoring"]
+    training = counts["flight_delay_training"]
+    return (f"  {time.time() - started:6.0f}s  ingested {ingest['success']}/{days + 1} runs, monitored "
+            f"{monitoring['success']}/{days} days, trainings {training['success']} done "
+            f"({training['active']} running), failed runs: ingest {ingest['failed']}, monitoring "
+            f"{monitoring['failed']}, training {training['failed']}")
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def dag_costs(api: AirflowClient, dag_id: str, since: datetime) -> dict[str, Any]:
+    """What the DAG's runs since ``since`` (run after it) cost: runs, wall seconds per run (median and mean), and
+    per task the mean seconds of its successful tries, the slowest first."""
+    runs = api.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 1000, "run_after_gte": since.isoformat(),
+                                                                 "state": ["success"]})["dag_runs"]
+    walls = sorted(w for run in runs if (w := _seconds(run.get("start_date"), run.get("end_date"))) is not None)
+    tasks: dict[str, list[float]] = {}
+    ids = {run["dag_run_id"] for run in runs}
+    answer = api.request("GET", f"/dags/{dag_id}/dagRuns/~/taskInstances", params={"limit": 10000})
+    for ti in answer["task_instances"]:
+        if ti["dag_run_id"] in ids and ti["state"] == "success" and ti.get("duration") is not None:
+            tasks.setdefault(ti["task_id"], []).append(float(ti["duration"]))
+    per_task = {task: round(sum(values) / len(values), 1) for task, values in tasks.items()}
+    return {"runs": len(runs), "median_s": round(walls[len(walls) // 2], 1) if walls else None,
+            "mean_s": round(sum(walls) / len(walls), 1) if walls else None,
+            "tasks_mean_s": dict(sorted(per_task.items(), key=lambda item: -item[1]))}
+
+
+def served_against_feed(settings: Settings, first: date, last: date) -> dict[str, Any]:
+    """Every validated flight of the days against the prediction log: flights predicted and logged once, missing
+    ones and duplicates (a flight logged more than once)."""
+    from pipelines.core.dates import date_range
+    from pipelines.features.tables import flight_id
+    from pipelines.serving.prediction_log import read_prediction_log
+
+    lake = open_lake(settings)
+    totals = {"days": 0, "feed_flights": 0, "logged_flights": 0, "missing": 0, "duplicates": 0}
+    short: list[str] = []
+    for day in date_range(first, last):
+        key = partition_key("validated", "flights", day, "data.parquet")
+        if not lake.exists(key):
+            short.append(f"{day}: no validated flights")
+            continue
+        feed = flight_id(lake.read_parquet(key))
+        logged = read_prediction_log(lake, day)
+        ids = logged["flight_id"] if not logged.empty else feed.iloc[0:0]
+        missing = int((~feed.isin(ids)).sum())
+        duplicates = int(ids.duplicated().sum())
+        totals["days"] += 1
+        totals["feed_flights"] += len(feed)
+        totals["logged_flights"] += int(ids.nunique())
+        totals["missing"] += missing
+        totals["duplicates"] += duplicates
+        if missing or duplicates:
+            short.append(f"{day}: {missing} missing, {duplicates} duplicated")
+    return totals | {"problems": short}
+
+
+def year_summary(api: AirflowClient, settings: Settings, state: YearState, first: date,
+                 last: date) -> dict[str, Any]:
+    """The year in figures: flights served against the feed, faults, trainings and what each DAG cost."""
+    since = datetime.fromtimestamp(state.started_at).astimezone()
+    trainings = []
+    for run in api.request("GET", "/dags/flight_delay_training/dagRuns",
+                           params={"limit": 1000, "run_after_gte": since.isoformat()})["dag_runs"]:
+        trainings.append({"run_id": run["dag_run_id"], "type": run["run_type"], "state": run["state"],
+                          "logical_date": run.get("logical_date"), "window": run.get("conf") or {}})
+    summary = {"days": f"{first}..{last}", "wall_s": round(time.time() - state.started_at),
+               "served": served_against_feed(settings, first, last),
+               "faults": {"broken": state.broken, "repaired": state.repaired},
+               "trainings": trainings,
+               "costs": {dag_id: dag_costs(api, dag_id, since) for dag_id in DAG_IDS}}
+    path = settings.pipeline_home / "year" / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | None = None,
+             say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``first`` .. ``last`` (default: April to December 2013) as production; see the module's docstring."""
+    if not YEAR[0] <= first <= last <= YEAR[1]:
+        raise ValueError(f"the production days must lie within {YEAR[0]} .. {YEAR[1]}, got {first} .. {last}")
+    settings = settings or get_settings()
+    from pipelines.ops.stack import up
+
+    say(f"2013 as production, {first} .. {last}, under Airflow's scheduler (pipeline home {settings.pipeline_home})")
+    stack = up(settings=settings, say=lambda text: say(f"  {text}"))
+    api = _client(settings)
+    api.wait_for_dags(DAG_IDS)
+    for dag_id in DAG_IDS:
+        api.unpause(dag_id)
+    state = YearState.load(settings)
+    if not state.history:
+        run_history(api, settings, state, first, say)
+    else:
+        say("History and first champion: done in an earlier run")
+    land_broken_days(settings, state, (first, last), say)
+    say(f"Production {first} .. {last}: backfills (watch them in the UI: {stack['ui']}, Browse > Backfills)")
+    start_backfills(api, state, settings, (first, last), say)
+    last_line = 0.0
+    try:
+        while True:
+            repair_broken_days(api, state, settings, say)
+            counts = progress(api, state)
+            if counts["finished"]:
+                break
+            if time.monotonic() - last_line > 60:
+                say(_line(counts, state.started_at, first, last))
+                last_line = time.monotonic()
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        for backfill_id in state.backfills.values():
+            api.request("PUT", f"/backfills/{backfill_id}/pause")
+        say("Paused the year's backfills (the stack keeps running; make down stops it). make year continues.")
+        raise
+    say(_line(counts, state.started_at, first, last))
+    say(f"Done in {time.time() - state.started_at:.0f}s (since {datetime.fromtimestamp(state.started_at)})")
+    summary = year_summary(api, settings, state, first, last)
+    served = summary["served"]
+    say(f"Flights: {served['feed_flights']:,} in the feed of {served['days']} days, {served['logged_flights']:,} "
+        f"predicted and logged, {served['missing']} missing, {served['duplicates']} logged twice")
+    say(f"Faults: {len(state.broken)} broken days, {len(state.repaired)} re-landed and re-run")
+    say(f"Trainings: {len(summary['trainings'])}")
+    for dag_id, cost in summary["costs"].items():
+        say(f"  {dag_id}: {cost['runs']} runs, median {cost['median_s']}s a run; slowest tasks "
+            + ", ".join(f"{task} {seconds}s" for task, seconds in list(cost["tasks_mean_s"].items())[:3]))
+    say(f"Summary: {settings.pipeline_home / 'year' / 'summary.json'}")
+    return summary

@@ -1,0 +1,98 @@
+"""The pieces of ``make year`` that decide without Airflow (``pipelines.ops.year``, ``pipelines.simulation.feed``):
+broken deliveries land before their day and stay until the source re-lands them, a repair happens once and only
+after the day's ingest run failed, and the count of flights served against the feed sees a missing and a twice-
+logged flight. The year itself, under the scheduler, is the integration test's (tests/e2e).
+
+The REST client here is a stand-in recording calls: the decisions under test are ours, the API is Airflow's.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pipelines.core.lake import Lake, landing_key, partition_key
+from pipelines.core.settings import Settings
+from pipelines.features.tables import flight_id
+from pipelines.ops import year
+from pipelines.simulation.feed import FeedUnavailable, feed_csv, land_feed
+
+BROKEN = date(2013, 5, 14)
+
+
+def test_a_day_outside_the_feed_is_refused_with_its_dates_and_nothing_lands(lake: Lake, settings: Settings) -> None:
+    with pytest.raises(FeedUnavailable, match=r"holds New York days 2013-01-01 \.\. 2013-12-31.*not 2026-12-03"):
+        land_feed([date(2013, 12, 31), date(2026, 12, 3)], settings)
+    assert not lake.exists(landing_key("flights", date(2013, 12, 31)))
+
+
+def test_land_feed_keeps_a_delivery_that_arrived_unless_told_to_replace(lake: Lake, settings: Settings) -> None:
+    lake.write_bytes(landing_key("flights", BROKEN), b"broken")
+    kept = land_feed([BROKEN], settings, keep_landed=True)
+    assert lake.read_bytes(landing_key("flights", BROKEN)) == b"broken" and kept["kept"] == 1
+    assert lake.read_bytes(landing_key("weather", BROKEN)) == feed_csv("weather", BROKEN)
+    land_feed([BROKEN], settings)
+    assert lake.read_bytes(landing_key("flights", BROKEN)) == feed_csv("flights", BROKEN)
+
+
+def test_broken_days_land_only_inside_the_slice_and_once(lake: Lake, settings: Settings) -> None:
+    state = year.YearState()
+    year.land_broken_days(settings, state, (date(2013, 5, 1), date(2013, 5, 31)), say=lambda _: None)
+    assert state.broken == [BROKEN.isoformat()]
+    assert lake.read_bytes(landing_key("flights", BROKEN)) != feed_csv("flights", BROKEN)
+    assert not lake.exists(landing_key("flights", date(2013, 8, 20)))
+    lake.write_bytes(landing_key("flights", BROKEN), b"re-landed by the source")
+    year.land_broken_days(settings, state, (date(2013, 5, 1), date(2013, 5, 31)), say=lambda _: None)
+    assert lake.read_bytes(landing_key("flights", BROKEN)) == b"re-landed by the source", "landed twice"
+
+
+class RecordingApi:
+    """Answers the two calls repair_broken_days makes: the day's ingest run, and clear."""
+
+    def __init__(self, state: str) -> None:
+        self.state, self.cleared = state, []  # type: list[str]
+
+    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        return {"dag_runs": [{"dag_run_id": "backfill__2013-05-14", "state": self.state}]}
+
+    def clear(self, dag_id: str, run_id: str) -> list[str]:
+        self.cleared.append(run_id)
+        return []
+
+
+@pytest.mark.parametrize("run_state", ["running", "queued", "success"])
+def test_a_broken_day_is_not_repaired_before_its_ingest_run_failed(settings: Settings, run_state: str) -> None:
+    state = year.YearState(broken=[BROKEN.isoformat()])
+    api = RecordingApi(run_state)
+    year.repair_broken_days(api, state, settings, say=lambda _: None)  # type: ignore[arg-type]
+    assert api.cleared == [] and state.repaired == []
+
+
+def test_a_failed_broken_day_is_relanded_and_cleared_once(lake: Lake, settings: Settings) -> None:
+    state = year.YearState(broken=[BROKEN.isoformat()])
+    lake.write_bytes(landing_key("flights", BROKEN), b"broken")
+    api = RecordingApi("failed")
+    said: list[str] = []
+    year.repair_broken_days(api, state, settings, say=said.append)  # type: ignore[arg-type]
+    year.repair_broken_days(api, state, settings, say=said.append)  # type: ignore[arg-type]
+    assert api.cleared == ["backfill__2013-05-14"], "cleared once"
+    assert state.repaired == [BROKEN.isoformat()] and len(said) == 1 and "quarantined" in said[0]
+    assert lake.read_bytes(landing_key("flights", BROKEN)) == feed_csv("flights", BROKEN)
+
+
+def test_served_against_feed_counts_missing_and_twice_logged_flights(lake: Lake, settings: Settings) -> None:
+    flights = pd.DataFrame({"year": [2013] * 3, "month": [5] * 3, "day": [14] * 3, "carrier": ["UA", "B6", "AA"],
+                            "flight": [1, 2, 3], "origin": ["EWR", "JFK", "LGA"]})
+    lake.write_parquet(partition_key("validated", "flights", BROKEN, "data.parquet"), flights)
+    ids = flight_id(flights).tolist()
+    logged = pd.DataFrame({"flight_id": [ids[0], ids[1], ids[1]]})  # the third missing, the second twice
+    lake.write_parquet(partition_key("predictions", "flight_delay", BROKEN, "part-0.parquet"), logged)
+
+    served = year.served_against_feed(settings, BROKEN, date(2013, 5, 15))
+
+    assert {k: served[k] for k in ("days", "feed_flights", "logged_flights", "missing", "duplicates")} == {
+        "days": 1, "feed_flights": 3, "logged_flights": 2, "missing": 1, "duplicates": 1}
+    assert served["problems"] == ["2013-05-14: 1 missing, 1 duplicated", "2013-05-15: no validated flights"]
