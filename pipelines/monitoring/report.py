@@ -51,7 +51,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipelines.core.lake import MONITORING_REPORTS, REPORT_FILES, monitoring_report_key, settings_and_lake
+from pipelines.core.lake import (
+    MONITORING_REPORTS,
+    REPORT_FILES,
+    monitoring_report_key,
+    partition_key,
+    settings_and_lake,
+)
 from pipelines.core.names import LABEL
 from pipelines.core.settings import Settings
 from pipelines.monitoring.retrain import MonitoringPolicy, decide_retrain
@@ -210,11 +216,12 @@ def _quality(reference: pd.DataFrame, labelled: pd.DataFrame, training_metrics: 
 
 def build_report(reference: pd.DataFrame, current: pd.DataFrame, labelled: pd.DataFrame | None,
                  training_metrics: dict[str, Any], day: date, settings: Settings | None = None,
-                 policy: MonitoringPolicy | None = None) -> dict[str, Any]:
+                 policy: MonitoringPolicy | None = None, scheduled: int | None = None) -> dict[str, Any]:
     """The day's monitoring report: data drift of the served flights' features and of their scores against the
     training reference, classification quality on the labelled window (when it has ``min_labelled_flights``),
     Evidently's HTML and JSON and our summary in ``reports/monitoring/date=YYYY-MM-DD/``, and the retraining
-    decision (``decide_retrain`` over the earlier summaries). Returns the summary."""
+    decision (``decide_retrain`` over the earlier summaries). ``scheduled``: the day's flights in its feed, which
+    the traffic is counted against. Returns the summary."""
     settings, lake = settings_and_lake(settings)
     policy = policy or MonitoringPolicy()
     started = time.perf_counter()
@@ -245,7 +252,8 @@ def build_report(reference: pd.DataFrame, current: pd.DataFrame, labelled: pd.Da
     summary: dict[str, Any] = {"date": day.isoformat(), "model_version": model_version,
                                "model_run_key": reference.attrs.get("monitoring", {}).get("run_key"),
                                "traffic": {"predictions": predictions, "flights": flights,
-                                           "model_versions": {str(k): int(v) for k, v in versions.items()}}}
+                                           "model_versions": {str(k): int(v) for k, v in versions.items()},
+                                           **({"scheduled": scheduled} if scheduled is not None else {})}}
     if flights and current[PREDICTION].notna().any():
         snapshot = _drift_report(columns, thresholds, policy).run(
             evidently_dataset(current, [*columns, PREDICTION]), evidently_dataset(reference, [*columns, PREDICTION]),
@@ -358,7 +366,10 @@ def build_drift_report(day: date, settings: Settings | None = None, policy: Moni
     window = date_range(day - timedelta(days=policy.quality_window_days - 1), day)
     labels = read_labels(window, settings)
     labelled = served_frame(labels) if not labels.empty else None
-    return build_report(reference, current, labelled, read_evaluation(run_key, settings), day, settings, policy)
+    feed = partition_key("validated", "flights", day, "data.parquet")
+    scheduled = len(lake.read_parquet(feed)) if lake.exists(feed) else None
+    return build_report(reference, current, labelled, read_evaluation(run_key, settings), day, settings, policy,
+                        scheduled=scheduled)
 
 
 def _json_default(value: Any) -> Any:

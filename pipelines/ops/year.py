@@ -222,7 +222,7 @@ def _seconds(start: str | None, end: str | None) -> float | None:
 def dag_costs(api: AirflowClient, dag_id: str, since: datetime) -> dict[str, Any]:
     """What the DAG's runs since ``since`` (run after it) cost: runs, wall seconds per run (median and mean), and
     per task the mean seconds of its successful tries, the slowest first."""
-    runs = api.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 1000, "run_after_gte": since.isoformat(),
+    runs = api.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 1000, "start_date_gte": since.isoformat(),
                                                                  "state": ["success"]})["dag_runs"]
     walls = sorted(w for run in runs if (w := _seconds(run.get("start_date"), run.get("end_date"))) is not None)
     tasks: dict[str, list[float]] = {}
@@ -273,7 +273,7 @@ def year_summary(api: AirflowClient, settings: Settings, state: YearState, first
     since = datetime.fromtimestamp(state.started_at).astimezone()
     trainings = []
     for run in api.request("GET", "/dags/flight_delay_training/dagRuns",
-                           params={"limit": 1000, "run_after_gte": since.isoformat()})["dag_runs"]:
+                           params={"limit": 1000, "start_date_gte": since.isoformat()})["dag_runs"]:
         trainings.append({"run_id": run["dag_run_id"], "type": run["run_type"], "state": run["state"],
                           "logical_date": run.get("logical_date"), "window": run.get("conf") or {}})
     summary = {"days": f"{first}..{last}", "wall_s": round(time.time() - state.started_at),

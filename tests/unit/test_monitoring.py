@@ -372,9 +372,11 @@ def test_build_drift_report_reads_the_day_from_the_lake(reference: pd.DataFrame,
         past = flights(1200, 1, seed=10 + back, first=day)
         rows = prediction_log_rows(past, _scores(past), "7").assign(**{LABEL: past[LABEL].to_numpy()})
         lake.write_parquet(f"labels/flight_delay/date={day}/data.parquet", rows)
+    lake.write_parquet(f"validated/flights/date={DAY}/data.parquet", pd.concat([served, served.head(50)]))
     summary = build_drift_report(DAY, settings, run_key=run_key)
     assert summary["model_version"] == "7" and summary["model_run_key"] == run_key
-    assert summary["traffic"] == {"predictions": 901, "flights": 900, "model_versions": {"7": 900}}
+    # The traffic against the day's feed: 950 flights scheduled, 900 served.
+    assert summary["traffic"] == {"predictions": 901, "flights": 900, "model_versions": {"7": 900}, "scheduled": 950}
     assert summary["quality"]["labelled_flights"] == 3600
     assert summary["quality"]["window"] == {"start_date": str(DAY - timedelta(3)), "end_date": str(DAY - timedelta(1))}
     assert all(Path(path).is_file() for path in summary["report_paths"].values())
