@@ -153,7 +153,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 def _year(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.ops.year import YEAR, run_year
 
-    return run_year(args.start or YEAR[0], args.end or YEAR[1])
+    broken = dict(args.broken) if args.broken else None
+    return run_year(args.start or YEAR[0], args.end or YEAR[1], broken=broken)
 
 
 def _mail_server(args: argparse.Namespace) -> dict[str, Any]:
@@ -213,6 +214,15 @@ def _iso(value: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _broken_day(value: str) -> tuple[date, str]:
+    day, _, kind = value.partition(":")
+    from pipelines.simulation.corruption import CORRUPTIONS
+
+    if kind not in CORRUPTIONS:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected DAY:KIND with KIND one of {', '.join(CORRUPTIONS)}")
+    return _iso(day), kind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "backfill, retraining, faults and their repair (resumable)", window=False)
     year.add_argument("--start", type=_iso, help="first production day (default 2013-04-01)")
     year.add_argument("--end", type=_iso, help="last production day (default 2013-12-31)")
+    year.add_argument("--broken", type=_broken_day, action="append", metavar="DAY:KIND",
+                      help="a day whose flights feed arrives broken, and how (a kind of the corruption catalogue); "
+                           "repeatable; default: three days of May, August and October")
     return parser
 
 

@@ -105,12 +105,14 @@ def worker_name(number: int) -> str:
 
 def airflow_processes(settings: Settings, env: Mapping[str, str]) -> list[Process]:
     airflow = str(BIN / "airflow")
+    commands = {name: [airflow, name.removeprefix("airflow-")] for name in HEALTH_KEYS}
+    if env.get("AIRFLOW__CORE__EXECUTOR") == "LocalExecutor":  # its tasks fork from the scheduler: preload for them
+        commands["airflow-scheduler"] = [str(BIN / "python"), "-m", "pipelines.ops.scheduler"]
     processes = [
         Process("airflow-api-server", [airflow, "api-server", "--host", "127.0.0.1", "--port",
                                        str(settings.airflow_port), "--workers", "1"], settings.airflow_port,
                 _answers(f"{api_url(settings)}/api/v2/monitor/health", lambda r: r.status_code == 200)),
-        *(Process(name, [airflow, name.removeprefix("airflow-")], ready=_healthy(settings, key))
-          for name, key in HEALTH_KEYS.items()),
+        *(Process(name, commands[name], ready=_healthy(settings, key)) for name, key in HEALTH_KEYS.items()),
     ]
     for number, queues in enumerate(celery_queues(env), 1):
         name = worker_name(number)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ WEEKLY = {"trials": 2, "time_budget_minutes": 5, "max_epochs": 20, "after_monito
 BROKEN_DAYS = {date(2013, 5, 14): "truncated", date(2013, 8, 20): "missing_columns",
                date(2013, 10, 9): "duplicated_flights"}
 POLL_S = 15
+# The replay of a day waits until the service has written the day's predictions, which it does in batches or when
+# the oldest is this old: a day replays in about half a minute, so the default 10 s would be a fifth of it. The
+# stack's processes (the scheduler, its tasks, the slots they deploy) inherit it when make year starts them.
+PREDICTION_LOG_MAX_AGE_S = "2"
 
 
 @dataclass
@@ -121,14 +126,14 @@ def run_history(api: AirflowClient, settings: Settings, state: YearState, first:
 
 
 def land_broken_days(settings: Settings, state: YearState, days: tuple[date, date],
-                     say: Callable[[str], None]) -> None:
-    """The broken deliveries of ``days``, in the landing zone before their day's ingest run (it keeps a landed
-    file)."""
+                     say: Callable[[str], None], broken: dict[date, str] | None = None) -> None:
+    """The broken deliveries (``broken``, default ``BROKEN_DAYS``) of ``days``, in the landing zone before their
+    day's ingest run (it keeps a landed file)."""
     from pipelines.simulation.corruption import corrupt
     from pipelines.simulation.feed import feed_csv, land_file
 
     lake = open_lake(settings)
-    for day, kind in BROKEN_DAYS.items():
+    for day, kind in (BROKEN_DAYS if broken is None else broken).items():
         if not days[0] <= day <= days[1] or day.isoformat() in state.broken or _validated(settings, day):
             continue
         land_file(lake, "flights", day, corrupt(kind, feed_csv("flights", day)))
@@ -168,8 +173,8 @@ def repair_broken_days(api: AirflowClient, state: YearState, settings: Settings,
         run = _run_of_day(api, "flights_ingest", day)
         if run is None or run["state"] != "failed":
             continue
-        say(f"  {day}: quarantined as expected ({BROKEN_DAYS.get(day)}); the owners were emailed. Re-landing the "
-            f"fixed feed and clearing run {run['dag_run_id']} through the REST API")
+        say(f"  {day}: quarantined as expected; the owners were emailed. Re-landing the fixed feed and clearing "
+            f"run {run['dag_run_id']} through the REST API")
         land_day(open_lake(settings), day)
         api.clear("flights_ingest", run["dag_run_id"])
         state.repaired.append(text)
@@ -287,10 +292,12 @@ def year_summary(api: AirflowClient, settings: Settings, state: YearState, first
 
 
 def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | None = None,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run ``first`` .. ``last`` (default: April to December 2013) as production; see the module's docstring."""
+             say: Callable[[str], None] = print, broken: dict[date, str] | None = None) -> dict[str, Any]:
+    """Run ``first`` .. ``last`` (default: April to December 2013) as production; see the module's docstring.
+    ``broken``: the days that arrive broken and how (default ``BROKEN_DAYS``)."""
     if not YEAR[0] <= first <= last <= YEAR[1]:
         raise ValueError(f"the production days must lie within {YEAR[0]} .. {YEAR[1]}, got {first} .. {last}")
+    os.environ.setdefault("PREDICTION_LOG_MAX_AGE_S", PREDICTION_LOG_MAX_AGE_S)
     settings = settings or get_settings()
     from pipelines.ops.stack import up
 
@@ -305,7 +312,7 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
         run_history(api, settings, state, first, say)
     else:
         say("History and first champion: done in an earlier run")
-    land_broken_days(settings, state, (first, last), say)
+    land_broken_days(settings, state, (first, last), say, broken)
     say(f"Production {first} .. {last}: backfills (watch them in the UI: {stack['ui']}, Browse > Backfills)")
     start_backfills(api, state, settings, (first, last), say)
     last_line = 0.0

@@ -77,3 +77,27 @@ def test_the_admin_password_and_jwt_secret_are_made_once_and_kept_private(settin
     assert stat.S_IMODE(passwords_file(settings).stat().st_mode) == 0o600
     secret = airflow_env(settings)["AIRFLOW__API_AUTH__JWT_SECRET"]
     assert len(secret) >= 48 and airflow_env(settings)["AIRFLOW__API_AUTH__JWT_SECRET"] == secret
+
+
+def test_the_local_executor_scheduler_preloads_what_its_forked_tasks_import(settings: Settings) -> None:
+    """LocalExecutor tasks fork from the scheduler: it starts through pipelines.ops.scheduler, which imports the
+    heavy libraries once; under Celery the scheduler runs no task and is Airflow's own command."""
+    local = {p.name: p.command for p in airflow_processes(settings, airflow_env(settings))}
+    assert local["airflow-scheduler"][1:] == ["-m", "pipelines.ops.scheduler"]
+    assert local["airflow-dag-processor"][1:] == ["dag-processor"]
+    celery = airflow_env(settings, {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"})
+    assert {p.name: p.command for p in airflow_processes(settings, celery)}["airflow-scheduler"][1:] == ["scheduler"]
+
+
+def test_preloading_starts_no_thread_so_forking_after_it_is_safe() -> None:
+    """A fresh interpreter (this session's imports cannot hide one): after the preload, only the main thread."""
+    import subprocess
+    import sys
+
+    code = ("import threading\nfrom pipelines.ops.scheduler import PRELOADED, preload\npreload()\n"
+            "import sys\nassert all(name in sys.modules for name in PRELOADED)\n"
+            "print(sorted(t.name for t in threading.enumerate()))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            env={"GX_ANALYTICS_ENABLED": "false", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "['MainThread']"
