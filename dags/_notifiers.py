@@ -7,6 +7,7 @@
   ran the task. The owners get DAG, task, date, error and, for a critical validation failure, the failed
   expectations.
 * ``send_monitoring_email``: what the monitoring DAG's last task calls with the run's summary and reports.
+* ``send_year_report_email``: what ``flight_delay_year_report`` calls once the year report is in the lake.
 
 The messages are composed by ``pipelines.monitoring.notifications``; the owners and the sender come from the settings
 (``MODEL_OWNERS``, ``MAIL_FROM``). Everything is imported inside the functions: DAG files stay cheap to parse.
@@ -72,3 +73,22 @@ def send_monitoring_email(summary: Mapping[str, Any], report_paths: Iterable[str
             log.warning("monitoring email for %s goes without its chart", summary.get("date"), exc_info=True)
             chart = None
         return send_email(monitoring_email(summary, report_paths, settings.owners, settings, chart=chart), conn_id)
+
+
+def send_year_report_email(report: Mapping[str, Any], conn_id: str = SMTP_CONN_ID) -> dict[str, Any]:
+    """Email the owners the year report: ``report`` names it (its ``first`` and ``last`` days: the build task's
+    return, small for XCom); the stored summary is read back from the lake and its main chart copied into a
+    temporary folder, attached and shown inline. Returns what was sent."""
+    import tempfile
+    from datetime import date
+
+    from pipelines.core.settings import get_settings
+    from pipelines.monitoring.notifications import year_report_email
+    from pipelines.monitoring.year_report import read_year_report, write_main_chart
+
+    settings = get_settings()
+    stored = read_year_report(date.fromisoformat(str(report["first"])), date.fromisoformat(str(report["last"])),
+                              settings)
+    with tempfile.TemporaryDirectory(prefix="year-report-email-") as folder:
+        chart = write_main_chart(stored, Path(folder), settings)
+        return send_email(year_report_email(stored, settings, chart=chart), conn_id)

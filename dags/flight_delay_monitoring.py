@@ -71,7 +71,8 @@ def flight_delay_monitoring() -> None:
 
         return replay_traffic(monitored_day(get_current_context()))
 
-    @task(trigger_rule="none_failed")
+    # Runs when the replay is off (skipped) but the day's feed is there; skipped when the day was (past the feed).
+    @task(trigger_rule="none_failed_min_one_success")
     def label_predictions() -> dict:
         from pipelines.core.runs import monitored_day
         from pipelines.monitoring.labels import label_predictions
@@ -99,7 +100,10 @@ def flight_delay_monitoring() -> None:
         return extra
 
     summary = build_drift_report()
-    DayValidatedSensor(task_id="wait_for_feed") >> replay_traffic() >> label_predictions() >> summary
+    feed = DayValidatedSensor(task_id="wait_for_feed")
+    labels = label_predictions()
+    feed >> replay_traffic() >> labels >> summary
+    feed >> labels
     email_report(summary)
     request_retraining(summary)
 

@@ -59,7 +59,7 @@ def history_chart(history: Sequence[Mapping[str, Any]], policy: MonitoringPolicy
         axes.grid(axis="y", linewidth=0.3)
     if end is None:
         figure.text(0.5, 0.5, "no monitoring days yet", ha="center", va="center", color=_MUTED)
-        return _png(figure)
+        return figure_png(figure)
 
     days_shown = [end - timedelta(days=offset) for offset in range(days - 1, -1, -1)]
     rows = [by_day.get(day, {}) for day in days_shown]
@@ -106,14 +106,15 @@ def history_chart(history: Sequence[Mapping[str, Any]], policy: MonitoringPolicy
     traffic.set_xticks(span[::-7])  # weekly, ending on the day itself
     traffic.xaxis.set_major_formatter(DateFormatter("%b %d"))
     traffic.set_xlim(span[0] - timedelta(days=1), span[-1] + timedelta(days=1))
-    return _png(figure)
+    return figure_png(figure)
 
 
 def _label(axes: Any, text: str) -> None:
     axes.set_title(text, fontsize=7, loc="left", pad=2)
 
 
-def _png(figure: Any) -> bytes:
+def figure_png(figure: Any) -> bytes:
+    """A matplotlib figure as PNG bytes, at the charts' resolution."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()

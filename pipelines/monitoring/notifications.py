@@ -7,6 +7,8 @@ Airflow's SMTP connection.
   shown inline (``pipelines.monitoring.daily_chart``), drift, quality against training, traffic, retraining, and
   where the full report is in the lake. The report itself is not attached: the message stays well under 1 MB.
 * ``failure_email``: when a task fails for good, with the failed expectations of a critical validation failure.
+* ``year_report_email``: when the year report is built (``pipelines.monitoring.year_report``): its headline figures,
+  its main chart inline, and where the report is in the lake.
 """
 
 from __future__ import annotations
@@ -377,3 +379,72 @@ def failure_email(dag_id: str, task_id: str, logical_date: date | datetime | str
     if log_url:
         sections.append(f'<p>Log: <a href="{_e(log_url)}">{_e(log_url)}</a></p>')
     return EmailParts(to=owners, subject=subject, html=_page(subject, sections), mail_from=settings.mail_from)
+
+
+# The year report
+
+
+def year_report_subject(report: Mapping[str, Any]) -> str:
+    return f"{SUBJECT_PREFIX} year report {report['first']} .. {report['last']}: {report['headline']}"
+
+
+def year_report_email(report: Mapping[str, Any], settings: Settings | None = None, *, chart: Path | None = None,
+                      owners: Sequence[str] | None = None) -> EmailParts:
+    """The email when the year report is built (``pipelines.monitoring.year_report.build_year_report``'s summary):
+    the headline figures (days, flights served against the feed, quarantines, retrains and promotions, the live
+    model's mean weekly ROC AUC against the frozen first champion's), ``chart`` (a local PNG, the report's main
+    chart) attached and shown inline by its Content-ID, and where the report is in the lake (named, never
+    attached)."""
+    settings = settings or get_settings()
+    owners = list(owners or settings.owners)
+    days, traffic, quality = report["days"], report["traffic"], report["quality"]
+    retrains, drift, frozen = report["retrains"], report["drift"], report.get("frozen") or {}
+    sections = [f"<p>Production from {_e(report['first'])} to {_e(report['last'])}: the year report is in the lake."
+                "</p>"]
+    if chart is not None:
+        sections.append(f'<p><img src="cid:{_e(chart.name)}" width="800" height="600" alt="flights served, drift '
+                        f'share and weekly ROC AUC of the live and the frozen model"><br><small>Flights served per '
+                        f'day (triangles: quarantined days), drift share per day against its threshold, ROC AUC per '
+                        f'ISO week of the live model and of the frozen first champion scored on the same flights '
+                        f'(dotted: promotions).</small></p>')
+    served = _number(traffic.get("flights"))
+    if traffic.get("scheduled"):
+        served += (f" ({_number(traffic.get('served_on_counted_days'))} of {_number(traffic['scheduled'])} in the "
+                   f"feed, on the {traffic.get('days_with_feed_count')} days that counted it)")
+    quarantined = ", ".join(f"{q['date']} ({q['state']})" for q in report.get("quarantines") or []) or "none"
+    live, shadow = quality.get("live") or {}, quality.get("frozen") or {}
+    rows: list[tuple[str, str]] = [
+        ("days monitored", f"{days['monitored']} of {days['total']} ({days.get('labelled', 0)} with matured labels)"),
+        ("flights served", served),
+        ("quarantined days", f"{days['quarantined']}: {quarantined}"),
+        ("drift", f"{drift['days_over_threshold']} of {drift['days_measured']} measured days at or over the "
+                  f"threshold, retraining requested on {len(drift.get('requests') or [])}"),
+        ("retrains", f"{retrains['count']}, {retrains['promoted']} promoted"
+                     + (" (" + ", ".join(f"{k}: {v}" for k, v in retrains["by_trigger"].items()) + ")"
+                        if retrains.get("by_trigger") else "")),
+        ("mean weekly ROC AUC", f"live {_number(live.get('mean_roc_auc'))}, frozen "
+                                f"{_number(shadow.get('mean_roc_auc'))} (over {quality.get('paired_weeks', 0)} "
+                                "weeks of matured labels)"),
+        ("mean weekly Brier score", f"live {_number(live.get('mean_brier'))}, frozen "
+                                    f"{_number(shadow.get('mean_brier'))}"),
+    ]
+    if frozen:
+        rows.append(("frozen model", f"version {frozen.get('version')}, run {frozen.get('run_key')}"
+                     + (f": not scored ({frozen['error']})" if frozen.get("error") else "")))
+    backtest = report.get("backtest") or {}
+    if backtest.get("available"):
+        pooled = {r["policy"]: r for r in backtest.get("table") or [] if r.get("month") == "all"}
+        rows.append(("backtest, April-December", ", ".join(
+            f"{policy} ROC AUC {_number(r.get('roc_auc'), 4)}, Brier {_number(r.get('brier'), 4)}"
+            for policy, r in pooled.items()) or "no pooled row"))
+    else:
+        rows.append(("backtest", "not run yet: python -m pipelines backtest"))
+    sections.append("<h3>The figures</h3>" + _table(rows))
+    reports = [str(report["paths"][name]) for name in ("html", "summary") if name in (report.get("paths") or {})]
+    if reports:
+        items = "".join(f"<li><code>{_e(location)}</code></li>" for location in reports)
+        sections.append("<h3>The report</h3><p>In the lake, not attached (traffic and quarantines, drift, every "
+                        f"retrain with the gate's reasons and its deployments, live against frozen week by week, "
+                        f"what retraining is worth):</p><ul>{items}</ul>")
+    return EmailParts(to=owners, subject=year_report_subject(report), html=_page(report["headline"], sections),
+                      mail_from=settings.mail_from, attachments=[chart] if chart is not None else [], reports=reports)

@@ -11,6 +11,8 @@
 4. Faults: the days of ``BROKEN_DAYS`` arrive broken (kinds from the corruption catalogue), are quarantined and
    emailed, and the year goes on. Once their ingest run has failed, the fixed feed is re-landed and the run is
    cleared through the REST API, as an operator would; monitoring of the day was waiting for it.
+5. The end: flights served against the feed, faults, trainings and each DAG's cost (``year/summary.json``), and the
+   year report by the DAG ``flight_delay_year_report`` (HTML and charts in the lake, emailed to the owners).
 
 Resumable: the state (history done, backfill ids, faults repaired) is kept in ``$PIPELINE_HOME/year/state.json``
 and Airflow keeps the runs; the same command continues where it stopped, no day run twice. Ctrl-C pauses the
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 HISTORY = (date(2013, 1, 1), date(2013, 3, 31))
 YEAR = (date(2013, 4, 1), date(2013, 12, 31))
 DAG_IDS = ("flights_ingest", "flight_features", "flight_delay_training", "flight_delay_monitoring")
+REPORT_DAG = "flight_delay_year_report"
 # The first champion: tuned as make run tunes it.
 FIRST_TRAINING = {"trials": 6, "time_budget_minutes": 5, "max_epochs": 20}
 # A scheduled weekly retrain: the default hyperparameters (enqueued as the study's first trial) and one more trial;
@@ -304,7 +307,7 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
     say(f"2013 as production, {first} .. {last}, under Airflow's scheduler (pipeline home {settings.pipeline_home})")
     stack = up(settings=settings, say=lambda text: say(f"  {text}"))
     api = _client(settings)
-    api.wait_for_dags(DAG_IDS)
+    api.wait_for_dags((*DAG_IDS, REPORT_DAG))
     for dag_id in DAG_IDS:
         api.unpause(dag_id)
     state = YearState.load(settings)
@@ -343,4 +346,9 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
         say(f"  {dag_id}: {cost['runs']} runs, median {cost['median_s']}s a run; slowest tasks "
             + ", ".join(f"{task} {seconds}s" for task, seconds in list(cost["tasks_mean_s"].items())[:3]))
     say(f"Summary: {settings.pipeline_home / 'year' / 'summary.json'}")
-    return summary
+    say(f"The year report: {REPORT_DAG} (built from the lake, emailed to the owners)...")
+    report_run = api.trigger(REPORT_DAG, last, {"start_date": first.isoformat(), "end_date": last.isoformat()})
+    api.wait(REPORT_DAG, report_run, timeout_s=1800)
+    report_folder = f"{settings.lake_root}/reports/year/{first}_{last}"
+    say(f"  {report_folder}/report.html (charts beside it as PNG)")
+    return summary | {"report": report_folder}

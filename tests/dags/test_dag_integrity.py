@@ -271,7 +271,9 @@ def test_flight_delay_monitoring_runs_daily_in_order_and_requests_retraining(dag
     # The retrain request is the very Asset the training DAG is scheduled on.
     (outlet,) = monitoring.get_task("request_retraining").outlets
     assert outlet == training.timetable.asset_condition
-    assert monitoring.get_task("label_predictions").trigger_rule == "none_failed", "runs when the replay is off"
+    labels = monitoring.get_task("label_predictions")
+    assert labels.trigger_rule == "none_failed_min_one_success", "runs when the replay is off, not past the feed"
+    assert labels.upstream_task_ids == {"wait_for_feed", "replay_traffic"}
     assert monitoring.params.get_param("replay_traffic").value is True
     assert monitoring.params.get_param("day").value is None and monitoring.params.get_param("day").description
     # The replay and the features' materialization write the online store: never both at once.
@@ -302,3 +304,18 @@ def test_a_day_the_feed_lacks_is_refused_by_hand_and_skipped_on_schedule(dagbag:
     assert type(refused.value).__name__ == outcome
     assert "holds New York days 2013-01-01 .. 2013-12-31" in str(refused.value) and "not 2026-12-04" in str(
         refused.value)
+
+
+def test_flight_delay_year_report_is_manual_builds_then_emails(dagbag: Any) -> None:
+    """Triggered by hand (make year, at its end) for a window of typed dates: the report, then its email."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    report = _dag(dagbag, DAGS_DIR / "flight_delay_year_report.py")
+    assert type(report.timetable).__name__ == "NullTimetable" and not report.catchup, "manual only"
+    assert [t.task_id for t in report.topological_sort()] == ["build_year_report", "email_year_report"]
+    for name, default in {"start_date": "2013-04-01", "end_date": "2013-12-31"}.items():
+        param = report.params.get_param(name)
+        assert param.value == default and param.description, name
+        assert param.resolve("2013-07-08") == "2013-07-08"
+        with pytest.raises(ParamValidationError):
+            param.resolve("2013-13-45")
