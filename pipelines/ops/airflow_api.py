@@ -18,6 +18,8 @@ from pipelines.core.dates import local_midnight
 log = logging.getLogger(__name__)
 
 FINISHED = {"success", "failed"}
+BACKFILL_ATTEMPTS = 8
+IDEMPOTENT_RETRIES = 3
 
 
 class AirflowApiError(RuntimeError):
@@ -46,6 +48,12 @@ class AirflowClient:
         answer = self._session.request(method, f"{self.url}/api/v2{path}", timeout=60, **kwargs)
         if answer.status_code == 401:  # the token expired
             self._login()
+            answer = self._session.request(method, f"{self.url}/api/v2{path}", timeout=60, **kwargs)
+        for attempt in range(1, IDEMPOTENT_RETRIES + 1):  # a busy metadata database: reads and idempotent writes
+            if answer.status_code not in (500, 503) or method not in ("GET", "PATCH", "PUT"):
+                break
+            log.warning("%s %s: %s, asking again", method, path, answer.status_code)
+            time.sleep(attempt)
             answer = self._session.request(method, f"{self.url}/api/v2{path}", timeout=60, **kwargs)
         if answer.status_code >= 400:
             raise AirflowApiError(f"{method} {path}: {answer.status_code} {answer.text[:500]}")
@@ -87,7 +95,17 @@ class AirflowClient:
         body = {"dag_id": dag_id, "from_date": local_midnight(first).isoformat(),
                 "to_date": local_midnight(last).isoformat(), "max_active_runs": max_active_runs,
                 "reprocess_behavior": reprocess, "dag_run_conf": conf or {}}
-        backfill = dict(self.request("POST", "/backfills", json=body))
+        for attempt in range(1, BACKFILL_ATTEMPTS + 1):
+            try:
+                backfill = dict(self.request("POST", "/backfills", json=body))
+                break
+            except AirflowApiError as error:
+                # On SQLite the API refuses to create a backfill while the scheduler writes (503, "Database is
+                # locked"): nothing was created, so asking again is safe.
+                if ": 503 " not in str(error) or attempt == BACKFILL_ATTEMPTS:
+                    raise
+                log.warning("backfill of %s refused (%s), asking again", dag_id, error)
+                time.sleep(2 * attempt)
         log.info("backfill %s of %s for %s .. %s", backfill["id"], dag_id, first, last)
         return backfill
 

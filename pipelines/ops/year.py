@@ -21,6 +21,7 @@ backfills (the stack keeps running: ``make down`` stops it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -55,6 +56,10 @@ POLL_S = 15
 # the oldest is this old: a day replays in about half a minute, so the default 10 s would be a fifth of it. The
 # stack's processes (the scheduler, its tasks, the slots they deploy) inherit it when make year starts them.
 PREDICTION_LOG_MAX_AGE_S = "2"
+# Airflow's metadata for the year, unless a profile names its own database: this machine's PostgreSQL, one database
+# per pipeline home. On SQLite, Airflow refuses to create a backfill while the scheduler writes, and its API server
+# answered 500 to an unpause under the year's load.
+METADATA_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 
 @dataclass
@@ -82,6 +87,16 @@ class YearState:
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(self.__dict__, indent=2))
         temporary.replace(path)
+
+
+def metadata_profile(settings: Settings, profile: dict[str, str] | None = None) -> dict[str, str]:
+    """``profile`` with Airflow's metadata database on PostgreSQL when it names none (created by ``make up``)."""
+    profile = dict(profile or {})
+    if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in profile:
+        name = "airflow_year_" + hashlib.sha1(str(settings.pipeline_home.resolve()).encode()).hexdigest()[:10]
+        profile["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"{METADATA_SERVER}/{name}"
+        profile["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = f"{METADATA_SERVER}/{name}"
+    return profile
 
 
 def _client(settings: Settings) -> AirflowClient:
@@ -295,9 +310,11 @@ def year_summary(api: AirflowClient, settings: Settings, state: YearState, first
 
 
 def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | None = None,
-             say: Callable[[str], None] = print, broken: dict[date, str] | None = None) -> dict[str, Any]:
+             say: Callable[[str], None] = print, broken: dict[date, str] | None = None,
+             profile: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``first`` .. ``last`` (default: April to December 2013) as production; see the module's docstring.
-    ``broken``: the days that arrive broken and how (default ``BROKEN_DAYS``)."""
+    ``broken``: the days that arrive broken and how (default ``BROKEN_DAYS``); ``profile``: a profile's
+    environment (Airflow's metadata goes to PostgreSQL unless it names a database)."""
     if not YEAR[0] <= first <= last <= YEAR[1]:
         raise ValueError(f"the production days must lie within {YEAR[0]} .. {YEAR[1]}, got {first} .. {last}")
     os.environ.setdefault("PREDICTION_LOG_MAX_AGE_S", PREDICTION_LOG_MAX_AGE_S)
@@ -305,7 +322,7 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
     from pipelines.ops.stack import up
 
     say(f"2013 as production, {first} .. {last}, under Airflow's scheduler (pipeline home {settings.pipeline_home})")
-    stack = up(settings=settings, say=lambda text: say(f"  {text}"))
+    stack = up(metadata_profile(settings, profile), settings=settings, say=lambda text: say(f"  {text}"))
     api = _client(settings)
     api.wait_for_dags((*DAG_IDS, REPORT_DAG))
     for dag_id in DAG_IDS:

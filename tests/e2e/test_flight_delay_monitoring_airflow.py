@@ -43,7 +43,9 @@ DAG_ID = "flight_delay_monitoring"
 DAYS = [date(2013, 3, 1), date(2013, 3, 2)]
 # The DAG starts on 2013-04-01 (a run before its start date runs no task): manual runs on its first days, each
 # monitoring one of DAYS through the `day` param.
-LOGICAL_DATES = ["2013-04-01", "2013-04-02"]
+# Scheduled runs' logical dates: New York midnight (04:00 UTC in April), never before the DAG's start, 2013-04-01
+# in New York (00:00 UTC that day is still March 31 there, and Airflow would run no task).
+LOGICAL_DATES = ["2013-04-01T04:00:00+00:00", "2013-04-02T04:00:00+00:00"]
 OWNERS = "monitoring-owners@example.com"
 CHAIN = ["replay_traffic", "label_predictions", "build_drift_report", "email_report", "request_retraining"]
 
@@ -84,7 +86,7 @@ def monitored(real_data: Settings, real_days: list, tmp_path_factory: pytest.Tem
                                 env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, timeout=900)
         (run,) = _query(env, "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND date(logical_date) = ?",
-                        DAG_ID, logical)
+                        DAG_ID, logical[:10])
         runs.append({"day": day, "returncode": result.returncode, "output": result.stdout, **dict(run)})
     yield {"settings": settings, "env": env, "runs": runs}
     stop_all(settings)
