@@ -17,10 +17,12 @@ import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from pipelines.core.dates import LOCAL_TZ
 from pipelines.core.settings import Settings, get_settings
 from pipelines.monitoring.retrain import MonitoringPolicy
 
@@ -81,12 +83,33 @@ def _delta(value: Any, reference: Any, digits: int = 3) -> str:
     return f" ({float(value) - float(reference):+.{digits}f})"
 
 
+def _aware(moment: date | datetime | str) -> datetime | None:
+    """``moment`` as a time-zone-aware datetime, when it is one (or its ISO text)."""
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment)
+        except ValueError:
+            return None
+    return moment if isinstance(moment, datetime) and moment.tzinfo else None
+
+
 def _day(moment: date | datetime | str | None) -> str:
+    """The New York date of a run's moment (the data's clock: 05:00 UTC is midnight there in winter)."""
     if moment is None:
         return "no date"
+    if (aware := _aware(moment)) is not None:
+        return aware.astimezone(ZoneInfo(LOCAL_TZ)).date().isoformat()
     if isinstance(moment, datetime | date):
         return moment.isoformat()[:10]
     return str(moment)[:10]
+
+
+def _moment(moment: date | datetime | str) -> str:
+    """A run's moment for a person: New York local time, with the UTC instant Airflow shows."""
+    if (aware := _aware(moment)) is None:
+        return str(moment)
+    local = aware.astimezone(ZoneInfo(LOCAL_TZ))
+    return f"{local:%Y-%m-%d %H:%M %Z} ({aware.astimezone(UTC).isoformat()})"
 
 
 def _table(rows: Iterable[Sequence[Any]], header: Sequence[str] | None = None) -> str:
@@ -358,7 +381,7 @@ def failure_email(dag_id: str, task_id: str, logical_date: date | datetime | str
         count = len(failed_expectations)
         subject += f": {count} critical expectation{'s' if count != 1 else ''} failed"
     rows: list[tuple[str, Any]] = [("DAG", dag_id), ("task", task_id),
-                                   ("date", logical_date if logical_date is not None else "none")]
+                                   ("date", _moment(logical_date) if logical_date is not None else "none")]
     if run_id:
         rows.append(("run", run_id))
     if try_number is not None:

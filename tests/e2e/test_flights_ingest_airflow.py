@@ -224,6 +224,6 @@ def test_quarantine_run_emails_the_owners_the_failed_expectation(
     body = message.get_body(preferencelist=("html",))
     assert body is not None
     html = str(body.get_content())
-    assert f"{DAG_ID}" in html and "check_quarantine" in html and f"{QUARANTINE_DAY} 00:00:00+00:00" in html
+    assert f"{DAG_ID}" in html and "check_quarantine" in html and f"{QUARANTINE_DAY} 00:00 EST" in html
     assert f"weather {QUARANTINE_DAY}: expect_table_row_count_to_be_between: observed 0" in html
     assert "AirflowFailException: 1 partition(s) quarantined on critical expectations" in html

@@ -10,7 +10,7 @@ import html
 import json
 import re
 import struct
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -376,14 +376,16 @@ def test_an_exception_may_list_its_failed_expectations() -> None:
 
 def test_failure_subject_and_body(settings: Settings) -> None:
     error = _quarantine_error()
-    parts = failure_email("flights_ingest", "check_quarantine", "2013-12-31T00:00:00+00:00", error,
+    parts = failure_email("flights_ingest", "check_quarantine", "2013-12-31T05:00:00+00:00", error,
                           failed_expectations(error), run_id="manual__2013-12-31", try_number=1,
                           log_url="http://localhost:8080/dags/flights_ingest/runs/x/tasks/check_quarantine")
 
     assert parts.subject == ("[flight_delay] FAILED flights_ingest.check_quarantine on 2013-12-31: 3 critical "
                              "expectations failed")
     body = _text(parts.html)
-    for text in ("flights_ingest", "check_quarantine", "2013-12-31T00:00:00+00:00", "manual__2013-12-31",
+    # The run's moment in New York time, the data's clock, beside the UTC instant Airflow's UI shows.
+    for text in ("flights_ingest", "check_quarantine", "2013-12-31 00:00 EST (2013-12-31T05:00:00+00:00)",
+                 "manual__2013-12-31",
                  "QuarantineError: 2 partition(s) quarantined", "Failed critical expectations",
                  "weather 2013-12-31: expect_table_row_count_to_be_between"):
         assert text in body, text
@@ -395,5 +397,7 @@ def test_failure_without_expectations_and_markup_in_the_error_is_escaped(setting
                           ConnectionError("<b>redis</b> {{ down }}"), None)
 
     assert parts.subject == "[flight_delay] FAILED flight_features.materialize_features on no date"
+    evening = failure_email("flight_features", "build_features", datetime(2013, 7, 15, 1, tzinfo=UTC), None)
+    assert evening.subject.endswith("on 2013-07-14"), "01:00 UTC is the evening before in New York"
     assert "&lt;b&gt;redis&lt;/b&gt; {{ down }}" in parts.html
     assert "Failed critical expectations" not in parts.html
