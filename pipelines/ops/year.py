@@ -325,7 +325,7 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
     stack = up(metadata_profile(settings, profile), settings=settings, say=lambda text: say(f"  {text}"))
     api = _client(settings)
     api.wait_for_dags((*DAG_IDS, REPORT_DAG))
-    for dag_id in DAG_IDS:
+    for dag_id in (*DAG_IDS, REPORT_DAG):  # DAGs are created paused, and a paused DAG's runs stay queued
         api.unpause(dag_id)
     state = YearState.load(settings)
     if not state.history:
