@@ -368,6 +368,8 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
     say(f"The year report: {REPORT_DAG} (built from the lake, emailed to the owners)...")
     report_run = api.trigger(REPORT_DAG, last, {"start_date": first.isoformat(), "end_date": last.isoformat()})
     api.wait(REPORT_DAG, report_run, timeout_s=1800)
-    report_folder = f"{settings.lake_root}/reports/year/{first}_{last}"
-    say(f"  {report_folder}/report.html (charts beside it as PNG)")
-    return summary | {"report": report_folder}
+    from pipelines.monitoring.year_report import HTML_FILE, year_report_key
+
+    report = f"{settings.lake_root}/{year_report_key(first, last, HTML_FILE)}"
+    say(f"  {report} (charts beside it as PNG)")
+    return summary | {"report": report}
