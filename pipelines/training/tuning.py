@@ -48,7 +48,8 @@ def suggest_params(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
 
     Bounded to where the network generalizes to later weeks: on the demo window, trials with little dropout or
     weight decay, a learning rate near 1e-2 or classes balanced (``imbalance_power`` near 1) scored validation log
-    losses as good as any and ranked the test weeks worse than the logistic regression. ``members`` is fixed."""
+    losses as good as any and ranked the test weeks worse than the logistic regression. ``members`` and
+    ``ema_decay`` are fixed."""
     from pipelines.training.fit import DEFAULT_PARAMS
 
     width = trial.suggest_categorical("width", [32, 64, 128])
@@ -61,12 +62,13 @@ def suggest_params(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         "batch_size": trial.suggest_categorical("batch_size", [512, 1024, 2048]),
         "imbalance_power": trial.suggest_float("imbalance_power", 0.0, 0.5),
         "members": DEFAULT_PARAMS["members"],
+        "ema_decay": DEFAULT_PARAMS["ema_decay"],
     }
 
 
 def trial_values(params: dict[str, Any]) -> dict[str, Any]:
     """The raw Optuna parameters that ``suggest_params`` turns into ``params`` (its inverse, for enqueueing)."""
-    values = {k: v for k, v in params.items() if k not in ("hidden_sizes", "members")}
+    values = {k: v for k, v in params.items() if k not in ("hidden_sizes", "members", "ema_decay")}
     return values | {"width": params["hidden_sizes"][0], "depth": len(params["hidden_sizes"])}
 
 

@@ -14,6 +14,7 @@ from benchmarks import training as M_training
 from pipelines.training.columns import CATEGORICAL_COLUMNS, categorical_values
 from pipelines.training.fit import (
     DEFAULT_PARAMS,
+    WeightAverage,
     fit_platt,
     sliced_batches,
     time_split,
@@ -375,3 +376,31 @@ def test_train_model_takes_a_column_subset(splits: tuple[pd.DataFrame, pd.DataFr
     restored = TrainedModel.from_bytes(model.to_bytes())
     other = test.assign(precip=test["precip"] + 1.0, plane_type="zz")
     np.testing.assert_array_equal(restored.predict_proba(test), restored.predict_proba(other))
+
+
+def test_the_weight_average_warms_up_then_follows_the_steps_slowly() -> None:
+    net = torch.nn.Linear(3, 1)
+    average = WeightAverage(net, 0.99)
+    start = average.net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    average.update()  # step 0: decay (1 + 0) / (10 + 0) = 0.1, so the average moves 90% of the way
+    assert torch.allclose(average.net.weight, start + 0.9)
+    for _ in range(2000):  # the decay rises towards 0.99, reached at step 891; the average catches up
+        average.update()
+    assert torch.allclose(average.net.weight, net.weight, atol=1e-6)
+    before = average.net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    average.update()  # past the warm-up a step moves the average 1% of the way
+    assert torch.allclose(average.net.weight, before + 0.01, atol=1e-5)
+    assert average.net is not net and WeightAverage(net, 0.0).net is net
+
+
+def test_validation_scores_the_averaged_weights(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    train, valid, _ = splits
+    averaged = train_model(train, valid, FAST, seed=0, max_epochs=3)
+    last_step = train_model(train, valid, FAST | {"ema_decay": 0.0}, seed=0, max_epochs=3)
+    # The same steps (same seed): only what is validated and kept differs.
+    assert [h["train_loss"] for h in averaged.history] == [h["train_loss"] for h in last_step.history]
+    assert [h["valid_log_loss"] for h in averaged.history] != [h["valid_log_loss"] for h in last_step.history]
