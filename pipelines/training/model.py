@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines.training.network import Network, build_net
+from pipelines.training.network import Network, NumpyForward, build_net
 from pipelines.training.preprocessing import Preprocessor
 
 
@@ -32,6 +32,8 @@ class TrainedModel:
     """Platt scaling fitted on the validation window: probability = sigmoid(a * logit + b)."""
     _networks: dict[str, Network] = field(default_factory=dict, init=False, repr=False, compare=False)
     """Eval-mode networks for inference, one per device, built on first use (never pickled)."""
+    _numpy: NumpyForward | None = field(default=None, init=False, repr=False, compare=False)
+    """The CPU network's forward pass in numpy for the online path, built on first use (never pickled)."""
 
     @property
     def valid_log_loss(self) -> float:
@@ -81,16 +83,22 @@ class TrainedModel:
         return self._calibrated(self.predict_logits(frame, device))
 
     def predict_proba_columns(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
-        """``predict_proba(pd.DataFrame(columns))`` on the CPU through ``Preprocessor.transform_columns``: the
-        online path: about 0.1 ms for one flight, where building and converting a frame takes milliseconds."""
-        return self.probabilities(*self.preprocessor.transform_columns(columns))
+        """``predict_proba(pd.DataFrame(columns))`` to float32 precision, on the CPU through
+        ``Preprocessor.transform_columns`` and ``NumpyForward``: the online path, about 55 us for one flight,
+        where building and converting a frame takes milliseconds."""
+        if self._numpy is None:
+            self._numpy = NumpyForward(self._inference_network(torch.device("cpu")))
+        cat, num = self.preprocessor.transform_columns(columns)
+        a, b = self.calibration
+        logits = a * self._numpy(cat.numpy(), num.numpy()) + np.float32(b)
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float64)
 
     def __getstate__(self) -> dict[str, Any]:
         # MLflow pickles the pyfunc wrapper with this model inside: the networks are a cache, rebuilt on demand.
-        return {k: v for k, v in self.__dict__.items() if k != "_networks"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_networks", "_numpy")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _networks={})
+        self.__dict__.update(state, _networks={}, _numpy=None)
 
     def to_bytes(self) -> bytes:
         """Everything needed to predict again, in one file that ``torch.load(weights_only=True)`` can read."""

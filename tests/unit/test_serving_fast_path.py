@@ -21,8 +21,8 @@ from pipelines.serving.contract import FlightRequest, entity_columns, flight_ent
 from pipelines.serving.prediction_log import feature_json
 from pipelines.training.fit import time_split, train_model
 from pipelines.training.model import TrainedModel
-from pipelines.training.network import EMBEDDING_DIM, _lookup
-from pipelines.training.preprocessing import _ColumnEncoder, _NotPlain
+from pipelines.training.network import EMBEDDING_DIM, FlightDelayNet, NumpyForward, _lookup, build_net
+from pipelines.training.preprocessing import Preprocessor, _ColumnEncoder, _NotPlain
 
 FAST = {"hidden_sizes": [16], "dropout": 0.0, "lr": 3e-3, "batch_size": 256}
 
@@ -87,8 +87,31 @@ def test_predict_proba_columns_is_predict_proba(trained: TrainedModel,
                                                 make_training_frame: Callable[..., pd.DataFrame]) -> None:
     frame = make_training_frame(200, seed=9)
     for columns in (_columns(frame), _odd_columns(frame), _columns(frame.iloc[[17]])):
-        np.testing.assert_array_equal(trained.predict_proba_columns(columns),
-                                      trained.predict_proba(pd.DataFrame(columns)))
+        # numpy's float32 sums in another order than torch's: equal to float32 precision, not to the bit.
+        np.testing.assert_allclose(trained.predict_proba_columns(columns),
+                                   trained.predict_proba(pd.DataFrame(columns)), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [{"hidden_sizes": [], "members": 1}, {"hidden_sizes": [16], "members": 1},
+                                   {"hidden_sizes": [32, 16, 8], "members": 3}])
+def test_the_numpy_forward_is_the_network_forward(shape: dict[str, Any],
+                                                  make_training_frame: Callable[..., pd.DataFrame]) -> None:
+    train = make_training_frame(300, seed=4)
+    pre = Preprocessor().fit(train)
+    net = build_net(pre, FAST | {"dropout": 0.3} | shape).eval()  # dropout is off in eval, in both
+    cat, num = pre.transform(make_training_frame(64, seed=5))
+    with torch.no_grad():
+        expected = net(cat, num).numpy()
+    got = NumpyForward(net)(cat.numpy(), num.numpy())
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_the_numpy_forward_refuses_layers_it_does_not_know() -> None:
+    net = FlightDelayNet([3, 4], 2, hidden_sizes=[8])
+    net.mlp.insert(1, torch.nn.Tanh())
+    with pytest.raises(TypeError, match="NumpyForward covers"):
+        NumpyForward(net)
 
 
 def test_the_inference_network_is_built_once_and_never_pickled(trained: TrainedModel,
@@ -96,10 +119,11 @@ def test_the_inference_network_is_built_once_and_never_pickled(trained: TrainedM
                                                                ) -> None:
     frame = make_training_frame(50, seed=1)
     expected = trained.predict_proba(frame)
+    trained.predict_proba_columns(_columns(frame))  # builds the numpy forward too: not pickled either
     net = trained._inference_network(torch.device("cpu"))
     assert trained._inference_network(torch.device("cpu")) is net and not net.training
     restored = pickle.loads(pickle.dumps(trained))
-    assert restored._networks == {}
+    assert restored._networks == {} and restored._numpy is None
     np.testing.assert_array_equal(restored.predict_proba(frame), expected)
 
 
