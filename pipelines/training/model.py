@@ -86,9 +86,12 @@ class TrainedModel:
         """``predict_proba(pd.DataFrame(columns))`` to float32 precision, on the CPU through
         ``Preprocessor.transform_columns`` and ``NumpyForward``: the online path, about 55 us for one flight,
         where building and converting a frame takes milliseconds."""
+        return self.online_probabilities(*self.preprocessor.transform_columns(columns))
+
+    def online_probabilities(self, cat: torch.Tensor, num: torch.Tensor) -> np.ndarray:
+        """``probabilities`` to float32 precision through ``NumpyForward`` (built on first use): for a few rows."""
         if self._numpy is None:
             self._numpy = NumpyForward(self._inference_network(torch.device("cpu")))
-        cat, num = self.preprocessor.transform_columns(columns)
         a, b = self.calibration
         logits = a * self._numpy(cat.numpy(), num.numpy()) + np.float32(b)
         return (1.0 / (1.0 + np.exp(-logits))).astype(np.float64)
