@@ -9,7 +9,8 @@ it was built for whatever the aliases say later; without it (development) the se
 
 Endpoints: ``POST /predict`` (one or many flights), ``POST /model`` (version, aliases, lineage), and BentoML's own
 ``/healthz``, ``/readyz``, ``/metrics`` and ``/docs.json`` (OpenAPI). Bad input is a 400 naming the field, an
-unreachable online store a 503 with a message.
+unreachable online store a 503 with a message. ``/metrics`` also counts the prediction log's rows by outcome
+(``flight_delay_prediction_log_rows_total``: written, retried, spooled, drained, lost).
 """
 
 from __future__ import annotations
@@ -48,12 +49,28 @@ class JsonBodiesOnly:
         await self.app(scope, receive, send)
 
 
+def prediction_log_counter() -> Any:
+    """The prediction log's rows by outcome, every outcome shown from zero (``lost 0`` is the point). Made in the
+    worker: BentoML points prometheus_client at its multiprocess folder only once the worker starts."""
+    from prometheus_client import Counter
+
+    from pipelines.serving.prediction_log import OUTCOMES
+
+    counter = Counter("flight_delay_prediction_log_rows", "Prediction log rows by outcome: written to the lake, "
+                      "retried (failed tries), spooled to local disk, drained from the spool, lost", ["outcome"])
+    for outcome in OUTCOMES:
+        counter.labels(outcome=outcome).inc(0)
+    return counter
+
+
 @bentoml.service(name="flight_delay", traffic={"timeout": 10}, http={"port": 3000})
 class FlightDelayService:
     def __init__(self) -> None:
         settings = get_settings()
         version = getattr(bentoml.use_arguments(), "model_version", None)
-        self.predictor = Predictor(settings, champion=load_champion(settings, version))
+        counter = prediction_log_counter()
+        self.predictor = Predictor(settings, champion=load_champion(settings, version),
+                                   on_log_count=lambda outcome, rows: counter.labels(outcome=outcome).inc(rows))
 
     @bentoml.api(route="/predict")
     def predict(self, flights: Annotated[list[FlightRequest], Field(min_length=1, max_length=MAX_FLIGHTS)],

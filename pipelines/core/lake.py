@@ -90,9 +90,12 @@ class Lake(ABC):
 
 
 class LocalLake(Lake):
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, durable: bool = False) -> None:
+        """``durable``: each write is fsynced (the file, then its folder) before it returns, so it survives a
+        crash of the machine, not only of the process (what a spool of unwritten data needs)."""
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
+        self.durable = durable
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -108,7 +111,16 @@ class LocalLake(Lake):
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+                if self.durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
             os.replace(tmp, path)
+            if self.durable:
+                folder = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -1,5 +1,6 @@
 """The prediction log: every answer buffered and written to ``{lake}/predictions/flight_delay/date=YYYY-MM-DD/``
-(the flight's New York date) in batches, off the request path, and read back by day.
+(the flight's New York date) in batches, off the request path, and read back by day. A batch the lake does not
+take is retried, then spooled to local disk and written later: never dropped.
 """
 
 from __future__ import annotations
@@ -11,15 +12,24 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from pipelines.core.lake import Lake, partition_key
+from pipelines.core.lake import Lake, LocalLake, partition_key
 
 log = logging.getLogger(__name__)
+
+RETRY_DELAYS_S = (0.5, 2.0)
+"""Pauses between the tries of one object's write to the lake (three tries), before it goes to the spool."""
+OUTCOMES = ("written", "retried", "spooled", "drained", "lost")
+"""What ``PredictionLog.counts`` counts, in rows: written to the lake at once or after retries (``retried`` counts
+tries that failed, in rows), put in the spool, written from the spool later, lost (only when the spool itself
+cannot be written at shutdown: the service logs it as an error)."""
 
 
 def read_prediction_log(lake: Lake, day: date) -> pd.DataFrame:
@@ -35,13 +45,30 @@ class PredictionLog:
 
     With ``background``, a due batch is written by one writer thread: written inline, a 1,000-row batch (frame,
     Parquet, the lake) held the request that filled it, and every request in flight behind the GIL, for ~10 ms,
-    which was the p99 of single-flight traffic. A batch the writer cannot write is logged as an error. A ticker
-    thread also writes a batch that reached ``max_age_s`` while no request came, so the last predictions before a
-    quiet spell reach the lake within ``max_age_s`` (monitoring reads them), not at the next request."""
+    which was the p99 of single-flight traffic. A ticker thread also writes a batch that reached ``max_age_s``
+    while no request came, so the last predictions before a quiet spell reach the lake within ``max_age_s``
+    (monitoring reads them), not at the next request.
+
+    Nothing is dropped: an object the lake refuses is tried again (``retry_delays_s``), then written to ``spool``
+    (local disk, fsynced) under its lake key, and written to the lake from there before the next batch and at
+    each tick until the lake takes it (a spool left by a stopped process is written by the next one). Without a
+    spool, or when the spool fails too, it is held in memory until then; only what is still held at ``flush``
+    (shutdown) is lost. ``counts`` (rows by outcome, ``OUTCOMES``) says what happened; ``on_count(outcome,
+    rows)`` is called as it happens (the service's metrics)."""
 
     def __init__(self, lake: Lake, batch_rows: int = 1000, max_age_s: float = 30.0, *,
-                 background: bool = False) -> None:
+                 background: bool = False, spool: Path | None = None,
+                 retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
+                 on_count: Callable[[str, int], None] | None = None) -> None:
         self.lake, self.batch_rows, self.max_age_s = lake, batch_rows, max_age_s
+        self.retry_delays_s = tuple(retry_delays_s)
+        # Objects the lake did not take: on local disk under the same keys, written again before each new batch.
+        self.spool = LocalLake(spool, durable=True) if spool is not None else None
+        self._held: list[tuple[str, bytes, int]] = []  # what neither the lake nor the spool took (in memory)
+        self._waiting = self.spool is not None and bool(self._spooled_keys())  # something to write again
+        self._retrying: Future[list[str]] | None = None
+        self.counts = dict.fromkeys(OUTCOMES, 0)
+        self._on_count = on_count
         self._rows: list[dict[str, Any]] = []
         self._since = time.monotonic()
         self._lock = threading.Lock()
@@ -72,23 +99,107 @@ class PredictionLog:
         while True:
             time.sleep(max(0.2, self.max_age_s / 4))
             self._write_if_due()
+            # The spool waits for the lake: try it again, one try at a time (a try against a lake that is down can
+            # take longer than a tick).
+            if self._waiting and self._writer is not None and (self._retrying is None or self._retrying.done()):
+                self._retrying = self._writer.submit(self._write, [])
+                self._retrying.add_done_callback(_log_write_failure)
 
     def flush(self) -> list[str]:
-        """Write what is buffered, after any batch the writer thread still holds; returns the keys written now."""
+        """Write what is buffered, after any batch the writer thread still holds; returns the keys written now.
+        At shutdown: what can reach neither the lake nor the spool now is counted ``lost`` and logged."""
         with self._lock:
             rows, self._rows = self._rows, []
-        if self._writer is not None:
-            self._writer.submit(lambda: None).result()  # one writer thread: earlier batches are done after this
-        return self._write(rows)
+        # On the writer thread, after the batches it holds: one thread touches the spool and the held objects.
+        keys = self._writer.submit(self._write, rows).result() if self._writer is not None else self._write(rows)
+        if self._held:
+            held, self._held = self._held, []
+            self._count("lost", sum(n for _, _, n in held))
+            log.error("prediction log: %d rows in %d objects reached neither the lake nor the spool; lost",
+                      sum(n for _, _, n in held), len(held))
+        return keys
+
+    def pending(self) -> int:
+        """Objects waiting for the lake: in the spool, or held in memory when the spool failed too."""
+        return len(self._held) + (len(self._spooled_keys()) if self.spool is not None else 0)
+
+    def _spooled_keys(self) -> list[str]:
+        assert self.spool is not None
+        return [key for key in self.spool.list_keys("predictions/") if key.endswith(".parquet")]
+
+    def _count(self, outcome: str, rows: int) -> None:
+        self.counts[outcome] += rows
+        if self._on_count is not None and rows:
+            self._on_count(outcome, rows)
+
+    def _drain(self) -> bool:
+        """Write what waits (held in memory, then the spool) to the lake, oldest first; True when nothing waits.
+        Stops at the first failure: the lake is still down, and the new batch will go to the spool."""
+        if not self._waiting:
+            return True
+        while self._held:
+            key, data, rows = self._held[0]
+            try:
+                self.lake.write_bytes(key, data)
+            except Exception:
+                return False
+            self._held.pop(0)
+            self._count("drained", rows)
+        if self.spool is None:
+            return True
+        import pyarrow.parquet as pq
+
+        for key in self._spooled_keys():
+            data = self.spool.read_bytes(key)
+            try:
+                self.lake.write_bytes(key, data)  # the same key: a drain repeated after a crash rewrites one object
+            except Exception:
+                return False
+            self.spool.delete(key)
+            self._count("drained", pq.ParquetFile(io.BytesIO(data)).metadata.num_rows)
+            log.info("prediction log: %s written from the spool", key)
+        self._waiting = False
+        return True
+
+    def _put(self, key: str, data: bytes, rows: int, lake_up: bool) -> None:
+        """One object to the lake, tried ``len(retry_delays_s) + 1`` times (once when the lake is known to be
+        down); then to the spool; then held in memory for the next try."""
+        if lake_up:
+            for delay in (*self.retry_delays_s, None):
+                try:
+                    self.lake.write_bytes(key, data)
+                except Exception as error:
+                    self._count("retried", rows)
+                    log.warning("prediction log: writing %s failed (%s: %s)%s", key, type(error).__name__, error,
+                                f"; trying again in {delay}s" if delay is not None else "")
+                    if delay is not None:
+                        time.sleep(delay)
+                else:
+                    self._count("written", rows)
+                    return
+        self._waiting = True
+        if self.spool is not None:
+            try:
+                self.spool.write_bytes(key, data)
+            except Exception:
+                log.exception("prediction log: %s could not be spooled either; holding it in memory", key)
+            else:
+                self._count("spooled", rows)
+                log.warning("prediction log: %d rows spooled to %s/%s until the lake takes them", rows,
+                            self.spool.root, key)
+                return
+        self._held.append((key, data, rows))
 
     def _write(self, rows: list[dict[str, Any]]) -> list[str]:
         """One Parquet object per flight date (New York), so a day's traffic is one partition whenever it was
         served; returns the keys written. Straight to Arrow (half the time of a pandas frame, and the Parquet
-        encoding releases the GIL), with the columns pandas wrote: ``served_at`` in nanoseconds, UTC."""
+        encoding releases the GIL), with the columns pandas wrote: ``served_at`` in nanoseconds, UTC. What waits
+        from earlier batches goes first."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
+        lake_up = self._drain()
         if not rows:
             return []
         table = pa.Table.from_pylist(rows)
@@ -101,7 +212,7 @@ class PredictionLog:
                                 f"part-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet")
             buffer = io.BytesIO()
             pq.write_table(part, buffer)
-            self.lake.write_bytes(key, buffer.getvalue())
+            self._put(key, buffer.getvalue(), len(part), lake_up)
             keys.append(key)
         log.info("prediction log: %d rows in %d objects", len(rows), len(keys))
         return keys

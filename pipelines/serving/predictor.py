@@ -14,6 +14,7 @@ import gc
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -77,14 +78,18 @@ class Predictor:
     """The champion, an open feature store and the prediction log: what one service worker holds."""
 
     def __init__(self, settings: Settings | None = None, threshold: float = DEFAULT_THRESHOLD,
-                 champion: ChampionModel | None = None) -> None:
+                 champion: ChampionModel | None = None,
+                 on_log_count: Callable[[str, int], None] | None = None) -> None:
+        """``on_log_count(outcome, rows)``: told what the prediction log did with its rows (the service counts it in
+        its metrics)."""
         from pipelines.features.store import open_store
 
         self.settings = settings or get_settings()
         self.threshold = threshold
         self.champion = champion or load_champion(self.settings)
         lake = open_lake(self.settings)
-        self.log = PredictionLog(lake, max_age_s=self.settings.prediction_log_max_age_s, background=True)
+        self.log = PredictionLog(lake, max_age_s=self.settings.prediction_log_max_age_s, background=True,
+                                 spool=self.settings.pipeline_home / "spool" / "prediction_log", on_count=on_log_count)
         self.store = open_store(self.settings)
         self.known_dests = set(self.champion.model.preprocessor.vocabularies.get("dest", [])) | self._airports(lake)
         freeze_heap()  # a service worker has loaded all it needs by now

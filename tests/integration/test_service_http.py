@@ -5,6 +5,7 @@ online store. Requests go over HTTP; the prediction log is checked in the lake a
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import requests
 from pipelines.core.settings import Settings
 from pipelines.deploy.service import start_service, stop_service
 from pipelines.serving.contract import requests_from_flights
+from pipelines.serving.prediction_log import OUTCOMES
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +119,17 @@ def test_model_endpoint_and_openapi(served: dict[str, Any], champion_run_key: st
     spec = requests.get(f"{served['url']}/docs.json", timeout=10).json()
     assert {"/predict", "/model", "/healthz", "/readyz"} <= set(spec["paths"])
     assert requests.get(f"{served['url']}/metrics", timeout=10).status_code == 200
+
+
+def test_metrics_count_the_prediction_logs_rows_by_outcome(served: dict[str, Any]) -> None:
+    """Every outcome is on /metrics from the start, so a dashboard sees lost = 0, not a missing series (the
+    outcomes themselves: tests/unit/test_prediction_log_faults.py)."""
+    _predict(served, _flights(served["settings"], "2013-02-26", 3))
+    metrics = requests.get(f"{served['url']}/metrics", timeout=10).text
+    counted = {m["outcome"]: float(m["value"]) for m in re.finditer(
+        r'^flight_delay_prediction_log_rows_total\{outcome="(?P<outcome>\w+)"\} (?P<value>\S+)$', metrics, re.M)}
+    assert set(counted) == set(OUTCOMES), metrics[-2000:]
+    assert counted["lost"] == 0 and counted["spooled"] == 0
 
 
 def test_predictions_are_logged_to_the_lake_on_shutdown(served: dict[str, Any]) -> None:
