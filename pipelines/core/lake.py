@@ -10,13 +10,13 @@ single PUT is atomic by itself (the object appears whole or not at all), so ``S3
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 from abc import ABC, abstractmethod
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pipelines.core.files import write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,26 +104,7 @@ class LocalLake(Lake):
         return path
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Same folder as the target so os.replace is a rename on one filesystem (atomic).
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                if self.durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            os.replace(tmp, path)
-            if self.durable:
-                folder = os.open(path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(folder)
-                finally:
-                    os.close(folder)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self._path(key), data, durable=self.durable)
 
     def read_bytes(self, key: str) -> bytes:
         path = self._path(key)

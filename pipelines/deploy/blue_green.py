@@ -11,18 +11,24 @@ to the new slot; nothing is dropped. The old slot keeps running as the instant r
 the new slot, leaves the live one serving, moves the registry's ``champion`` back to the version still served, and
 raises ``DeployError`` saying why.
 
-State (which slot is live, what each runs) is ``$PIPELINE_HOME/deploy/state.json``; every deployment is appended
-to ``deploy/history.jsonl`` and recorded as ``deployment.*`` tags on the model version.
+State (which slot is live, what each runs) is ``$PIPELINE_HOME/deploy/state.json``, replaced atomically (written
+beside, fsynced, renamed) so a crash mid-deploy leaves the last good state; every deployment is appended to
+``deploy/history.jsonl`` and recorded as ``deployment.*`` tags on the model version. Deploy, rollback and stop hold
+``deploy/deploy.lock`` (shared by every process of the home): a second one at once waits for the first, up to
+``DEPLOY_LOCK_TIMEOUT_S``, then fails saying which process holds it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from pipelines.core.files import LockHeld, file_lock, write_atomically
 from pipelines.core.processes import running, stop_process, wait_ready
 from pipelines.core.settings import Settings, get_settings
 from pipelines.deploy.bento import build_bento
@@ -31,6 +37,27 @@ from pipelines.deploy.service import DeployError, start_service
 from pipelines.deploy.smoke import SmokePolicy, smoke_test
 
 log = logging.getLogger(__name__)
+
+DEPLOY_LOCK_TIMEOUT_S = 600.0
+"""How long a deployment waits for another one to finish (a Bento build and a smoke test take about a minute)."""
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _holding_the_deploy_lock(step: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``step`` holding the home's deploy lock (``settings``: its first argument or keyword)."""
+
+    @functools.wraps(step)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        settings = kwargs.get("settings", args[0] if args else None) or get_settings()
+        assert isinstance(settings, Settings)
+        try:
+            with file_lock(deploy_dir(settings) / "deploy.lock", DEPLOY_LOCK_TIMEOUT_S):
+                return step(*args, **kwargs)
+        except LockHeld as error:
+            raise DeployError(f"another deployment is under way ({error}); nothing changed") from None
+
+    return locked
 
 
 
@@ -49,8 +76,7 @@ def read_state(settings: Settings) -> dict[str, Any]:
 
 
 def _write_state(settings: Settings, state: dict[str, Any]) -> None:
-    path = deploy_dir(settings) / "state.json"
-    path.write_text(json.dumps(state, indent=2))
+    write_atomically(deploy_dir(settings) / "state.json", json.dumps(state, indent=2).encode())
 
 
 def _record(settings: Settings, record: dict[str, Any]) -> None:
@@ -85,6 +111,7 @@ def _champion_version(settings: Settings) -> str:
     return version
 
 
+@_holding_the_deploy_lock
 def deploy_service(settings: Settings | None = None, version: str | None = None, force: bool = False,
                    policy: SmokePolicy | None = None, restore_aliases: bool = True) -> dict[str, Any]:
     """Serve model ``version`` (default: the ``champion``) at the front door, blue/green. Nothing happens when the
@@ -153,6 +180,7 @@ def _restore_champion(settings: Settings, served: str, failed: str) -> dict[str,
     return rollback_champion(settings)
 
 
+@_holding_the_deploy_lock
 def rollback_deployment(settings: Settings | None = None) -> dict[str, Any]:
     """By hand (``make rollback``): ``previous_champion`` becomes ``champion`` again, and the front door serves it:
     at once when the standby slot still runs it, else by a blue/green deployment of it."""
@@ -178,6 +206,7 @@ def rollback_deployment(settings: Settings | None = None) -> dict[str, Any]:
     return {"aliases": aliases, "service": record}
 
 
+@_holding_the_deploy_lock
 def stop_all(settings: Settings | None = None) -> dict[str, bool]:
     """Stop the front door and both slots (each flushes its prediction log)."""
     settings = settings or get_settings()

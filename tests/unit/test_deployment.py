@@ -1,19 +1,25 @@
 """Deployment pieces that need no running service: the Bento's pins and tag, the front door's configuration (checked
-by HAProxy itself), and the deployment state after a process died."""
+by HAProxy itself), the deployment state after a process died or a crash mid-write, and the deploy lock."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from pipelines.core.files import file_lock
 from pipelines.core.settings import PROJECT_ROOT, Settings
+from pipelines.deploy import blue_green
 from pipelines.deploy.bento import bento_tag, code_hash
-from pipelines.deploy.blue_green import read_state
-from pipelines.deploy.front_door import _front_config, slot_port
+from pipelines.deploy.blue_green import deploy_service, read_state, rollback_deployment, stop_all
+from pipelines.deploy.front_door import _front_config, deploy_dir, slot_port
+from pipelines.deploy.service import DeployError
 
 
 def _pins(text: str) -> dict[str, str]:
@@ -72,3 +78,56 @@ def test_a_slot_whose_process_died_is_not_live(settings: Settings) -> None:
     dead.wait()
     (run / "slot-blue.pid").write_text(f"{dead.pid} 3001\n")
     assert read_state(settings) == {"live": None, "slots": {}}
+
+
+def _hold_lock(path: Path) -> subprocess.Popen[str]:
+    """Another process holding ``path``'s lock until killed; returns once it holds it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path\n"
+         "from pipelines.core.files import file_lock\n"
+         "with file_lock(Path(sys.argv[1]), 5):\n    print('held', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_deploy_while_another_runs_waits_then_refuses_naming_it(settings: Settings,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blue_green, "DEPLOY_LOCK_TIMEOUT_S", 0.5)
+    holder = _hold_lock(deploy_dir(settings) / "deploy.lock")
+    try:
+        for step in (lambda: deploy_service(settings, version="1"), lambda: rollback_deployment(settings),
+                     lambda: stop_all(settings)):
+            with pytest.raises(DeployError, match=f"another deployment is under way.*process {holder.pid}"):
+                step()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert stop_all(settings)  # the kernel released the dead holder's lock
+
+
+def test_the_lock_is_reentrant_within_a_thread(tmp_path: Path) -> None:
+    with file_lock(tmp_path / "x.lock", 1), file_lock(tmp_path / "x.lock", 1):
+        pass
+    with file_lock(tmp_path / "x.lock", 1):  # and released after
+        pass
+
+
+def test_a_crash_while_writing_the_state_leaves_the_last_good_one(settings: Settings,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    good = {"live": None, "slots": {}, "note": "last good"}
+    blue_green._write_state(settings, good)
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd)))
+    blue_green._write_state(settings, good)
+    assert len(fsynced) == 2  # the file, then its folder
+
+    def crash(*_: object) -> None:
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="killed"):
+        blue_green._write_state(settings, {"live": "blue", "slots": {"blue": {}}})
+    assert json.loads((deploy_dir(settings) / "state.json").read_text()) == good
+    assert [p.name for p in deploy_dir(settings).iterdir() if p.name.startswith(".")] == []  # no half file left
