@@ -71,6 +71,8 @@ class Verdict:
     failures: list[Failure]
     gx_run_id: str | None = None
     run_key: str | None = None
+    raw_sha256: str | None = None
+    """The SHA-256 of the raw partition's bytes this verdict judged: promotion acts only on those bytes."""
 
     @property
     def critical(self) -> list[Failure]:
@@ -107,7 +109,7 @@ class Verdict:
         return cls(
             table=body["table"], date=body["date"], status=body["status"], rows=body["rows"],
             failures=[Failure(**f) for f in body["failures"]], gx_run_id=body.get("gx_run_id"),
-            run_key=body.get("run_key"),
+            run_key=body.get("run_key"), raw_sha256=body.get("raw_sha256"),
         )
 
 
@@ -192,7 +194,8 @@ def validate_partition(lake: Lake, settings: Settings, table: str, day: date, ru
     source = raw_key(table, day)
     if not lake.exists(source):
         raise FileNotFoundError(f"no raw partition for {table} on {day}: expected {lake.url(source)}; run ingest first")
-    frame = lake.read_parquet(source)
+    raw = lake.read_bytes(source)
+    frame = pd.read_parquet(io.BytesIO(raw))
     from great_expectations.core.run_identifier import RunIdentifier
 
     checkpoint = gx_context(settings).checkpoints.get(table)
@@ -211,7 +214,8 @@ def validate_partition(lake: Lake, settings: Settings, table: str, day: date, ru
     elif failures:
         status = "warned"
     verdict = Verdict(table=table, date=day.isoformat(), status=status, rows=len(frame), failures=failures,
-                      gx_run_id=f"{identifier.run_id.run_name}@{identifier.run_id.run_time}", run_key=run_key)
+                      gx_run_id=f"{identifier.run_id.run_name}@{identifier.run_id.run_time}", run_key=run_key,
+                      raw_sha256=hashlib.sha256(raw).hexdigest())
     lake.write_text(verdict_key("raw", table, day), verdict.to_json(gx_result=suite_result.to_json_dict()))
     log.log(logging.WARNING if failures else logging.DEBUG, verdict.reason())
     return verdict
@@ -224,14 +228,25 @@ def content_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+class StaleVerdict(RuntimeError):
+    """The raw partition is not the bytes its verdict judged (it changed after validation): validate it again."""
+
+
 def promote_partition(lake: Lake, table: str, day: date) -> Verdict:
-    """Act on the raw partition's verdict: promote to ``validated/`` or move to ``quarantine/``."""
+    """Act on the raw partition's verdict: promote to ``validated/`` or move to ``quarantine/``. Only the bytes the
+    verdict judged: a raw partition that changed since (a re-landed or re-ingested day) raises ``StaleVerdict``
+    and nothing moves."""
     source_verdict = verdict_key("raw", table, day)
     if not lake.exists(source_verdict):
         raise FileNotFoundError(f"{table} {day} has no verdict at {lake.url(source_verdict)}; run validate first")
     verdict_text = lake.read_text(source_verdict)
     verdict = Verdict.from_json(verdict_text)
     raw = lake.read_bytes(raw_key(table, day))
+    now = hashlib.sha256(raw).hexdigest()
+    if verdict.raw_sha256 != now:
+        judged = f"sha256 {verdict.raw_sha256[:12]}" if verdict.raw_sha256 else "bytes it did not record"
+        raise StaleVerdict(f"{table} {day}: the raw partition changed after validation (the verdict judged "
+                           f"{judged}, the partition is now sha256 {now[:12]}); validate it again before promoting")
     if verdict.status == "quarantined":
         # The validated partition (if any) stays exactly as it was: bad input never replaces good data.
         lake.write_bytes(partition_key("quarantine", table, day, DATA_FILE), raw)

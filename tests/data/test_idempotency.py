@@ -19,7 +19,7 @@ from pipelines.ingest.schemas import FLIGHTS, table_schema
 from pipelines.ingest.steps import ingest_feed
 from pipelines.simulation.corruption import corrupt
 from pipelines.simulation.feed import feed_csv, land_day, land_feed, land_file, land_reference
-from pipelines.validation.partition import content_hash, promote_partition, validate_partition
+from pipelines.validation.partition import StaleVerdict, content_hash, promote_partition, validate_partition
 from pipelines.validation.steps import promote_partitions, validate_partitions
 
 DAY = date(2013, 1, 2)
@@ -118,3 +118,18 @@ def test_good_redelivery_replaces_quarantine(good_before: bool, settings: Settin
     if good_before:
         assert lake.read_bytes(validated_prefix + "data.parquet") == earlier[validated_prefix + "data.parquet"]
     assert _tmp_files(Path(settings.lake_root)) == []
+
+
+def test_promotion_refuses_a_raw_partition_that_changed_after_validation(settings: Settings, lake: Lake) -> None:
+    """A verdict is bound to the bytes it judged: a day re-landed (here: truncated) between validation and
+    promotion is not promoted on the clean day's verdict, and validated/ keeps nothing of it."""
+    land_feed([DAY], settings)
+    ingest_feed([DAY], settings)
+    validate_partitions([DAY], settings)
+    land_file(lake, "flights", DAY, corrupt("truncated", feed_csv("flights", DAY)))
+    ingest_feed([DAY], settings)
+    with pytest.raises(StaleVerdict, match="changed after validation.*validate it again"):
+        promote_partition(lake, "flights", DAY)
+    assert not lake.exists(partition_key("validated", "flights", DAY, "data.parquet"))
+    validate_partitions([DAY], settings)  # judged again, the truncated day goes where it belongs
+    assert promote_partition(lake, "flights", DAY).status == "quarantined"
