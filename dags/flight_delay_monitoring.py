@@ -51,6 +51,7 @@ from pipelines.core.names import ONLINE_STORE_POOL
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1),
+                  "execution_timeout": timedelta(hours=1),  # a hung task fails and is retried
                   "on_failure_callback": notify_owners_on_failure},
     tags=["monitoring", "evidently", "drift"],
     params={

@@ -60,6 +60,8 @@ from pipelines.core.dates import LOCAL_TZ
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
+                  # A hung task fails and is retried; tuning has its own bound (its time budget, up to a day).
+                  "execution_timeout": timedelta(hours=2),
                   "on_failure_callback": notify_owners_on_failure},
     tags=["training", "optuna", "mlflow", "pytorch"],
     params={
@@ -106,7 +108,8 @@ def flight_delay_training() -> None:
         context = get_current_context()
         return start_tuning(run_key(context), workers=int(context["params"]["tuning_workers"]))["workers"]
 
-    @task(queue="training")
+    # The time budget (at most a day) is checked between trials: a day and an hour bounds a hung one.
+    @task(queue="training", execution_timeout=timedelta(hours=25))
     def tune_hyperparameters(worker: int) -> dict:
         from pipelines.core.runs import run_key
         from pipelines.training.steps import tune_hyperparameters

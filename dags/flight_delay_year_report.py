@@ -33,6 +33,7 @@ from airflow.sdk import Param, dag, get_current_context, task
     catchup=False,
     max_active_runs=1,
     default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1),
+                  "execution_timeout": timedelta(hours=1),  # a hung task fails and is retried
                   "on_failure_callback": notify_owners_on_failure},
     tags=["monitoring", "report", "year"],
     params={

@@ -40,6 +40,9 @@ from pipelines.core.dates import LOCAL_TZ
     catchup=False,
     max_active_runs=2,
     default_args={"owner": "data-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
+                  # A hung task fails and is retried rather than holding its slot: a whole year by hand validates
+                  # in about 12 minutes on 2 cores.
+                  "execution_timeout": timedelta(hours=1),
                   "on_failure_callback": notify_owners_on_failure},
     tags=["ingestion", "validation", "flights"],
     params={

@@ -9,8 +9,8 @@ it was built for whatever the aliases say later; without it (development) the se
 
 Endpoints: ``POST /predict`` (one or many flights), ``POST /model`` (version, aliases, lineage), and BentoML's own
 ``/healthz``, ``/readyz``, ``/metrics`` and ``/docs.json`` (OpenAPI). Bad input is a 400 naming the field, an
-unreachable online store a 503 with a message. ``/metrics`` also counts the prediction log's rows by outcome
-(``flight_delay_prediction_log_rows_total``: written, retried, spooled, drained, lost).
+unreachable online store a 503 with a message and ``Retry-After``. ``/metrics`` also counts the prediction log's
+rows by outcome (``flight_delay_prediction_log_rows_total``: written, retried, spooled, drained, lost).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from pipelines.serving.contract import SMOKE_TEST_HEADER, FeaturesUnavailable, F
 from pipelines.serving.predictor import Predictor, load_champion
 
 MAX_FLIGHTS = 1000
+RETRY_AFTER_S = 5
+"""What a 503 (the online store unreachable) tells the caller to wait before asking again."""
 
 
 class JsonBodiesOnly:
@@ -63,6 +65,27 @@ def prediction_log_counter() -> Any:
     return counter
 
 
+class RetryAfterOnUnavailable:
+    """ASGI middleware: a 503 says when to try again (``Retry-After``), so clients and HAProxy back off instead of
+    hammering a store that is down. BentoML's ``ServiceUnavailable`` sets the status but no header."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_retry_after(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"retry-after"]
+                message = message | {"headers": [*headers, (b"retry-after", str(RETRY_AFTER_S).encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_retry_after)
+
+
 @bentoml.service(name="flight_delay", traffic={"timeout": 10}, http={"port": 3000})
 class FlightDelayService:
     def __init__(self) -> None:
@@ -94,3 +117,4 @@ class FlightDelayService:
 
 
 FlightDelayService.add_asgi_middleware(JsonBodiesOnly)
+FlightDelayService.add_asgi_middleware(RetryAfterOnUnavailable)

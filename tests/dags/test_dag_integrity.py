@@ -11,7 +11,7 @@ import fnmatch
 import os
 import warnings
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -319,3 +319,12 @@ def test_flight_delay_year_report_is_manual_builds_then_emails(dagbag: Any) -> N
         assert param.resolve("2013-07-08") == "2013-07-08"
         with pytest.raises(ParamValidationError):
             param.resolve("2013-13-45")
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
+def test_every_task_has_an_execution_timeout(dagbag: Any, path: Path) -> None:
+    """A hung task (a network call without an answer, a deadlock) fails and is retried instead of holding its
+    slot for ever; no bound is longer than tuning's largest time budget (a day) and an hour."""
+    for task in _dag(dagbag, path).tasks:
+        assert task.execution_timeout is not None, task.task_id
+        assert timedelta(0) < task.execution_timeout <= timedelta(hours=25), task.task_id
