@@ -10,7 +10,11 @@ time. The batch views are materialized hour by hour as a live system's hourly jo
 serves flights predicted 14:00-14:59, as the point-in-time training set does. Days are replayed in order: the online
 store keeps the newest row per key, so replaying a day after a later one would serve the later day's values.
 Progress is kept in ``{lake}/replay/flight_delay/state.json``, so a retried replay resumes at the hour it reached
-(the tracker's state rebuilt up to it, nothing pushed twice) and a finished day is not sent twice.
+(the tracker's state rebuilt up to it, nothing pushed twice) and a finished day is not sent twice. Nothing is
+sent twice or skipped: a request the service refuses for now (503, or no connection: nothing was served) is tried
+again, any other failure stops the replay inside its hour (the hour is not recorded as done), a retry sends only
+the flights the prediction log does not hold yet, and a day is finished only when the log holds every scheduled
+flight of it.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ import requests
 from pipelines.core.lake import Lake, open_lake, partition_key
 from pipelines.core.settings import Settings, get_settings
 from pipelines.features.steps import build_features
-from pipelines.features.tables import PLANES_SNAPSHOT, PREDICTION_LEAD, scheduled_departure
+from pipelines.features.tables import PLANES_SNAPSHOT, PREDICTION_LEAD, flight_id, scheduled_departure
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "replay/flight_delay/state.json"
 HOUR = pd.Timedelta(hours=1)
+SEND_ATTEMPTS = 3
+"""Tries of a request the service did not serve (503, refused connection) before the replay stops."""
 
 
 class ReplayError(RuntimeError):
@@ -69,14 +75,25 @@ class _Clients:
         return session
 
     def _post(self, body: dict[str, Any]) -> bool:
-        try:
-            response = self._session().post(f"{self.url}/predict", json={"flights": [body]}, timeout=30)
-        except requests.RequestException as error:
-            log.warning("replay: request failed: %s", error)
-            return False
-        if response.status_code != 200:
-            log.warning("replay: %s answered %d: %s", body["flight"], response.status_code, response.text[:200])
-        return response.status_code == 200
+        """One flight; tried again only when the service cannot have served it (no connection, or 503): a timeout
+        may have been served and logged, so it is a failure here and the retry of the replay decides."""
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            try:
+                response = self._session().post(f"{self.url}/predict", json={"flights": [body]}, timeout=30)
+            except requests.ConnectionError as error:
+                log.warning("replay: %s: no connection (%s), try %d of %d", body["flight"], error, attempt,
+                            SEND_ATTEMPTS)
+            except requests.RequestException as error:
+                log.warning("replay: %s: request failed: %s", body["flight"], error)
+                return False
+            else:
+                if response.status_code == 200:
+                    return True
+                log.warning("replay: %s answered %d: %s", body["flight"], response.status_code, response.text[:200])
+                if response.status_code != 503:
+                    return False
+            time.sleep(0.5 * attempt)
+        return False
 
     def send(self, bodies: list[dict[str, Any]]) -> tuple[int, int]:
         """Single-flight requests, at most ``clients`` at once: (answered 200, failed)."""
@@ -87,11 +104,12 @@ class _Clients:
         self.pool.shutdown()
 
 
-def _logged(lake: Lake, day: date) -> int:
-    """Prediction-log rows of ``day`` in the lake now."""
+def _logged(lake: Lake, day: date) -> pd.Series:
+    """The flight ids of ``day``'s prediction-log rows in the lake now (one per answer: a repeat is a duplicate)."""
     from pipelines.serving.prediction_log import read_prediction_log
 
-    return len(read_prediction_log(lake, day))
+    logged = read_prediction_log(lake, day)
+    return logged["flight_id"] if len(logged) else pd.Series([], dtype=object)
 
 
 def replay_traffic(day: date, settings: Settings | None = None, url: str | None = None, clients: int = 4,
@@ -156,6 +174,12 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
         tracker.advance(through)
     recorded_until = tracker.clock
 
+    ids = flight_id(flights)
+    if done:
+        # A retry: what the first try sent reaches the lake within the service's batch age; then it is not sent again.
+        time.sleep(min(settings.prediction_log_max_age_s + 1, 60))
+    already = set(_logged(lake, day))
+
     def operations_until(now: pd.Timestamp) -> None:
         """The departures before ``now`` reach the tracker; the state rows stamped up to ``now`` are pushed."""
         nonlocal recorded_until
@@ -163,9 +187,8 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
         recorded_until = max(recorded_until, now)
         pusher.push(tracker.advance(now))
 
-    logged_before = _logged(lake, day)
     started = time.perf_counter()
-    sent = failed = 0
+    sent = 0
     materialize_s = 0.0
     sender = _Clients(url, clients)
     try:
@@ -183,13 +206,21 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
                 loaded_until = until
             for minute, requests_now in batch.groupby("prediction_time", sort=True):
                 operations_until(minute)
+                requests_now = requests_now[~ids.loc[requests_now.index].isin(already)]
+                if requests_now.empty:
+                    continue
                 ok, bad = sender.send(requests_from_flights(requests_now))
-                sent, failed = sent + ok, failed + bad
+                sent += ok
+                if bad:  # the hour is not recorded as done: a retry resumes it with what was not logged
+                    state["days"][day.isoformat()] = {"sent": sent, "failed": bad, "finished": False}
+                    lake.write_text(STATE_KEY, json.dumps(state, indent=2))
+                    raise ReplayError(f"{bad} of {len(requests_now)} requests for {day} at {minute} failed; see the "
+                                      "log above. A retry resumes the day at this hour with what was not logged")
             # The hour's state, pushed online and offline, before the hour is recorded as done.
             operations_until(hour + HOUR)
             pusher.flush()
             state["through"] = (hour + HOUR).isoformat()
-            state["days"][day.isoformat()] = {"sent": sent, "failed": failed, "finished": False}
+            state["days"][day.isoformat()] = {"sent": sent, "failed": 0, "finished": False}
             lake.write_text(STATE_KEY, json.dumps(state, indent=2))
         # The rest of the day's events (late departures, the last hour's window): the day's offline state whole.
         operations_until(max(events["event_time"].max(), tracker.clock) + 2 * HOUR)
@@ -197,17 +228,21 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
     finally:
         sender.close()
     send_s = time.perf_counter() - started
-    if failed:
-        raise ReplayError(f"{failed} of {len(flights)} requests for {day} failed; see the log above")
 
-    # The service writes its prediction log in batches (by size or age): wait until this day's rows are in.
+    # The service writes its prediction log in batches (by size or age): the day is finished once every scheduled
+    # flight of it is there.
+    expected = set(ids)
     deadline = time.monotonic() + wait_for_log_s
-    while (logged := _logged(lake, day) - logged_before) < sent and time.monotonic() < deadline:
+    while (missing := expected - set(logged_ids := _logged(lake, day))) and time.monotonic() < deadline:
         time.sleep(0.5)
-    if logged < sent:
-        raise ReplayError(f"the service logged {logged} of {sent} predictions for {day} within "
-                          f"{wait_for_log_s:.0f}s")
-    result = {"sent": sent, "failed": 0, "finished": True, "logged": logged,
+    if missing:
+        raise ReplayError(f"the service logged {len(expected) - len(missing)} of {len(expected)} flights of {day} "
+                          f"within {wait_for_log_s:.0f}s (e.g. {sorted(missing)[:3]})")
+    duplicated = int(logged_ids.duplicated().sum())
+    if duplicated:
+        log.warning("replay_traffic: %s: %d flights were logged more than once", day, duplicated)
+    logged = len(expected)
+    result = {"sent": sent, "failed": 0, "finished": True, "logged": logged, "duplicated": duplicated,
               "seconds": round(send_s, 1), "materialize_seconds": round(materialize_s, 1),
               "operations": pusher.stats(),
               "requests_per_s": round(sent / max(send_s - materialize_s, 1e-9), 1),
