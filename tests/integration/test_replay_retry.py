@@ -8,7 +8,6 @@ lacks, and the day is finished only when the log holds every flight."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from pipelines.core.settings import Settings
+from tests.helpers.homes import copy_champion_home, ingest_days
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +31,12 @@ def retried(champion_settings: Settings, real_days: list, tmp_path_factory: pyte
     from pipelines.features.steps import build_features
     from pipelines.features.store import materialize_features
     from pipelines.features.tables import flight_id
-    from pipelines.ingest.steps import ingest_feed
     from pipelines.serving.prediction_log import read_prediction_log
     from pipelines.simulation import replay
-    from pipelines.simulation.feed import land_feed
-    from pipelines.validation.steps import promote_partitions, validate_partitions
 
-    home = tmp_path_factory.mktemp("replay_retry") / "home"
-    shutil.copytree(champion_settings.pipeline_home, home, ignore=shutil.ignore_patterns(
-        "airflow", "run", "logs", "deploy", "bentoml", "feast", "predictions", "replay"))
-    settings = champion_settings.model_copy(update={"pipeline_home": home, "prediction_log_max_age_s": 2.0})
-    for step in (land_feed, ingest_feed, validate_partitions, promote_partitions):
-        step([DAY], settings)
+    settings = copy_champion_home(champion_settings, tmp_path_factory.mktemp("replay_retry") / "home",
+                                  prediction_log_max_age_s=2.0)
+    ingest_days([DAY], settings)
     build_features([*real_days[-2:], DAY], settings)
     materialize_features(real_days[-2:], settings)
     port = free_port()

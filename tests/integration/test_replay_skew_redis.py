@@ -7,7 +7,6 @@ Every vector the service used must equal the point-in-time training-set row of t
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from typing import Any
@@ -16,6 +15,7 @@ import pandas as pd
 import pytest
 
 from pipelines.core.settings import Settings
+from tests.helpers.homes import copy_champion_home, ingest_days
 from tests.helpers.redis_server import redis_server
 
 pytestmark = pytest.mark.integration
@@ -29,21 +29,15 @@ def replayed(champion_settings: Settings, real_days: list, tmp_path_factory: pyt
     from pipelines.deploy.service import start_service, stop_service
     from pipelines.features.steps import build_features
     from pipelines.features.store import flight_entities, materialize_features, online_features
-    from pipelines.ingest.steps import ingest_feed
-    from pipelines.simulation.feed import land_feed
     from pipelines.simulation.replay import replay_traffic
-    from pipelines.validation.steps import promote_partitions, validate_partitions
 
     home = tmp_path_factory.mktemp("replay_redis") / "home"
-    shutil.copytree(champion_settings.pipeline_home, home, ignore=shutil.ignore_patterns(
-        "airflow", "run", "logs", "deploy", "bentoml", "feast", "predictions", "replay"))
     with redis_server(tmp_path_factory.mktemp("redis")) as port:
-        settings = champion_settings.model_copy(update={
-            "pipeline_home": home, "feast_profile": "production",
-            "feast_registry_url": f"sqlite:///{home}/feast/registry.db", "feast_redis": f"127.0.0.1:{port},db=0"})
+        settings = copy_champion_home(champion_settings, home, feast_profile="production",
+                                      feast_registry_url=f"sqlite:///{home}/feast/registry.db",
+                                      feast_redis=f"127.0.0.1:{port},db=0")
         ahead = [DAY, DAY + timedelta(days=1)]
-        for step in (land_feed, ingest_feed, validate_partitions, promote_partitions):
-            step(ahead, settings)
+        ingest_days(ahead, settings)
         build_features([*real_days[-2:], *ahead], settings)
         materialize_features([*real_days[-2:], *ahead], settings)  # the day and the next online before the replay
         flights = pd.read_parquet(home / "lake" / "validated" / "flights" / f"date={DAY}" / "data.parquet")
