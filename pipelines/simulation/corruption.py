@@ -110,6 +110,23 @@ def extreme_delays(content: bytes) -> bytes:
     return _set(content, "dep_delay", "1600", every=200)
 
 
+def blank_delays(content: bytes) -> bytes:
+    """The delay columns exported empty while the departure and arrival times are there: read as they are, every
+    flight of the day would look cancelled, i.e. disrupted."""
+    rows = _rows(content)
+    columns = [rows[0].index(c) for c in ("dep_delay", "arr_delay")]
+    for row in rows[1:]:
+        for column in columns:
+            row[column] = ""
+    return _csv(rows)
+
+
+def tenth_of_day(content: bytes) -> bytes:
+    """A partial delivery: a tenth of the day's flights, complete rows."""
+    rows = _rows(content)
+    return _csv(rows[: 1 + (len(rows) - 1) // 10])
+
+
 @dataclass(frozen=True)
 class Corruption:
     make: Callable[[bytes], bytes]
@@ -135,6 +152,8 @@ CORRUPTIONS: dict[str, Corruption] = {
     "unknown_carrier": Corruption(unknown_carrier, "quarantined", "expect_column_values_to_be_in_set(carrier)"),
     "short_day": Corruption(short_day, "warned", "expect_table_row_count_to_be_between"),
     "extreme_delays": Corruption(extreme_delays, "warned", "expect_column_values_to_be_between(dep_delay)"),
+    "blank_delays": Corruption(blank_delays, "quarantined", "expect_column_values_to_not_be_null(dep_delay)"),
+    "tenth_of_day": Corruption(tenth_of_day, "quarantined", "expect_table_row_count_to_be_between"),
 }
 
 

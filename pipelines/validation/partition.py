@@ -15,8 +15,10 @@ import hashlib
 import io
 import json
 import logging
+import math
+import statistics
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -131,13 +133,42 @@ def gx_context(settings: Settings) -> Any:
     return _context(settings.gx_root.resolve(), settings.gx_output_dir.resolve())
 
 
-def _parameters(lake: Lake, day: date) -> dict[str, Any]:
+VOLUME_HISTORY_DAYS = 7
+VOLUME_SHARES = (0.4, 0.6)
+"""A day below these shares of the median volume of the previous ``VOLUME_HISTORY_DAYS`` days is quarantined, or
+warned about: 2013's lowest clean day was 64% of its week (Thanksgiving); a tenth of a day is a partial delivery."""
+VOLUME_WITHOUT_HISTORY = (1, 600)
+_ROWS_SEEN: dict[tuple[str, str, date], int] = {}
+"""Rows of the partitions this process judged good (passed or warned), so a window validated in one task (before
+any of it is promoted) has its history."""
+
+
+def _volume_floors(lake: Lake, table: str, day: date) -> tuple[int, int]:
+    """The critical and warning minimum row counts of ``table`` on ``day``, from the recent good days' volume."""
+    counts = []
+    for back in range(1, VOLUME_HISTORY_DAYS + 1):
+        previous = day - timedelta(days=back)
+        rows = _ROWS_SEEN.get((lake.uri, table, previous))
+        if rows is None and lake.exists(key := verdict_key("validated", table, previous)):
+            rows = int(json.loads(lake.read_text(key))["rows"])
+        if rows is not None:
+            counts.append(rows)
+    if not counts:
+        return VOLUME_WITHOUT_HISTORY
+    median = statistics.median(counts)
+    critical, warning = (max(1, math.ceil(share * median)) for share in VOLUME_SHARES)
+    return critical, warning
+
+
+def _parameters(lake: Lake, table: str, day: date) -> dict[str, Any]:
     airlines = lake.read_parquet(reference_key("airlines"))
     airports = lake.read_parquet(reference_key("airports"))
+    min_rows_critical, min_rows_warning = _volume_floors(lake, table, day)
     return {
         "airline_codes": sorted(airlines["carrier"].dropna().unique().tolist()),
         "airport_codes": sorted(airports["faa"].dropna().unique().tolist()),
         "partition_year": day.year, "partition_month": day.month, "partition_day": day.day,
+        "min_rows_critical": min_rows_critical, "min_rows_warning": min_rows_warning,
     }
 
 
@@ -202,7 +233,7 @@ def validate_partition(lake: Lake, settings: Settings, table: str, day: date, ru
     # The run key becomes GX's run name, so results in the store and Data Docs trace back to the DAG run
     # (GX store keys may not contain '/').
     run_name = f"{run_key or 'manual'}|{table}|{day.isoformat()}".replace("/", "|")
-    run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=_parameters(lake, day),
+    run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=_parameters(lake, table, day),
                          run_id=RunIdentifier(run_name=run_name))
     (identifier, suite_result), = run.run_results.items()
     if result_ids is not None:
@@ -217,6 +248,10 @@ def validate_partition(lake: Lake, settings: Settings, table: str, day: date, ru
                       gx_run_id=f"{identifier.run_id.run_name}@{identifier.run_id.run_time}", run_key=run_key,
                       raw_sha256=hashlib.sha256(raw).hexdigest())
     lake.write_text(verdict_key("raw", table, day), verdict.to_json(gx_result=suite_result.to_json_dict()))
+    if status == "quarantined":
+        _ROWS_SEEN.pop((lake.uri, table, day), None)
+    else:
+        _ROWS_SEEN[(lake.uri, table, day)] = len(frame)
     log.log(logging.WARNING if failures else logging.DEBUG, verdict.reason())
     return verdict
 

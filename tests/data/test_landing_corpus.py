@@ -1,8 +1,8 @@
 """The landing corpus: every known way a flights file arrives broken gets the outcome ``CORRUPTIONS`` promises.
 
-Each case starts from a lake where the clean real 2013-01-02 day is already landed, ingested, validated and
-promoted (built once per module, then copied into the test's own lake), drops one corpus file as that day's
-landing file and runs ingest -> validate -> promote -> check_quarantine.
+Each case starts from a lake where the clean real 2013-01-02 day (and the day before) is already landed,
+ingested, validated and promoted (built once per module, then copied into the test's own lake), drops one corpus
+file as that day's landing file and runs ingest -> validate -> promote -> check_quarantine.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -66,16 +66,18 @@ def _generator() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def clean_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lake folder holding the clean real 2013-01-02 day (flights and weather), run through the whole chain."""
+    """A lake folder holding the clean real 2013-01-02 day (flights and weather) and the day before (the volume
+    a day is judged against), run through the whole chain."""
     settings = Settings(pipeline_home=tmp_path_factory.mktemp("clean_home"), lake_uri=None, s3_endpoint_url=None)
     lake = open_lake(settings)
     land_reference(lake)
-    land_day(lake, DAY)
-    for table in FEED_TABLES:
-        ingest_partition(lake, table, DAY)
-        verdict = validate_partition(lake, settings, table, DAY)
-        assert verdict.status == "passed", verdict.reason()
-        promote_partition(lake, table, DAY)
+    for day in (DAY - timedelta(days=1), DAY):
+        land_day(lake, day)
+        for table in FEED_TABLES:
+            ingest_partition(lake, table, day)
+            verdict = validate_partition(lake, settings, table, day)
+            assert verdict.status == "passed", verdict.reason()
+            promote_partition(lake, table, day)
     return Path(settings.lake_root)
 
 
