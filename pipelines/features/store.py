@@ -18,7 +18,8 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipelines.core.dates import LOCAL_TZ
+from pipelines.core.files import LockHeld, file_lock
 from pipelines.core.lake import open_lake, partition_key
 from pipelines.core.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.features.operations import local_day_text, operations_keys
@@ -164,13 +166,41 @@ def run_window(days: Iterable[date]) -> tuple[datetime, datetime]:
     return (first - LATE_DATA_OVERLAP).to_pydatetime(), (last + pd.Timedelta(seconds=1)).to_pydatetime()
 
 
+ONLINE_STORE_TURN_TIMEOUT_S = 1800.0
+"""How long a materialization or a day's replay waits for the other to finish with the online store."""
+
+
+class OnlineStoreBusy(RuntimeError):
+    """A replay or a materialization held the online store for longer than the other would wait."""
+
+
+@contextmanager
+def online_store_turn(settings: Settings | None = None) -> Iterator[None]:
+    """The online store to one writer of a day's state at a time: a day's replay (the store rewound to the day's
+    start, then moved forward hour by hour) and a materialization (which writes a window's end at once) must not
+    mix their writes. A lock on this machine (``feast/online_store.lock``); across Airflow workers the pool
+    ``online_store`` makes the same tasks take turns."""
+    settings = settings or get_settings()
+    try:
+        with file_lock(settings.pipeline_home / "feast" / "online_store.lock", ONLINE_STORE_TURN_TIMEOUT_S):
+            yield
+    except LockHeld as error:
+        raise OnlineStoreBusy(f"the online store is in use by another replay or materialization ({error})") from None
+
+
 def materialize_features(days: Iterable[date], settings: Settings | None = None, *,
                          stock: bool = False) -> dict[str, Any]:
-    """Apply the definitions, then materialize the run's own window (never "up to now") to the online store.
+    """Apply the definitions, then materialize the run's own window (never "up to now") to the online store, in
+    its turn (``online_store_turn``).
 
     ``store.materialize`` runs the engine of the yaml, the bulk online writer of ``pipelines.features.online_writer``
     (same read, filter and dedup as stock, same stored bytes, several times faster); ``stock=True`` runs Feast's own
     engine. ``engine`` in the result says which one ran."""
+    with online_store_turn(settings):
+        return _materialize(days, settings, stock)
+
+
+def _materialize(days: Iterable[date], settings: Settings | None, stock: bool) -> dict[str, Any]:
     from pipelines.features.online_writer import FastLocalComputeEngine
 
     store = open_store(settings, stock=stock)

@@ -115,7 +115,17 @@ def _logged(lake: Lake, day: date) -> pd.Series:
 def replay_traffic(day: date, settings: Settings | None = None, url: str | None = None, clients: int = 4,
                    wait_for_log_s: float = 60) -> dict[str, Any]:
     """Send ``day``'s flights to the service at ``url`` (default: the front door) at their prediction times, and
-    return once the service has written their predictions to the lake."""
+    return once the service has written their predictions to the lake. In the online store's turn
+    (``online_store_turn``: no materialization writes into it meanwhile)."""
+    from pipelines.features.store import online_store_turn
+
+    settings = settings or get_settings()
+    with online_store_turn(settings):
+        return _replay_day(day, settings, url, clients, wait_for_log_s)
+
+
+def _replay_day(day: date, settings: Settings, url: str | None, clients: int,
+                wait_for_log_s: float) -> dict[str, Any]:
     from pipelines.features.operations import OperationsTracker, day_schedule, departure_events
     from pipelines.features.push import OperationsPusher
     from pipelines.features.store import (
@@ -127,7 +137,6 @@ def replay_traffic(day: date, settings: Settings | None = None, url: str | None 
     )
     from pipelines.serving.contract import requests_from_flights
 
-    settings = settings or get_settings()
     url = url or f"http://127.0.0.1:{settings.service_port}"
     lake = open_lake(settings)
     state = _state(lake)

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from pipelines.deploy.bento import bento_tag, code_hash
 from pipelines.deploy.blue_green import deploy_service, read_state, rollback_deployment, stop_all
 from pipelines.deploy.front_door import _front_config, deploy_dir, slot_port
 from pipelines.deploy.service import DeployError
+from tests.helpers.locks import hold_lock
 
 
 def _pins(text: str) -> dict[str, str]:
@@ -80,21 +80,10 @@ def test_a_slot_whose_process_died_is_not_live(settings: Settings) -> None:
     assert read_state(settings) == {"live": None, "slots": {}}
 
 
-def _hold_lock(path: Path) -> subprocess.Popen[str]:
-    """Another process holding ``path``'s lock until killed; returns once it holds it."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path\n"
-         "from pipelines.core.files import file_lock\n"
-         "with file_lock(Path(sys.argv[1]), 5):\n    print('held', flush=True); time.sleep(60)", str(path)],
-        stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    return holder
-
-
 def test_a_deploy_while_another_runs_waits_then_refuses_naming_it(settings: Settings,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blue_green, "DEPLOY_LOCK_TIMEOUT_S", 0.5)
-    holder = _hold_lock(deploy_dir(settings) / "deploy.lock")
+    holder = hold_lock(deploy_dir(settings) / "deploy.lock")
     try:
         for step in (lambda: deploy_service(settings, version="1"), lambda: rollback_deployment(settings),
                      lambda: stop_all(settings)):
