@@ -33,6 +33,10 @@ def partition_key(zone: str, table: str, day: date, filename: str) -> str:
     return f"{zone}/{table}/date={day.isoformat()}/{filename}"
 
 
+S3_CONNECT_TIMEOUT_S = 5
+S3_READ_TIMEOUT_S = 60
+
+
 class Lake(ABC):
     """Object-store semantics (whole-object put/get, prefix listing) over any backend."""
 
@@ -138,6 +142,7 @@ class LocalLake(Lake):
 class S3Lake(Lake):
     def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
         import boto3
+        from botocore.config import Config
 
         if not uri.startswith("s3://"):
             raise ValueError(f"S3 lake URI must start with s3://, got {uri!r}")
@@ -147,7 +152,11 @@ class S3Lake(Lake):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = uri.rstrip("/")
-        self.client = boto3.client("s3", endpoint_url=endpoint_url)
+        # A lake that does not answer is an error within seconds, not a hang: connect and read timeouts, and
+        # botocore's standard retry mode (3 tries with backoff) for throttling and transient errors.
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, config=Config(
+            connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_READ_TIMEOUT_S,
+            retries={"total_max_attempts": 3, "mode": "standard"}))
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -147,7 +148,7 @@ def test_helm_values_say_celery_with_external_services(helm: dict[str, Any]) -> 
 
 def test_postgres_init_creates_the_databases_of_the_urls() -> None:
     urls = [v for v in _prod_env().values() if re.match(r"(?:db\+)?postgresql", v)]
-    wanted = {re.search(r"/(\w+)$", url).group(1) for url in urls}
+    wanted = {urlsplit(url).path.strip("/") for url in urls}
     assert wanted == {"airflow", "mlflow", "feast", "optuna"}
     sql = (INFRA / "postgres-init.sql").read_text()
     created = set(re.findall(r"^\s*CREATE DATABASE\s+\"?(\w+)", sql, re.IGNORECASE | re.MULTILINE))
@@ -185,3 +186,37 @@ def test_every_image_is_pinned_to_a_version() -> None:
         # a bare major (postgres:16, redis:7-alpine) moves like `latest` does
         bare_major = r"v?\d+(-(alpine|bookworm|bullseye|trixie|slim|jammy|noble)[\w.-]*)?"
         assert not re.fullmatch(bare_major, tag), f"{name}: {image} names only a major version"
+
+
+def test_every_network_client_of_the_production_profile_has_a_timeout() -> None:
+    """A service that does not answer is an error within seconds, not a hang: PostgreSQL (every URL, connect
+    timeout), MLflow's tracking server (request timeout and tries), Redis (connect and read timeouts, no client
+    retries; asserted against a dead port in tests/integration/test_service_http.py), SMTP (the connection's
+    timeout), S3 (below)."""
+    env = _prod_env()
+    postgres = {name: value for name, value in env.items() if "postgresql" in value}
+    assert len(postgres) >= 6
+    assert all("connect_timeout=10" in value for value in postgres.values()), postgres
+    compose = (INFRA / "compose.yaml").read_text()
+    assert all("connect_timeout=10" in url for url in re.findall(r"postgresql\+psycopg://\S+", compose))
+    assert int(env["MLFLOW_HTTP_REQUEST_TIMEOUT"]) <= 30 and int(env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) <= 3
+    profile = (ROOT / "feature_repo" / "profiles" / "production.yaml").read_text()
+    assert "socket_connect_timeout=1,socket_timeout=1,retry=null" in profile
+
+
+def test_the_s3_lake_client_has_connect_and_read_timeouts() -> None:
+    from pipelines.core.lake import S3_CONNECT_TIMEOUT_S, S3_READ_TIMEOUT_S, S3Lake
+
+    config = S3Lake("s3://bucket/prefix", endpoint_url="http://127.0.0.1:9").client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (S3_CONNECT_TIMEOUT_S, S3_READ_TIMEOUT_S) == (5, 60)
+    assert config.retries["total_max_attempts"] == 3 and config.retries["mode"] == "standard"
+
+
+def test_the_owners_mail_connection_has_a_timeout() -> None:
+    import json
+
+    from pipelines.core.settings import Settings
+    from pipelines.ops.mail_server import smtp_connection
+
+    extra = json.loads(smtp_connection(Settings()))["extra"]
+    assert extra["timeout"] == 30 and extra["retry_limit"] == 2
