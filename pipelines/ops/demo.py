@@ -115,17 +115,25 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
     say(f"Mail server: {mail['host']}:{mail['port']} (Airflow's smtp_default); the owners' emails land in "
         f"{mail['folder']}/ as .eml files")
     started = time.perf_counter()
+    stages: dict[str, float] = {}  # seconds per stage, in order, for the summary
+
+    def airflow_stage(name: str, args: list[str], show: bool = True) -> int:
+        tick = time.perf_counter()
+        code = _airflow(args, env, log_file, show=show)
+        stages[name] = stages.get(name, 0.0) + time.perf_counter() - tick
+        return code
+
     replayed = [end + timedelta(days=i) for i in range(1, REPLAY_DAYS + 1)]
     total = len(DAGS) + 3
     say(f"[1/{total}] Preparing Airflow's metadata database (SQLite)...")
-    if _airflow(["db", "migrate"], env, log_file) != 0:
+    if airflow_stage("Airflow metadata database", ["db", "migrate"], show=False) != 0:
         raise RuntimeError(f"airflow db migrate failed; see {log_file}")
     window = {"start_date": start.isoformat(), "end_date": end.isoformat()}
     failed = None
     for step, (dag_id, extra) in enumerate(DAGS.items(), 2):
         say(f"[{step}/{total}] Running DAG {dag_id} through Airflow for {start} .. {end}...")
         conf = json.dumps(window | extra)
-        if _airflow(["dags", "test", dag_id, "-c", conf], env, log_file, show=True) != 0:
+        if airflow_stage(dag_id, ["dags", "test", dag_id, "-c", conf]) != 0:
             failed = dag_id
             break
 
@@ -135,19 +143,22 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
     say("")
     say(format_summary(summary))
     if failed is None:
+        tick = time.perf_counter()
         summary |= _training_summary(settings, end, say)
+        stages["summary and the service's first answer"] = time.perf_counter() - tick
         say("")
         say(f"[{total - 1}/{total}] Running DAG flights_ingest for the replayed days {replayed[0]} .. "
             f"{replayed[-1]}...")
         conf = json.dumps({"start_date": replayed[0].isoformat(), "end_date": replayed[-1].isoformat()})
-        if _airflow(["dags", "test", "flights_ingest", "-c", conf], env, log_file, show=True) != 0:
+        if airflow_stage("flights_ingest, replayed days", ["dags", "test", "flights_ingest", "-c", conf]) != 0:
             failed = "flights_ingest"
     if failed is None:
         say(f"[{total}/{total}] Running DAG flight_delay_monitoring for each replayed day (traffic through the live "
             "service, labels, Evidently report, email to the owners)...")
         for day in replayed:
             conf = json.dumps({"day": day.isoformat()})
-            if _airflow(["dags", "test", "flight_delay_monitoring", "-c", conf], env, log_file, show=True) != 0:
+            if airflow_stage(f"flight_delay_monitoring, {len(replayed)} days",
+                             ["dags", "test", "flight_delay_monitoring", "-c", conf]) != 0:
                 failed = "flight_delay_monitoring"
                 break
         from pipelines.monitoring.report import format_summary as format_monitoring
@@ -168,6 +179,8 @@ def run_demo(start: date | None = None, end: date | None = None) -> dict[str, An
     say(f"Emails to {settings.model_owners}: {len(mails)} this run, received by the mail server into "
         f"{settings.mail_folder}/" + "".join(f"\n    {message['Subject']}" for message in mails))
     say(f"  Airflow log: {log_file}")
+    summary["stage_seconds"] = {name: round(seconds, 1) for name, seconds in stages.items()}
+    say("Time per stage: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in stages.items()))
     say(f"Finished in {elapsed:.0f}s: " + ("all DAG runs succeeded." if failed is None
                                            else f"DAG {failed} FAILED (see the log above)."))
     if failed:
