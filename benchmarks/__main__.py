@@ -7,9 +7,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import nullcontext
 from datetime import date
 from pathlib import Path
 
+from benchmarks.console import quiet_console, say
 from pipelines.cli import configure_logging
 from pipelines.ops.stack import apply_profile
 
@@ -26,14 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     apply_profile(args.env_file)  # before any settings are read
     from benchmarks.run import run_benchmarks
+    from pipelines.core.settings import get_settings
 
+    log_file = get_settings().pipeline_home / "bench" / "bench.log"
+    if not args.verbose:
+        say(f"make bench: tables here; library output and logs in {log_file} (--verbose: all of it here)")
     try:
-        run_benchmarks(args.start, args.end)
+        with nullcontext() if args.verbose else quiet_console(log_file):
+            run_benchmarks(args.start, args.end)
     except Exception as error:
-        if args.verbose:
-            log.exception("bench failed")
-        else:
-            log.error("bench failed: %s", error)
+        log.exception("bench failed")
+        say(f"bench failed: {type(error).__name__}: {error}" + ("" if args.verbose else f" (details: {log_file})"))
         return 1
     return 0
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.console import say
 from pipelines.core.settings import Settings
 
 YEAR = (date(2013, 1, 1), date(2013, 12, 31))
@@ -418,7 +419,6 @@ def _targets_met(out: dict[str, Any]) -> dict[str, bool]:
 
 
 def print_features(out: dict[str, Any]) -> None:
-    say = print  # noqa: T201 - the command's output
     data = out["data"]
     say(f"Features, year {out['year']} ({sum(data['feature_rows'].values()):,} feature rows; built in "
         f"{data['build_features_seconds']}s; GX-validated {data['validated_by_gx']}, promoted WITHOUT validation "

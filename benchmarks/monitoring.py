@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.console import say
 from pipelines.core.settings import Settings
 
 DAY = date(2013, 7, 15)
@@ -137,7 +138,6 @@ def bench_monitoring(settings: Settings, day: date = DAY, run_key: str | None = 
 
 
 def print_monitoring(out: dict[str, Any]) -> None:
-    say = print  # noqa: T201 - the command's output
     say(f"Monitoring (Evidently 0.7), model {out['run_key']}: training reference of {out['reference_rows']:,} "
         f"flights with calibrated thresholds in {out['reference_seconds']}s (importing Evidently: "
         f"{out['evidently_import_seconds']}s)")

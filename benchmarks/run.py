@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.console import say
 from pipelines.core.settings import Settings, get_settings
 
 
@@ -83,6 +84,7 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
     shutil.rmtree(work, ignore_errors=True)
     scratch = Settings(pipeline_home=work, gx_root=settings.gx_root)
 
+    say(f"[1/5] Ingestion and validation of {start} .. {end}...")
     figures = bench_ingestion(scratch, start, end)
     results_file = bench_dir / "results.json"
     _write_results(results_file, "ingestion", figures)
@@ -90,6 +92,7 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
 
     from benchmarks.features import bench_features, print_features
 
+    say("[2/5] Features: the year's materialization (stock and ours), a training set, pushes, online reads...")
     features = bench_features(scratch, validated=(start, end), demo=(settings.demo_start, settings.demo_end))
     _write_results(results_file, "features", features)
     print_features(features)
@@ -98,28 +101,30 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
     from pipelines.core.dates import date_range
     from pipelines.features.store import training_set
 
+    say("[3/5] Training throughput...")
     training = bench_training(training_set(date_range(settings.demo_start, settings.demo_end), scratch))
     _write_results(results_file, "training", training)
     print_training(training)
 
     from benchmarks.serving import bench_serving, print_serving
 
+    say("[4/5] Serving: the service and bare BentoML under wrk...")
     serving = bench_serving(scratch, date_range(settings.demo_start, settings.demo_end))
     _write_results(results_file, "serving", serving)
     print_serving(serving)
 
     from benchmarks.monitoring import bench_monitoring, print_monitoring
 
+    say("[5/5] Monitoring reports...")
     monitoring = bench_monitoring(scratch)
     _write_results(results_file, "monitoring", monitoring)
     print_monitoring(monitoring)
-    print(f"Results written to {results_file}")  # noqa: T201 - the command's output
+    say(f"Results written to {results_file}")
     return {"ingestion": figures, "features": features, "training": training, "serving": serving,
             "monitoring": monitoring}
 
 
 def _print_ingestion(figures: dict[str, Any]) -> None:
-    say = print  # noqa: T201 - the command's output
     say(f"Ingestion and validation, {figures['window']} ({figures['partitions']} partitions, {figures['rows']:,} rows)")
     say(f"  {'stage':<12}{'seconds':>10}{'rows/s':>12}")
     say(f"  {'land':<12}{figures['land_seconds']:>10}{'':>12}")

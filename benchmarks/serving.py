@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import requests
 
+from benchmarks.console import say
 from pipelines.core.settings import Settings
 
 CONCURRENCY = (1, 8, 32)
@@ -361,7 +362,6 @@ def _bentoml_share(run: dict[str, dict[str, Any]], breakdown: dict[str, Any]) ->
 
 
 def print_serving(out: dict[str, Any]) -> None:
-    say = print  # noqa: T201 - the command's output
     if "skipped" in out:
         say(f"Serving: skipped ({out['skipped']})")
         return

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from benchmarks.console import say
 from pipelines.training.fit import Batch
 
 TARGETS = {"cpu_samples_per_s": 200_000, "speedup_vs_dataloader": 10.0, "cuda_samples_per_s": 5_000_000}
@@ -140,7 +141,6 @@ def bench_training(frame: pd.DataFrame, params: dict[str, Any] | None = None, va
 
 
 def print_training(figures: dict[str, Any]) -> None:
-    say = print  # noqa: T201 - the command's output
     say("Training throughput, default model, demo-window train split (samples/s after a warm-up)")
     say(f"  {'device':<24}{'sliced tensors':>16}{'per-sample DataLoader':>24}{'speedup':>10}")
     rows = [figures[name] for name in ("cpu", "cuda") if name in figures]
