@@ -13,8 +13,9 @@ form's default, now, is past 2013) is refused with the feed's dates.
    HTTP at their prediction times, minute by minute, with the day's departures pushed to Feast as operations state
    before each minute's requests and the batch views materialized hour by hour (after a rewind of the online store
    to the day's window start; in the pool `online_store`, never beside flight_features' materialization); their
-   predictions are logged to `predictions/`. Off with **replay_traffic** = false where real traffic reaches the
-   service.
+   predictions are logged to `predictions/`. A retry sends only the flights the prediction log lacks, and the day
+   is done only when every scheduled flight of it is logged once. Off with **replay_traffic** = false where real
+   traffic reaches the service.
 2. `label_predictions`: the day's outcomes (its validated feed) joined to what was served: `labels/`.
 3. `build_drift_report`: Evidently: data drift of the served features against the champion's training reference,
    drift of the scores, and quality on the labelled trailing window beside the training metrics. HTML, JSON and
