@@ -145,19 +145,18 @@ class PredictionLog:
                 return False
             self._held.pop(0)
             self._count("drained", rows)
-        if self.spool is None:
-            return True
         import pyarrow.parquet as pq
 
-        for key in self._spooled_keys():
-            data = self.spool.read_bytes(key)
-            try:
-                self.lake.write_bytes(key, data)  # the same key: a drain repeated after a crash rewrites one object
-            except Exception:
-                return False
-            self.spool.delete(key)
-            self._count("drained", pq.ParquetFile(io.BytesIO(data)).metadata.num_rows)
-            log.info("prediction log: %s written from the spool", key)
+        if self.spool is not None:  # then the spool, oldest key first
+            for key in self._spooled_keys():
+                data = self.spool.read_bytes(key)
+                try:
+                    self.lake.write_bytes(key, data)  # the same key: a drain repeated after a crash rewrites it
+                except Exception:
+                    return False
+                self.spool.delete(key)
+                self._count("drained", pq.ParquetFile(io.BytesIO(data)).metadata.num_rows)
+                log.info("prediction log: %s written from the spool", key)
         self._waiting = False
         return True
 
