@@ -97,7 +97,8 @@ def flight_delay_monitoring() -> None:
         retrain: dict[str, Any] = summary["retrain"]
         if not retrain["requested"]:
             raise AirflowSkipException("no retraining: " + "; ".join(retrain["reasons"]))
-        extra = dict(retrain["window"]) | {"monitored_day": summary["date"], "reasons": retrain["reasons"]}
+        extra = dict(retrain["window"]) | {"monitored_day": summary["date"], "reasons": retrain["reasons"],
+                                           "trials": retrain.get("trials")}
         get_current_context()["outlet_events"][RETRAIN_REQUESTS].extra = extra
         return extra
 

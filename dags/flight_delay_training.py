@@ -2,7 +2,8 @@
 ### flight_delay_training: tune and train the disruption model, and judge it against baselines
 
 Weekly (Mondays 06:00 America/New_York; no catchup, a replay of 2013 is a backfill), on a retrain request (the Asset
-`flight_delay_retrain_requests`, emitted by monitoring; its extra may carry `start_date` / `end_date`), or by hand.
+`flight_delay_retrain_requests`, emitted by monitoring; its extra carries `start_date` / `end_date` and `trials`),
+or by hand.
 The training window is **start_date** .. **end_date** when given, else the **window_days** days before the run's
 New York date. A window the feed does not hold (a manual run with the form's default logical date, now, is years
 past 2013) is refused with the feed's dates.
@@ -111,12 +112,14 @@ def flight_delay_training() -> None:
     # The time budget (at most a day) is checked between trials: a day and an hour bounds a hung one.
     @task(queue="training", execution_timeout=timedelta(hours=25))
     def tune_hyperparameters(worker: int) -> dict:
-        from pipelines.core.runs import run_key
+        from pipelines.core.runs import announced, run_key
         from pipelines.training.steps import tune_hyperparameters
 
         context = get_current_context()
         params = context["params"]
-        return tune_hyperparameters(run_key(context), trials=int(params["trials"]), worker=worker,
+        # A retrain request says how many trials it wants (MonitoringPolicy.request_trials); otherwise the param.
+        trials = int(next(iter(announced(context, "trials")), params["trials"]))
+        return tune_hyperparameters(run_key(context), trials=trials, worker=worker,
                                     time_budget_s=float(params["time_budget_minutes"]) * 60,
                                     max_epochs=int(params["max_epochs"]))
 

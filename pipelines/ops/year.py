@@ -6,7 +6,8 @@
 3. Production, April 1 to December 31, as backfills the scheduler runs in date order (Airflow's own backfills, as
    the UI's *Backfill* creates them): ``flights_ingest`` and ``flight_delay_monitoring`` every New York day,
    ``flight_delay_training`` every Monday with lighter tuning (``WEEKLY``), after monitoring has watched the
-   Sunday; drift and quality requests start more trainings through the Asset, with full tuning (the DAG's own).
+   Sunday; drift and quality requests start more trainings through the Asset, with the trials the request names
+   (``MonitoringPolicy.request_trials``).
    Ingestion runs ahead; monitoring waits for each day's validated flights; the online store's writers take turns.
 4. Faults: the days of ``BROKEN_DAYS`` arrive broken (kinds from the corruption catalogue), are quarantined and
    emailed, and the year goes on. Once their ingest run has failed, the fixed feed is re-landed and the run is
@@ -46,7 +47,8 @@ REPORT_DAG = "flight_delay_year_report"
 # The first champion: tuned as make run tunes it.
 FIRST_TRAINING = {"trials": 6, "time_budget_minutes": 5, "max_epochs": 20}
 # A scheduled weekly retrain: the default hyperparameters (enqueued as the study's first trial) and one more trial;
-# a drift or quality request runs the DAG's full tuning. The week's data moved, the best settings rarely do.
+# a drift or quality request runs 6 (MonitoringPolicy.request_trials). The week's data moved, the best settings
+# rarely do.
 WEEKLY = {"trials": 2, "time_budget_minutes": 5, "max_epochs": 20, "after_monitoring": True}
 # Days whose flights feed arrives broken, and how (pipelines.simulation.corruption): each is quarantined.
 BROKEN_DAYS = {date(2013, 5, 14): "truncated", date(2013, 8, 20): "missing_columns",
