@@ -7,6 +7,11 @@ The simulated airline feed holds 2013: no catchup, replay a stretch of it as a b
 the window **start_date** .. **end_date**; a day the feed does not hold (the form's default, now, is past 2013) is
 refused with the feed's dates, and a scheduled run past 2013 skips, saying so.
 
+One run at a time works on a day: `land_feed` takes the lease of each of the run's days (`leases/flights_ingest/`
+in the lake; a second run of the same day waits for it, `DAY_LEASE_WAIT_S` or 15 minutes, then fails naming the
+holder), the tasks after it check they still hold them, and `promote_partitions` gives them back (a run that died:
+they expire in 2 h).
+
 1. `land_feed`: the source drops the day's flights and weather CSVs into `landing/` (as an airline feed would); a
    day whose files already arrived keeps them (a broken delivery stays until the source re-lands it).
 2. `ingest_feed`: landing CSV -> typed Parquet in `raw/` (atomic overwrite; unreadable fields are flagged, never lost).
@@ -20,6 +25,7 @@ refused with the feed's dates, and a scheduled run past 2013 skips, saying so.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from _assets import VALIDATED_PARTITIONS, VALIDATED_TABLES
 from _notifiers import notify_owners_on_failure
@@ -27,6 +33,8 @@ from _refusals import refuse
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, timezone
 
 from pipelines.core.dates import LOCAL_TZ
+
+INGEST_LEASE = "flights_ingest"
 
 
 @dag(
@@ -53,15 +61,38 @@ from pipelines.core.dates import LOCAL_TZ
     },
 )
 def flights_ingest() -> None:
+    def hold_days(context: Any, *, take: bool = False, give_back: bool = False) -> None:
+        """One run at a time works on a day (pipelines.core.leases): the first task takes the run's days, waiting
+        while another run holds them; the next check they still hold them; promotion gives them back."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines.core.lake import settings_and_lake
+        from pipelines.core.leases import DayLeased, acquire_days, check_days, release_days
+        from pipelines.core.runs import partition_window, run_key
+
+        settings, lake = settings_and_lake()
+        days, holder = partition_window(context), run_key(context)
+        try:
+            if take:
+                acquire_days(lake, INGEST_LEASE, days, holder, wait_s=settings.day_lease_wait_s)
+            elif give_back:
+                release_days(lake, INGEST_LEASE, days, holder)
+            else:
+                check_days(lake, INGEST_LEASE, days, holder)
+        except DayLeased as error:  # it waited its turn already: a retry would only wait again
+            raise AirflowFailException(str(error)) from error
+
     @task
     def land_feed() -> dict:
         from pipelines.core.runs import partition_window
         from pipelines.simulation.feed import FeedUnavailable, land_feed
 
         context = get_current_context()
+        hold_days(context, take=True)
         try:
             return land_feed(partition_window(context), keep_landed=True)
         except FeedUnavailable as error:
+            hold_days(context, give_back=True)
             refuse(context, error)
 
     @task
@@ -69,7 +100,9 @@ def flights_ingest() -> None:
         from pipelines.core.runs import partition_window
         from pipelines.ingest.steps import ingest_feed
 
-        return ingest_feed(partition_window(get_current_context()))
+        context = get_current_context()
+        hold_days(context)
+        return ingest_feed(partition_window(context))
 
     @task
     def validate_partitions() -> dict:
@@ -77,6 +110,7 @@ def flights_ingest() -> None:
         from pipelines.validation.steps import validate_partitions
 
         context = get_current_context()
+        hold_days(context)
         return validate_partitions(partition_window(context), run_key=run_key(context))
 
     # Events go out through the alias so an asset gets one only when partitions of it were promoted: a day whose
@@ -87,7 +121,9 @@ def flights_ingest() -> None:
         from pipelines.validation.steps import promote_partitions
 
         context = get_current_context()
+        hold_days(context)
         result = promote_partitions(partition_window(context))
+        hold_days(context, give_back=True)
         for table, dates in result["validated_dates"].items():
             if dates:
                 context["outlet_events"][VALIDATED_PARTITIONS].add(

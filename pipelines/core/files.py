@@ -42,6 +42,25 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
             os.close(folder)
 
 
+def create_exclusively(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` only if nothing is there: False, and nothing changed, when something is. The bytes
+    are written and fsynced under a temporary name first and then hard-linked to ``path`` (a link never replaces),
+    so whoever reads ``path`` finds the whole content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return True
+
+
 @contextmanager
 def file_lock(path: Path, timeout_s: float, poll_s: float = 0.2) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (``flock``: shared by every process on the machine, released by the

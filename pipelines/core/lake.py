@@ -16,7 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.core.files import write_atomically
+from pipelines.core.files import create_exclusively, write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,6 +44,10 @@ class Lake(ABC):
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if it does not exist (True); False, changing nothing, when it does."""
 
     @abstractmethod
     def read_bytes(self, key: str) -> bytes: ...
@@ -110,6 +114,9 @@ class LocalLake(Lake):
     def write_bytes(self, key: str, data: bytes) -> None:
         write_atomically(self._path(key), data, durable=self.durable)
 
+    def create(self, key: str, data: bytes) -> bool:
+        return create_exclusively(self._path(key), data)
+
     def read_bytes(self, key: str) -> bytes:
         path = self._path(key)
         if not path.is_file():
@@ -164,6 +171,19 @@ class S3Lake(Lake):
     def write_bytes(self, key: str, data: bytes) -> None:
         # One PUT: S3 makes the object visible whole or not at all, and a failed PUT leaves the old one in place.
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        # A conditional PUT: S3 (and MinIO) refuse it with 412 when the key exists, 409 when another conditional
+        # write of the key is in flight.
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
 
     def read_bytes(self, key: str) -> bytes:
         try:

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     )
     smtp_port: int = Field(default=8025, ge=1, le=65535, description="Port of the embedded mail server.")
     mail_from: str = Field(default="flight-delay-pipeline@example.com", description="Sender of the emails.")
+    day_lease_wait_s: float = Field(
+        default=900.0, ge=0, description="How long a run waits for another run of the same day to give the day back "
+                                         "(flights_ingest's lease) before it fails naming that run.")
     prediction_log_max_age_s: float = Field(
         default=10.0, gt=0, description="The model service writes its buffered predictions to the lake at least "
                                         "this often (and every 1,000 rows).")

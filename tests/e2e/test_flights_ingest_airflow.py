@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +228,33 @@ def test_quarantine_run_emails_the_owners_the_failed_expectation(
     assert f"{DAG_ID}" in html and "check_quarantine" in html and f"{QUARANTINE_DAY} 00:00 EST" in html
     assert f"weather {QUARANTINE_DAY}: expect_table_row_count_to_be_between: observed 0" in html
     assert "AirflowFailException: 1 partition(s) quarantined on critical expectations" in html
+
+
+# One run at a time on a day (the lease). Last in the module: its failure email comes after the one asserted above.
+
+LEASED_DAY = "2013-02-05"
+
+
+def test_runs_give_their_days_back(embedded: Embedded, window_run: subprocess.CompletedProcess[str],
+                                   quarantine_run: subprocess.CompletedProcess[str]) -> None:
+    """The window run and the quarantine run (failed after promotion) both gave back every lease they took."""
+    assert not (embedded.lake / "leases").exists() or not any((embedded.lake / "leases").rglob("*.json"))
+
+
+def test_a_run_of_a_day_another_run_holds_fails_naming_it_and_touches_nothing(embedded: Embedded) -> None:
+    """Another run holds 2013-02-05 (its lease in the lake, not expired): this run waits (here 0 s, DAY_LEASE_WAIT_S)
+    and fails at land_feed for good, naming the holder; nothing of the day is landed, ingested or promoted."""
+    from pipelines.core.lake import LocalLake
+    from pipelines.core.leases import acquire_days
+
+    holder = "flights_ingest/2013-02-05T00:00:00-05:00/manual__another_run"
+    acquire_days(LocalLake(embedded.lake), "flights_ingest", [date.fromisoformat(LEASED_DAY)], holder)
+
+    run = _airflow(["dags", "test", DAG_ID, f"{LEASED_DAY}T05:00:00+00:00"], embedded.env | {"DAY_LEASE_WAIT_S": "0"})
+
+    assert run.returncode != 0
+    assert f"{LEASED_DAY} is held by {holder}" in run.stdout, _tail(run)
+    states = embedded.task_states(embedded.dag_run(LEASED_DAY)["run_id"])
+    assert states["land_feed"] == "failed" and states.get("ingest_feed") == "upstream_failed", states
+    for zone in ("landing", "raw", "validated", "quarantine"):
+        assert not list((embedded.lake / zone).rglob(f"date={LEASED_DAY}")), zone

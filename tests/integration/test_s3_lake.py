@@ -143,6 +143,13 @@ def test_write_then_read_bytes_text_and_parquet(s3_lake: S3Lake, s3_server: S3Se
     assert s3_server.get(bucket, "lake/landing/flights/date=2013-01-02/flights.csv") == b"a,b\n1,2\n"
 
 
+def test_create_writes_only_a_missing_key(s3_lake: S3Lake) -> None:
+    """A conditional PUT (If-None-Match: *): the first create wins, the second changes nothing."""
+    assert s3_lake.create("leases/ingest/date=2013-01-02.json", b"first")
+    assert not s3_lake.create("leases/ingest/date=2013-01-02.json", b"second")
+    assert s3_lake.read_bytes("leases/ingest/date=2013-01-02.json") == b"first"
+
+
 def test_read_missing_key_raises_file_not_found(s3_lake: S3Lake) -> None:
     with pytest.raises(FileNotFoundError, match="raw/flights/date=2013-01-02/data.parquet"):
         s3_lake.read_bytes("raw/flights/date=2013-01-02/data.parquet")
