@@ -338,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.profile = apply_profile(args.env_file)  # before any settings are read
     try:
         result = args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C: what was stopped has said so (make year: paused, continues when run again)
+        return 130
     except Exception as error:  # one clear line for a person; the traceback only with --verbose
         if args.verbose:
             log.exception("%s failed", args.command)

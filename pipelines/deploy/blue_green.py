@@ -32,7 +32,17 @@ from pipelines.core.files import LockHeld, file_lock, write_atomically
 from pipelines.core.processes import running, stop_process, wait_ready
 from pipelines.core.settings import Settings, get_settings
 from pipelines.deploy.bento import build_bento
-from pipelines.deploy.front_door import FRONT, SLOTS, deploy_dir, front_url, slot_port, start_front, switch_traffic
+from pipelines.deploy.front_door import (
+    FRONT,
+    SLOTS,
+    deploy_dir,
+    front_url,
+    slot_health,
+    slot_port,
+    start_front,
+    switch_traffic,
+)
+from pipelines.deploy.keeper import KEEPER, start_keeper, stop_keeper
 from pipelines.deploy.service import DeployError, start_service
 from pipelines.deploy.smoke import SmokePolicy, smoke_test
 
@@ -123,14 +133,18 @@ def deploy_service(settings: Settings | None = None, version: str | None = None,
     tag = build_bento(settings, version)
     if live and state["slots"][live]["bento"] == tag and not force:
         start_front(settings, live)  # a no-op unless the front door died
+        start_keeper(settings)
         log.info("deploy_service: %s already live in slot %s", tag, live)
         return {"status": "unchanged", "model_version": version, "bento": tag, "slot": live,
                 "url": front_url(settings)}
     start_front(settings, live)
+    start_keeper(settings)
     target = "green" if live == "blue" else "blue"
     record: dict[str, Any] = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "model_version": version,
                               "bento": tag, "slot": target, "previous": state["slots"].get(live) if live else None}
     stop_process(settings, f"slot-{target}")  # what it ran was kept only for a rollback; that is now the live one
+    state["slots"].pop(target, None)
+    _write_state(settings, state)  # the keeper restarts what the state lists: not the slot being replaced
     started = time.perf_counter()
     try:
         start_service(settings, slot_port(settings, target), name=f"slot-{target}", target=tag)
@@ -210,7 +224,8 @@ def rollback_deployment(settings: Settings | None = None) -> dict[str, Any]:
 def stop_all(settings: Settings | None = None) -> dict[str, bool]:
     """Stop the front door and both slots (each flushes its prediction log)."""
     settings = settings or get_settings()
-    stopped = {FRONT: stop_process(settings, FRONT)}
+    stopped = {KEEPER: stop_keeper(settings)}  # first: it would restart the slots stopped below
+    stopped |= {FRONT: stop_process(settings, FRONT)}
     stopped |= {slot: stop_process(settings, f"slot-{slot}") for slot in SLOTS}
     state_file = deploy_dir(settings) / "state.json"
     if state_file.exists():
@@ -219,8 +234,21 @@ def stop_all(settings: Settings | None = None) -> dict[str, bool]:
 
 
 def status(settings: Settings | None = None) -> dict[str, Any]:
-    """What the front door serves now."""
+    """What the front door serves now, what its health checks say of each slot, and ``degraded`` (why, or None)
+    when the live slot is not up: its backup (the previous version) serves meanwhile, or nothing does."""
     settings = settings or get_settings()
+    state_file = deploy_dir(settings) / "state.json"
+    deployed = json.loads(state_file.read_text()) if state_file.exists() else {"live": None, "slots": {}}
     state = read_state(settings)
     front = running(settings, FRONT)
-    return {"url": front_url(settings) if state["live"] and front else None, "front": front, **state}
+    health = slot_health(settings) if front else {}
+    live = deployed["live"]
+    degraded = None
+    if live and health.get(live) != "UP":
+        standby = next((slot for slot in deployed["slots"] if slot != live and health.get(slot) == "UP"), None)
+        degraded = (f"live slot {live} is {health.get(live) or 'not running'}: "
+                    + (f"slot {standby} (version {deployed['slots'][standby]['model_version']}) serves meanwhile"
+                       if standby else "nothing serves")
+                    + ("; the keeper restarts it" if running(settings, KEEPER) else "; no keeper runs"))
+    return {"url": front_url(settings) if state["live"] and front else None, "front": front,
+            "keeper": running(settings, KEEPER), "health": health, "degraded": degraded, **state}

@@ -35,12 +35,30 @@ def slot_port(settings: Settings, slot: str) -> int:
     return settings.service_port + 1 + SLOTS.index(slot)
 
 
+def _live_map(settings: Settings) -> Path:
+    return deploy_dir(settings) / "live.map"
+
+
+def _backend(slot: str) -> str:
+    return f"via_{slot}"
+
+
 def _front_config(settings: Settings, live: str | None) -> str:
-    """HAProxy's configuration; the runtime API changes which slot is enabled, and this file is rewritten with the
-    same state so a restarted front door comes back the same way."""
+    """HAProxy's configuration. Each slot has a backend of its own, where it is the server and the other slot its
+    backup; a map entry (``live.map``, changed at runtime by ``set map``) picks the live slot's backend. Both slots
+    are health-checked every second, and a connection the live slot refuses or drops marks it down at once: its
+    backend then sends everything to the other slot, when that one is up (the previous version, kept for a
+    rollback); the slot keeper (``pipelines.deploy.keeper``) restarts the dead one, and the backend takes it back
+    after two good checks. The file is rewritten with the live slot at each switch, so a restarted front door
+    comes back the same way."""
     socket_path = deploy_dir(settings) / "haproxy.sock"
-    servers = "\n".join(f"    server {slot} 127.0.0.1:{slot_port(settings, slot)}{'' if slot == live else ' disabled'}"
-                        for slot in SLOTS)
+    backends = []
+    for slot in SLOTS:
+        other = SLOTS[1 - SLOTS.index(slot)]
+        backends.append(f"""backend {_backend(slot)}
+    server {slot} 127.0.0.1:{slot_port(settings, slot)} check
+    server {other} 127.0.0.1:{slot_port(settings, other)} check backup
+""")
     return f"""# Written by pipelines/deploy/front_door.py; the runtime API ({socket_path.name}) switches the live slot.
 global
     nbthread 1
@@ -53,21 +71,24 @@ defaults
     timeout client 60s
     timeout server 30s
     timeout http-keep-alive 30s
-    # A request that could not reach a slot is sent again rather than failed.
+    timeout check 2s
+    # A request that could not reach a slot is sent again, to the other slot once the first is marked down.
     retries 3
     retry-on conn-failure empty-response
-    option redispatch
+    option redispatch 1
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 1s fastinter 500ms fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
 
 frontend model_service
     bind 127.0.0.1:{settings.service_port}
-    default_backend slots
+    use_backend %[str(live),map({_live_map(settings)},{_backend(live or SLOTS[0])})]
 
-backend slots
-{servers}
-"""
+{chr(10).join(backends)}"""
 
 
 def _write_front_config(settings: Settings, live: str | None) -> Path:
+    _live_map(settings).write_text(f"live {_backend(live or SLOTS[0])}\n")
     path = deploy_dir(settings) / "haproxy.cfg"
     path.write_text(_front_config(settings, live))
     return path
@@ -85,15 +106,27 @@ def haproxy(settings: Settings, command: str) -> str:
     return b"".join(chunks).decode()
 
 
-def _front_sessions(settings: Settings, slot: str) -> int:
-    """Requests the front door has open to ``slot`` now (``scur`` of ``show stat``)."""
+def _server_stats(settings: Settings) -> list[dict[str, str]]:
+    """HAProxy's ``show stat``: a row per frontend, backend and server."""
     lines = haproxy(settings, "show stat").splitlines()
     header = lines[0].lstrip("# ").split(",")
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == "slots" and row.get("svname") == slot:
-            return int(row.get("scur") or 0)
-    return 0
+    return [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+
+
+def _front_sessions(settings: Settings, slot: str) -> int:
+    """Requests the front door has open to ``slot`` now (``scur`` of ``show stat``, over both backends)."""
+    return sum(int(row.get("scur") or 0) for row in _server_stats(settings)
+               if row.get("pxname", "").startswith("via_") and row.get("svname") == slot)
+
+
+def slot_health(settings: Settings) -> dict[str, str]:
+    """What the front door's health checks say of each slot now: ``UP``, ``DOWN`` (or a transition such as
+    ``UP 1/2``); empty when the front door does not answer."""
+    try:
+        rows = _server_stats(settings)
+    except OSError:
+        return {}
+    return {row["svname"]: row.get("status", "") for row in rows if row.get("pxname") == _backend(row["svname"])}
 
 
 def start_front(settings: Settings, live: str | None) -> dict[str, Any]:
@@ -124,14 +157,19 @@ def start_front(settings: Settings, live: str | None) -> dict[str, Any]:
 
 
 def switch_traffic(settings: Settings, to: str, away_from: str | None, drain_s: float = 30) -> dict[str, Any]:
-    """Send new requests to slot ``to``: enable it first, then put ``away_from`` in maintenance (its in-flight
-    requests finish there) and wait until it has none left."""
-    answer = haproxy(settings, f"set server slots/{to} state ready")
+    """Send new requests to slot ``to`` (its backend becomes the live one in ``live.map``); the requests in flight
+    at ``away_from`` finish there, and this waits until it has none left. Nothing is put in maintenance: the old
+    slot stays the new one's backup."""
+    deadline = time.monotonic() + 15  # two good checks a second apart, once the slot answers
+    while slot_health(settings).get(to) != "UP":
+        if time.monotonic() > deadline:
+            raise DeployError(f"the front door's health checks do not see slot {to} up: {slot_health(settings)}")
+        time.sleep(0.1)
+    answer = haproxy(settings, f"set map {_live_map(settings)} live {_backend(to)}")
     if answer.strip():
-        raise DeployError(f"haproxy refused to enable {to}: {answer.strip()}")
+        raise DeployError(f"haproxy refused to switch to {to}: {answer.strip()}")
     drained_ms = 0.0
     if away_from and away_from != to:
-        haproxy(settings, f"set server slots/{away_from} state maint")
         started = time.monotonic()
         while _front_sessions(settings, away_from) and time.monotonic() - started < drain_s:
             time.sleep(0.02)

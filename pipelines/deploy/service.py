@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,24 @@ log = logging.getLogger(__name__)
 SERVICE = "services.flight_delay_service:FlightDelayService"
 
 
+def smoke_token(settings: Settings) -> str:
+    """The home's smoke-test token (``deploy/smoke_token``, made once, readable by its owner only). A request
+    whose ``X-Smoke-Test`` header carries it is answered but not logged as traffic; any other value of the header
+    changes nothing, so a client cannot hide its requests from the prediction log."""
+    path = settings.pipeline_home / "deploy" / "smoke_token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def service_env(settings: Settings) -> dict[str, str]:
-    """The environment a service process needs: every setting that is set here, and the home's BentoML store."""
-    env = dict(os.environ, BENTOML_HOME=str(settings.pipeline_home / "bentoml"), BENTOML_DO_NOT_TRACK="True")
+    """The environment a service process needs: every setting that is set here, the home's BentoML store and its
+    smoke-test token."""
+    env = dict(os.environ, BENTOML_HOME=str(settings.pipeline_home / "bentoml"), BENTOML_DO_NOT_TRACK="True",
+               SMOKE_TEST_TOKEN=smoke_token(settings))
     env.update({name.upper(): str(value) for name, value in settings.model_dump().items() if value is not None})
     return env
 

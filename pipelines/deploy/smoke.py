@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from pipelines.core.settings import Settings
-from pipelines.deploy.service import DeployError
+from pipelines.deploy.service import DeployError, smoke_token
 from pipelines.serving.contract import SMOKE_TEST_HEADER
 
 
@@ -66,7 +66,7 @@ def smoke_test(settings: Settings, url: str, version: str, policy: SmokePolicy |
     failures: list[str] = []
     checks: dict[str, Any] = {}
     with requests.Session() as http:
-        http.headers[SMOKE_TEST_HEADER] = "1"  # answered, not logged as traffic
+        http.headers[SMOKE_TEST_HEADER] = smoke_token(settings)  # answered, not logged as traffic
         for path in ("/healthz", "/readyz"):
             status = http.get(f"{url}{path}", timeout=10).status_code
             checks[path] = status
@@ -100,7 +100,7 @@ def smoke_test(settings: Settings, url: str, version: str, policy: SmokePolicy |
         if bad.status_code != 400 or "dest" not in bad.text:
             failures.append(f"an unknown airport answered {bad.status_code}, expected a 400 naming 'dest'")
 
-    burst = _burst(url, flights, policy)
+    burst = _burst(url, flights, policy, smoke_token(settings))
     checks["burst"] = burst
     if burst["errors"]:
         failures.append(f"{burst['errors']} of {policy.burst_requests} burst requests failed")
@@ -109,7 +109,7 @@ def smoke_test(settings: Settings, url: str, version: str, policy: SmokePolicy |
     return {"passed": not failures, "failures": failures, "checks": checks, "policy": asdict(policy)}
 
 
-def _burst(url: str, flights: list[dict[str, Any]], policy: SmokePolicy) -> dict[str, Any]:
+def _burst(url: str, flights: list[dict[str, Any]], policy: SmokePolicy, token: str) -> dict[str, Any]:
     """``burst_requests`` single-flight requests from ``burst_concurrency`` clients: latency and errors."""
     bodies = [{"flights": [flights[i % len(flights)]]} for i in range(policy.burst_requests)]
     per_client = [bodies[i::policy.burst_concurrency] for i in range(policy.burst_concurrency)]
@@ -117,7 +117,7 @@ def _burst(url: str, flights: list[dict[str, Any]], policy: SmokePolicy) -> dict
     def client(batch: list[dict[str, Any]]) -> tuple[list[float], int]:
         latencies, errors = [], 0
         with requests.Session() as http:
-            http.headers[SMOKE_TEST_HEADER] = "1"
+            http.headers[SMOKE_TEST_HEADER] = token
             for body in batch:
                 started = time.perf_counter()
                 try:

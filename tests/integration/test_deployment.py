@@ -198,3 +198,86 @@ def test_failed_smoke_test_rolls_back_by_itself_and_says_why(deployment: dict[st
     failed_slot = "green" if live == "blue" else "blue"
     assert running(settings, f"slot-{failed_slot}") is None
     assert client.get_model_version(MODEL_NAME, "2").tags["deployment.status"] == "rolled_back"
+
+
+# --- a slot dies under load ------------------------------------------------------------------------------------------
+
+RECOVERY_BOUND_S = 120  # a hang bound, not a target: a restart takes ~10-20 s here (bentoml serve loading the model)
+
+
+def _kill_slot(settings: Settings, slot: str, whole_session: bool) -> None:
+    """SIGKILL the slot's supervisor only (its worker orphaned, as an operator once did) or its whole session (a
+    crash of the slot)."""
+    import os
+    import signal
+
+    pid = running(settings, f"slot-{slot}")["pid"]  # type: ignore[index]
+    if whole_session:
+        os.killpg(pid, signal.SIGKILL)
+    else:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _wait_restarted(settings: Settings, slot: str, since: int) -> dict[str, Any]:
+    """The keeper's record of the slot's restart (history.jsonl after line ``since``), once the front door sees it
+    up again."""
+    from pipelines.deploy.front_door import slot_health
+
+    deadline = time.monotonic() + RECOVERY_BOUND_S
+    while time.monotonic() < deadline:
+        restarts = [r for r in _history(settings)[since:] if r.get("slot") == slot and r.get("status") == "restarted"]
+        if restarts and slot_health(settings).get(slot) == "UP":
+            return restarts[0]
+        time.sleep(0.25)
+    raise AssertionError(f"slot {slot} was not restarted within {RECOVERY_BOUND_S}s: {_history(settings)[since:]}")
+
+
+def test_a_lone_slot_killed_under_load_is_restarted_by_the_keeper(deployment: dict[str, Any]) -> None:
+    """After the failed smoke test one slot serves and no other runs: its supervisor is killed with SIGKILL under
+    load (its worker orphaned). The front door has nothing else to send to (503 meanwhile); the keeper ends the
+    orphan and restarts the slot from the same Bento; the service answers again and status said degraded."""
+    from pipelines.deploy.blue_green import status
+
+    settings = deployment["settings"]
+    live = read_state(settings)["live"]
+    assert set(read_state(settings)["slots"]) == {live} and status(settings)["keeper"] is not None
+    since = len(_history(settings))
+    with Traffic(deployment["url"], deployment["flight"]) as traffic:
+        _kill_slot(settings, live, whole_session=False)
+        time.sleep(1.5)
+        degraded = status(settings)["degraded"]
+        restart = _wait_restarted(settings, live, since)
+    assert degraded is not None and degraded.startswith(f"live slot {live} is"), degraded
+    assert restart["live"] and restart["model_version"] == "1" and restart["restart_s"] < RECOVERY_BOUND_S
+    answered = [status for answers in traffic.answers for status, _ in answers]
+    print(f"lone slot killed: {answered.count(200)} answered 200, {len(answered) - answered.count(200)} not "
+          f"(statuses {sorted(set(answered))}), {len(traffic.failures)} failed; restart {restart['restart_s']} s")
+    assert traffic.failures == [], traffic.failures[:3]  # the front door answered every request, 503 meanwhile
+    assert set(answered) <= {200, 503} and answered[-1] == 200
+    assert status(settings)["degraded"] is None and _served_version(deployment) == "1"
+
+
+def test_the_live_slot_crashing_under_load_fails_over_to_the_other_slot(deployment: dict[str, Any]) -> None:
+    """Two slots: version 2 live, version 1 the standby. The live slot's whole process tree dies under load: the
+    front door marks it down on the first refused connection and sends everything to the standby; the keeper
+    restarts the dead slot and traffic returns to it."""
+    from pipelines.deploy.blue_green import status
+
+    settings = deployment["settings"]
+    record = deploy_service(settings, version="2")
+    live = record["slot"]
+    since = len(_history(settings))
+    with Traffic(deployment["url"], deployment["flight"]) as traffic:
+        _kill_slot(settings, live, whole_session=True)
+        time.sleep(1.5)
+        degraded = status(settings)["degraded"]
+        restart = _wait_restarted(settings, live, since)
+        time.sleep(1.0)
+    assert degraded is not None and "(version 1) serves meanwhile" in degraded, degraded
+    answered = [status for answers in traffic.answers for status, _ in answers]
+    print(f"live slot crashed: {answered.count(200)} answered 200, {len(answered) - answered.count(200)} not, "
+          f"{len(traffic.failures)} failed; restart {restart['restart_s']} s")
+    assert traffic.failures == [] and set(answered) == {200}, (traffic.failures[:3], sorted(set(answered)))
+    for client in range(len(traffic.answers)):
+        assert traffic.versions(client) == ["2", "1", "2"], traffic.versions(client)
+    assert status(settings)["degraded"] is None

@@ -121,6 +121,21 @@ def test_model_endpoint_and_openapi(served: dict[str, Any], champion_run_key: st
     assert requests.get(f"{served['url']}/metrics", timeout=10).status_code == 200
 
 
+def test_only_the_deployers_token_keeps_a_request_out_of_the_prediction_log(served: dict[str, Any]) -> None:
+    """The smoke test's header with the home's token: answered, not logged. The same header with any other value
+    (a client trying to hide its traffic) is logged like any request: the shutdown test below counts the log's rows
+    against what this module sent (``served``)."""
+    from pipelines.deploy.service import smoke_token
+    from pipelines.serving.contract import SMOKE_TEST_HEADER
+
+    flights = _flights(served["settings"], "2013-02-26", 2)
+    for value, logged in (("1", True), ("x" * 43, True), (smoke_token(served["settings"]), False)):
+        response = requests.post(f"{served['url']}/predict", json={"flights": flights}, timeout=60,
+                                 headers={SMOKE_TEST_HEADER: value})
+        assert response.status_code == 200, response.text
+        served["served"] += len(flights) if logged else 0
+
+
 def test_metrics_count_the_prediction_logs_rows_by_outcome(served: dict[str, Any]) -> None:
     """Every outcome is on /metrics from the start, so a dashboard sees lost = 0, not a missing series (the
     outcomes themselves: tests/unit/test_prediction_log_faults.py)."""

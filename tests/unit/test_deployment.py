@@ -17,7 +17,7 @@ from pipelines.core.settings import PROJECT_ROOT, Settings
 from pipelines.deploy import blue_green
 from pipelines.deploy.bento import bento_tag, code_hash
 from pipelines.deploy.blue_green import deploy_service, read_state, rollback_deployment, stop_all
-from pipelines.deploy.front_door import _front_config, deploy_dir, slot_port
+from pipelines.deploy.front_door import _write_front_config, deploy_dir, slot_port
 from pipelines.deploy.service import DeployError
 from tests.helpers.locks import hold_lock
 
@@ -56,16 +56,19 @@ def test_bento_tag_names_the_model_version_and_the_code() -> None:
 
 @pytest.mark.parametrize("live", [None, "blue", "green"])
 def test_haproxy_accepts_the_front_door_configuration(settings: Settings, live: str | None) -> None:
-    config = _front_config(settings, live)
-    path = settings.pipeline_home / "haproxy.cfg"
-    path.write_text(config)
+    path = _write_front_config(settings, live)
+    config = path.read_text()
     checked = subprocess.run([shutil.which("haproxy") or "/usr/sbin/haproxy", "-c", "-f", str(path)],
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+    # Each slot's backend: the slot, health-checked, and the other as its backup; the map picks the live one.
     for slot in ("blue", "green"):
-        line = next(line for line in config.splitlines() if line.strip().startswith(f"server {slot} "))
-        assert f"127.0.0.1:{slot_port(settings, slot)}" in line
-        assert line.endswith("disabled") == (slot != live)
+        other = "green" if slot == "blue" else "blue"
+        backend = config.split(f"backend via_{slot}\n")[1].split("\n\n")[0].splitlines()
+        assert backend == [f"    server {slot} 127.0.0.1:{slot_port(settings, slot)} check",
+                           f"    server {other} 127.0.0.1:{slot_port(settings, other)} check backup"]
+    assert (path.parent / "live.map").read_text() == f"live via_{live or 'blue'}\n"
+    assert "option httpchk GET /readyz" in config and "on-error mark-down" in config
 
 
 def test_a_slot_whose_process_died_is_not_live(settings: Settings) -> None:

@@ -4,6 +4,7 @@ one that was started (create time and command line, checked with psutil); anythi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -120,3 +121,88 @@ def test_a_process_that_ended_is_not_running(settings: Settings) -> None:
 
     assert running(settings, "sleeper") is None
     assert stop_process(settings, "sleeper") is False
+
+
+def _ticks(pid: int) -> int:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2:].split()[19])
+
+
+def test_a_step_of_the_wall_clock_does_not_disown_a_process(settings: Settings) -> None:
+    """Create times move with the wall clock (the VM's clock stepped once and orphaned a bench's services): the
+    start time in ticks since boot is the identity, and it does not move."""
+    process = _sleeper(settings)
+    path = _pid_file(settings, "sleeper")
+    record = json.loads(path.read_text())
+    assert record["start_ticks"] == _ticks(process.pid)
+    path.write_text(json.dumps(record | {"create_time": record["create_time"] - 3600}))
+
+    assert running(settings, "sleeper") == {"pid": process.pid, "port": 4321}
+    assert stop_process(settings, "sleeper", timeout_s=10) is True
+    assert process.wait(timeout=10) is not None
+
+
+def test_a_reused_pid_leading_its_own_session_is_never_signalled(settings: Settings,
+                                                                 stranger: subprocess.Popen[bytes]) -> None:
+    """The recorded process started before the stranger that has its pid now (and the record, from before markers,
+    names no marker: only the pid's identity decides)."""
+    seen = psutil.Process(stranger.pid)
+    record = {"pid": stranger.pid, "port": 4321, "create_time": seen.create_time() - 60,
+              "start_ticks": _ticks(stranger.pid) - 6000, "cmdline": seen.cmdline(), "exe": seen.exe()}
+    _pid_file(settings, "mail").write_text(json.dumps(record))
+
+    assert running(settings, "mail") is None
+    _pid_file(settings, "mail").write_text(json.dumps(record))
+    assert stop_process(settings, "mail", timeout_s=1) is False
+    assert stranger.poll() is None
+
+
+def test_stopping_a_slot_whose_leader_was_killed_ends_its_orphaned_workers(settings: Settings) -> None:
+    """As an operator found: the slot's supervisor killed with SIGKILL, its worker went on serving outside any
+    management. The worker carries the start's marker in its environment: stop ends it."""
+    worker = "import os, time; os.setsid(); time.sleep(120)"  # a session of its own, as a BentoML worker's
+    code = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {worker!r}]); time.sleep(120)"
+    leader = start_process(settings, "slot-blue", [sys.executable, "-c", code], 4321)
+    deadline = time.monotonic() + 30
+    while not psutil.Process(leader.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (worker,) = psutil.Process(leader.pid).children()
+    leader.kill()
+    leader.wait(timeout=10)
+    assert running(settings, "slot-blue") is None and worker.is_running()  # the orphan serves on
+
+    assert stop_process(settings, "slot-blue", timeout_s=10) is True
+
+    worker.wait(timeout=10)
+    assert not worker.is_running()
+    assert stop_process(settings, "slot-blue") is False
+
+
+def test_readiness_from_another_process_on_the_port_is_not_the_started_one(settings: Settings) -> None:
+    """Something else (this test, standing in for an orphan) answers /readyz on the port: the start fails naming
+    it, rather than reporting the new process ready."""
+    import http.server
+    import threading
+
+    from pipelines.core.processes import free_port, wait_ready
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    process = _sleeper(settings)
+    try:
+        with pytest.raises(RuntimeError, match=rf"port {port} answers, but not .*pid {process.pid}.*"
+                                               rf"also listening: pid {os.getpid()}"):
+            wait_ready(f"http://127.0.0.1:{port}", process, timeout_s=30)
+        wait_ready(f"http://127.0.0.1:{port}", timeout_s=30)  # without a process to prove: any answer
+    finally:
+        server.shutdown()
+        stop_process(settings, "sleeper", timeout_s=10)

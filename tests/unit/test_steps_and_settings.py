@@ -249,6 +249,20 @@ def test_cli_date_outside_the_feed_fails_with_one_line(home: Path) -> None:
     assert "not 2014-01-01" in lines[0]
 
 
+def test_ctrl_c_ends_a_command_with_status_130_and_no_traceback(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """make year pauses its backfills and says so on Ctrl-C; the command then ends quietly (a traceback used to
+    follow the message)."""
+    import pipelines.ops.year
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipelines.ops.year, "run_year", interrupted)
+    assert main(["year", "--start", "2013-04-01", "--end", "2013-04-02"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_cli_main_returns_1_for_a_failing_step(home: Path, caplog: pytest.LogCaptureFixture) -> None:
     """In process: main() turns a step's error into exit status 1 and one logged line."""
     assert main(["ingest", "--date", "2013-01-02"]) == 1
