@@ -7,15 +7,18 @@
 #   infra/local-stack.sh status [ENV_FILE]  which processes run
 #   infra/local-stack.sh down [ENV_FILE]    stop every process it started, by process id
 #
-# ENV_FILE defaults to infra/prod.env, made from infra/prod.env.example the first time (with a fresh JWT secret).
+# ENV_FILE defaults to infra/prod.env, made from infra/prod.env.example the first time (with fresh secrets).
 # The same as `make up ENV_FILE=infra/prod.env`; the work is done by pipelines/ops/stack.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command=${1:-up}
 env_file=${2:-infra/prod.env}
 if [ ! -f "$env_file" ]; then
-    secret=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')
-    sed "s/^AIRFLOW__API_AUTH__JWT_SECRET=.*/AIRFLOW__API_AUTH__JWT_SECRET=$secret/" infra/prod.env.example > "$env_file"
+    # Fresh secrets for this machine (the local S3 server takes any key pair); the example's placeholders are refused.
+    token() { python3 -c 'import secrets; print(secrets.token_hex(24))'; }
+    sed -e "s/^AIRFLOW__API_AUTH__JWT_SECRET=.*/AIRFLOW__API_AUTH__JWT_SECRET=$(token)/" \
+        -e "s/^AWS_ACCESS_KEY_ID=.*/AWS_ACCESS_KEY_ID=$(token)/" \
+        -e "s/^AWS_SECRET_ACCESS_KEY=.*/AWS_SECRET_ACCESS_KEY=$(token)/" infra/prod.env.example > "$env_file"
     chmod 600 "$env_file"
     echo "Created $env_file from infra/prod.env.example; set its secrets for anything beyond this machine."
 fi

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 
@@ -200,9 +201,48 @@ def _process_env(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
     return process_env
 
 
+# Values that only say "put a secret here": a profile carrying one of them (or an empty secret) does not start.
+_PLACEHOLDERS = re.compile(r"change[-_ ]?me|placeholder|your[-_]|<.*>|^x+$|^(secret|password|admin|todo)$", re.I)
+# The secrets a profile must set, and those it may set (checked when present).
+REQUIRED_SECRETS = ("AIRFLOW__API_AUTH__JWT_SECRET",)
+OPTIONAL_SECRETS = ("AIRFLOW__CORE__FERNET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SMTP_PASSWORD",
+                    "AIRFLOW__SMTP__SMTP_PASSWORD")
+JWT_SECRET_MIN_LENGTH = 32
+
+
+def refuse_placeholder_secrets(profile: Mapping[str, str]) -> None:
+    """A profile (the production one: ``make up ENV_FILE=...``) with an empty or placeholder secret is refused,
+    naming every such variable: a JWT secret, Fernet key, S3 key, SMTP password, or the password inside a
+    connection URL (databases, brokers, the SMTP connection)."""
+    problems = []
+    for name in REQUIRED_SECRETS:
+        value = profile.get(name, "").strip()
+        if not value or _PLACEHOLDERS.search(value) or len(value) < JWT_SECRET_MIN_LENGTH:
+            problems.append(f"{name} (empty, a placeholder or shorter than {JWT_SECRET_MIN_LENGTH} characters)")
+    for name in OPTIONAL_SECRETS:
+        if name in profile and (not profile[name].strip() or _PLACEHOLDERS.search(profile[name].strip())):
+            problems.append(f"{name} (empty or a placeholder)")
+    if profile.get("LAKE_URI", "").startswith("s3://"):
+        problems += [f"{name} (the S3 lake needs it)" for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                     if name not in profile]
+    for name, value in profile.items():
+        try:
+            password = urlsplit(value).password if "://" in value else None
+        except ValueError:  # not a URL after all
+            password = None
+        if password is not None and (not password or _PLACEHOLDERS.search(unquote(password))):
+            problems.append(f"{name} (the password in its URL is empty or a placeholder)")
+    if problems:
+        raise StackError("the profile sets no real secret for: " + "; ".join(problems)
+                         + ". Set them (infra/prod.env.example says where each is used); nothing was started.")
+
+
 def up(profile: Mapping[str, str] | None = None, settings: Settings | None = None,
        say: Callable[[str], None] = log.info) -> dict[str, Any]:
-    """Start the stack (what already runs is kept) and return where everything is."""
+    """Start the stack (what already runs is kept) and return where everything is. A profile with a placeholder
+    or empty secret is refused before anything starts."""
+    if profile:
+        refuse_placeholder_secrets(profile)
     settings = settings or get_settings()
     env = _process_env(settings, airflow_env(settings, profile))
     if created := ensure_databases(env):

@@ -101,3 +101,46 @@ def test_preloading_starts_no_thread_so_forking_after_it_is_safe() -> None:
                             env={"GX_ANALYTICS_ENABLED": "false", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "['MainThread']"
+
+
+def _example_with(**values: str) -> dict[str, str]:
+    """infra/prod.env.example as shipped, with the given values set."""
+    return read_env_file(EXAMPLE) | values
+
+
+REAL = {"AIRFLOW__API_AUTH__JWT_SECRET": "q" * 16 + "Z3x9" * 8, "AWS_ACCESS_KEY_ID": "AKIA4EXAMPLE7Q",
+        "AWS_SECRET_ACCESS_KEY": "k9Vd2mQ8rT1wL5yN0pB3"}
+
+
+def test_the_shipped_example_profile_is_refused_naming_each_placeholder_secret() -> None:
+    from pipelines.ops.stack import StackError, refuse_placeholder_secrets, up
+
+    with pytest.raises(StackError) as refused:
+        refuse_placeholder_secrets(_example_with())
+    message = str(refused.value)
+    for name in ("AIRFLOW__API_AUTH__JWT_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert name in message
+    assert "nothing was started" in message
+    with pytest.raises(StackError, match="AIRFLOW__API_AUTH__JWT_SECRET"):
+        up(_example_with(AIRFLOW__API_AUTH__JWT_SECRET=""))  # before any process starts
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("AIRFLOW__API_AUTH__JWT_SECRET", "too-short-but-real-7Qx"),
+    ("AIRFLOW__CORE__FERNET_KEY", ""),
+    ("AWS_SECRET_ACCESS_KEY", "<your secret key>"),
+    ("MLFLOW_BACKEND_STORE_URI", "postgresql+psycopg://mlflow:changeme@127.0.0.1:5432/mlflow"),
+    ("AIRFLOW_CONN_SMTP_DEFAULT", "smtp://relay:password@mail.example.com:587"),
+])
+def test_one_placeholder_secret_is_enough_to_refuse(name: str, value: str) -> None:
+    from pipelines.ops.stack import StackError, refuse_placeholder_secrets
+
+    with pytest.raises(StackError, match=name):
+        refuse_placeholder_secrets(_example_with(**(REAL | {name: value})))
+
+
+def test_a_profile_with_real_secrets_passes() -> None:
+    from pipelines.ops.stack import refuse_placeholder_secrets
+
+    refuse_placeholder_secrets(_example_with(**REAL, MLFLOW_BACKEND_STORE_URI=(
+        "postgresql+psycopg://mlflow:Tq8%40vL2zR9@127.0.0.1:5432/mlflow?connect_timeout=10")))
