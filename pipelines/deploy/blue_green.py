@@ -132,13 +132,11 @@ def deploy_service(settings: Settings | None = None, version: str | None = None,
     live = state["live"]
     tag = build_bento(settings, version)
     if live and state["slots"][live]["bento"] == tag and not force:
-        start_front(settings, live)  # a no-op unless the front door died
-        start_keeper(settings)
+        _start_front_door(settings, live)  # a no-op unless the front door or its keeper died
         log.info("deploy_service: %s already live in slot %s", tag, live)
         return {"status": "unchanged", "model_version": version, "bento": tag, "slot": live,
                 "url": front_url(settings)}
-    start_front(settings, live)
-    start_keeper(settings)
+    _start_front_door(settings, live)
     target = "green" if live == "blue" else "blue"
     record: dict[str, Any] = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "model_version": version,
                               "bento": tag, "slot": target, "previous": state["slots"].get(live) if live else None}
@@ -174,6 +172,12 @@ def deploy_service(settings: Settings | None = None, version: str | None = None,
     log.info("deploy_service: %s live in slot %s at %s (smoke test p99 %.1f ms; previous kept in slot %s)", tag,
              target, front_url(settings), smoke["checks"]["burst"]["p99_ms"], live or "none")
     return record
+
+
+def _start_front_door(settings: Settings, live: str | None) -> None:
+    """HAProxy and the slot keeper beside it, each started unless it runs."""
+    start_front(settings, live)
+    start_keeper(settings)
 
 
 def _serving_now(state: dict[str, Any]) -> str:
@@ -242,6 +246,7 @@ def status(settings: Settings | None = None) -> dict[str, Any]:
     state = read_state(settings)
     front = running(settings, FRONT)
     health = slot_health(settings) if front else {}
+    keeper = running(settings, KEEPER)
     live = deployed["live"]
     degraded = None
     if live and health.get(live) != "UP":
@@ -249,6 +254,6 @@ def status(settings: Settings | None = None) -> dict[str, Any]:
         degraded = (f"live slot {live} is {health.get(live) or 'not running'}: "
                     + (f"slot {standby} (version {deployed['slots'][standby]['model_version']}) serves meanwhile"
                        if standby else "nothing serves")
-                    + ("; the keeper restarts it" if running(settings, KEEPER) else "; no keeper runs"))
+                    + ("; the keeper restarts it" if keeper else "; no keeper runs"))
     return {"url": front_url(settings) if state["live"] and front else None, "front": front,
-            "keeper": running(settings, KEEPER), "health": health, "degraded": degraded, **state}
+            "keeper": keeper, "health": health, "degraded": degraded, **state}

@@ -8,6 +8,8 @@ hand under load, and a failed smoke test that rolls back by itself."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +24,7 @@ from pipelines.core.names import MODEL_NAME
 from pipelines.core.processes import running
 from pipelines.core.settings import Settings
 from pipelines.deploy.bento import code_hash
-from pipelines.deploy.blue_green import deploy_service, read_state, rollback_deployment, stop_all
+from pipelines.deploy.blue_green import deploy_service, read_state, rollback_deployment, status, stop_all
 from pipelines.deploy.service import DeployError
 from pipelines.deploy.smoke import SmokePolicy
 from pipelines.registry.gate import GatePolicy, promote_model
@@ -81,6 +83,11 @@ class Traffic:
     @property
     def statuses(self) -> set[int]:
         return {status for answers in self.answers for status, _ in answers}
+
+    @property
+    def answered(self) -> list[int]:
+        """Every answer's status, client after client."""
+        return [code for answers in self.answers for code, _ in answers]
 
     @property
     def total(self) -> int:
@@ -208,14 +215,30 @@ RECOVERY_BOUND_S = 120  # a hang bound, not a target: a restart takes ~10-20 s h
 def _kill_slot(settings: Settings, slot: str, whole_session: bool) -> None:
     """SIGKILL the slot's supervisor only (its worker orphaned, as an operator once did) or its whole session (a
     crash of the slot)."""
-    import os
-    import signal
-
     pid = running(settings, f"slot-{slot}")["pid"]  # type: ignore[index]
     if whole_session:
         os.killpg(pid, signal.SIGKILL)
     else:
         os.kill(pid, signal.SIGKILL)
+
+
+def _kill_under_load(deployment: dict[str, Any], slot: str, whole_session: bool,
+                     ) -> tuple[Traffic, str | None, dict[str, Any]]:
+    """Kill ``slot`` while clients send requests through the front door; the traffic, what status said 1.5 s
+    after the kill, and the keeper's restart record."""
+    settings = deployment["settings"]
+    since = len(_history(settings))
+    with Traffic(deployment["url"], deployment["flight"]) as traffic:
+        _kill_slot(settings, slot, whole_session)
+        time.sleep(1.5)
+        degraded = status(settings)["degraded"]
+        restart = _wait_restarted(settings, slot, since)
+        time.sleep(1.0)
+    print(f"slot {slot} killed ({'whole session' if whole_session else 'supervisor only'}): "
+          f"{traffic.answered.count(200)} answered 200, {len(traffic.answered) - traffic.answered.count(200)} not "
+          f"(statuses {sorted(set(traffic.answered))}), {len(traffic.failures)} failed; "
+          f"restart {restart['restart_s']} s")
+    return traffic, degraded, restart
 
 
 def _wait_restarted(settings: Settings, slot: str, since: int) -> dict[str, Any]:
@@ -236,24 +259,14 @@ def test_a_lone_slot_killed_under_load_is_restarted_by_the_keeper(deployment: di
     """After the failed smoke test one slot serves and no other runs: its supervisor is killed with SIGKILL under
     load (its worker orphaned). The front door has nothing else to send to (503 meanwhile); the keeper ends the
     orphan and restarts the slot from the same Bento; the service answers again and status said degraded."""
-    from pipelines.deploy.blue_green import status
-
     settings = deployment["settings"]
     live = read_state(settings)["live"]
     assert set(read_state(settings)["slots"]) == {live} and status(settings)["keeper"] is not None
-    since = len(_history(settings))
-    with Traffic(deployment["url"], deployment["flight"]) as traffic:
-        _kill_slot(settings, live, whole_session=False)
-        time.sleep(1.5)
-        degraded = status(settings)["degraded"]
-        restart = _wait_restarted(settings, live, since)
+    traffic, degraded, restart = _kill_under_load(deployment, live, whole_session=False)
     assert degraded is not None and degraded.startswith(f"live slot {live} is"), degraded
     assert restart["live"] and restart["model_version"] == "1" and restart["restart_s"] < RECOVERY_BOUND_S
-    answered = [status for answers in traffic.answers for status, _ in answers]
-    print(f"lone slot killed: {answered.count(200)} answered 200, {len(answered) - answered.count(200)} not "
-          f"(statuses {sorted(set(answered))}), {len(traffic.failures)} failed; restart {restart['restart_s']} s")
     assert traffic.failures == [], traffic.failures[:3]  # the front door answered every request, 503 meanwhile
-    assert set(answered) <= {200, 503} and answered[-1] == 200
+    assert set(traffic.answered) <= {200, 503} and traffic.answered[-1] == 200
     assert status(settings)["degraded"] is None and _served_version(deployment) == "1"
 
 
@@ -261,23 +274,12 @@ def test_the_live_slot_crashing_under_load_fails_over_to_the_other_slot(deployme
     """Two slots: version 2 live, version 1 the standby. The live slot's whole process tree dies under load: the
     front door marks it down on the first refused connection and sends everything to the standby; the keeper
     restarts the dead slot and traffic returns to it."""
-    from pipelines.deploy.blue_green import status
-
     settings = deployment["settings"]
-    record = deploy_service(settings, version="2")
-    live = record["slot"]
-    since = len(_history(settings))
-    with Traffic(deployment["url"], deployment["flight"]) as traffic:
-        _kill_slot(settings, live, whole_session=True)
-        time.sleep(1.5)
-        degraded = status(settings)["degraded"]
-        restart = _wait_restarted(settings, live, since)
-        time.sleep(1.0)
+    live = deploy_service(settings, version="2")["slot"]
+    traffic, degraded, restart = _kill_under_load(deployment, live, whole_session=True)
     assert degraded is not None and "(version 1) serves meanwhile" in degraded, degraded
-    answered = [status for answers in traffic.answers for status, _ in answers]
-    print(f"live slot crashed: {answered.count(200)} answered 200, {len(answered) - answered.count(200)} not, "
-          f"{len(traffic.failures)} failed; restart {restart['restart_s']} s")
-    assert traffic.failures == [] and set(answered) == {200}, (traffic.failures[:3], sorted(set(answered)))
+    assert traffic.failures == [] and set(traffic.answered) == {200}, (traffic.failures[:3],
+                                                                       sorted(set(traffic.answered)))
     for client in range(len(traffic.answers)):
         assert traffic.versions(client) == ["2", "1", "2"], traffic.versions(client)
     assert status(settings)["degraded"] is None
