@@ -71,11 +71,12 @@ test: $(STAMP) ## Run the whole test suite (unit, data, dags, integration, e2e)
 bench: $(STAMP) ## Benchmark ingestion, validation, features (vs stock Feast), training, serving (vs bare BentoML); writes $PIPELINE_HOME/bench/results.json
 	@$(BIN)/python -m benchmarks $(if $(ENV_FILE),--env-file $(ENV_FILE))
 
-lint: $(STAMP) ## ruff (with Airflow's AIR rules), the import contracts, every import declared (deptry), mypy on pipelines/
+lint: $(STAMP) ## ruff (with Airflow's AIR rules), the import contracts, every import declared (deptry), mypy on pipelines/, bandit
 	@$(BIN)/ruff check .
 	@$(BIN)/lint-imports
 	@$(BIN)/deptry .
 	@$(BIN)/mypy
+	@$(BIN)/bandit --quiet --configfile pyproject.toml --recursive pipelines services dags
 
 # uv resolves (for Python 3.11 on Linux x86_64); pip installs. Pins already in the files are kept unless
 # pyproject.toml or services/requirements.in no longer allow them; UPGRADE=1 moves everything to the newest allowed.

@@ -18,7 +18,8 @@ import bentoml
 from pydantic import Field
 
 from pipelines.core.settings import get_settings
-from pipelines.serving.predictor import freeze_heap, load_champion
+from pipelines.registry.model_files import load_registered
+from pipelines.serving.predictor import freeze_heap
 from services.flight_delay_service import MAX_FLIGHTS, FlightDelayService
 
 
@@ -26,7 +27,7 @@ from services.flight_delay_service import MAX_FLIGHTS, FlightDelayService
 class BareModelService:
     def __init__(self) -> None:
         version = getattr(bentoml.use_arguments(), "model_version", None)
-        self.model = load_champion(get_settings(), version).model
+        self.model = load_registered(get_settings(), version).model
         freeze_heap()  # as the model service's Predictor does: the same garbage collection for both
 
     @bentoml.api(route="/predict")

@@ -243,10 +243,11 @@ def request_breakdown(settings: Settings, version: str, bodies: list[dict[str, A
     """Median milliseconds per stage of a one-flight request, the columns path (now) and the frame path (before),
     on the same flights, model and store; whether their probabilities are identical."""
     from pipelines.features.store import online_feature_columns, online_features
+    from pipelines.registry.model_files import load_registered
     from pipelines.serving.contract import FlightRequest, entity_columns, flight_entities
-    from pipelines.serving.predictor import Predictor, load_champion
+    from pipelines.serving.predictor import Predictor
 
-    predictor = Predictor(settings, champion=load_champion(settings, version))
+    predictor = Predictor(settings, champion=load_registered(settings, version))
     model, store = predictor.champion.model, predictor.store
     validate: Stage = ("request validation (pydantic)", lambda body: [FlightRequest(**body)])
 

@@ -154,6 +154,14 @@ def _summary(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _prune(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.ops.retention import prune_lake
+    from pipelines.simulation.feed import check_feed_days
+
+    check_feed_days([args.date])  # a date past the feed would prune the whole of 2013
+    return prune_lake(args.date, dry_run=args.dry_run)
+
+
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.ops.demo import run_demo
 
@@ -307,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     mail = command("mail", _mail, "List the messages the mail server received: recipients, subject, attachments",
                    window=False)
     mail.add_argument("--last", type=int, default=0, help="only the last N messages")
+    prune = command("prune", _prune, "Retention: delete prediction logs, Evidently reports, Data Docs and task logs "
+                    "older than their RETENTION_*_DAYS before --date (the data's clock)", window=False)
+    prune.add_argument("--date", type=_iso, required=True, help="the day to measure ages from (a run's day)")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
     run = command("run", _run, "Run the DAG chain (ingest, features, training) through Airflow over a window",
                   window=False)
     run.add_argument("--start", type=_iso, help="first date (default: the demo window)")

@@ -4,19 +4,26 @@ online feature store. Everything that decides an answer is ``pipelines.serving``
     bentoml serve services.flight_delay_service:FlightDelayService --port 3000    # resolves ``champion``
     bentoml serve flight_delay:v4-<code hash>                                    # a built Bento: its version
 
-A Bento built by ``pipelines.deploy`` carries the argument ``model_version``, so it serves exactly the version
-it was built for whatever the aliases say later; without it (development) the service resolves ``champion``.
+A Bento built by ``pipelines.deploy`` carries the argument ``model_version`` and that version's files as a
+BentoML model (``flight_delay_classifier:v<version>``), so it serves exactly the version it was built for,
+whatever the aliases say later, and starts with the registry down; without it (development) the service fetches
+``champion``'s files from the registry. Either way the model is loaded as data (``pipelines.registry.model_files``:
+its ``MLmodel`` and weights, never the pickled pyfunc wrapper).
 
 Endpoints: ``POST /predict`` (one or many flights), ``POST /model`` (version, aliases, lineage), and BentoML's own
 ``/healthz``, ``/readyz``, ``/metrics`` and ``/docs.json`` (OpenAPI). Bad input is a 400 naming the field, an
-unreachable online store a 503 with a message and ``Retry-After``. ``/metrics`` also counts the prediction log's
-rows by outcome (``flight_delay_prediction_log_rows_total``: written, retried, spooled, drained, lost).
+unreachable online store a 503 with a message and ``Retry-After``, a body over 1 MiB a 413, and with
+``SERVICE_TOKEN`` set a request without ``Authorization: Bearer <token>`` a 401 (``services.middleware``).
+``/metrics`` also counts the prediction log's rows by outcome (``flight_delay_prediction_log_rows_total``:
+written, retried, spooled, drained, lost).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
@@ -24,33 +31,15 @@ from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from pydantic import Field
 
 from pipelines.core.settings import get_settings
+from pipelines.registry.model_files import load_model_files, load_registered, packed_model_tag
 from pipelines.serving.contract import SMOKE_TEST_HEADER, FeaturesUnavailable, FlightRequest, RequestError
-from pipelines.serving.predictor import Predictor, load_champion
+from pipelines.serving.predictor import Predictor
+from services.middleware import MIDDLEWARE
 
 MAX_FLIGHTS = 1000
-RETRY_AFTER_S = 5
-"""What a 503 (the online store unreachable) tells the caller to wait before asking again."""
-
-
-class JsonBodiesOnly:
-    """ASGI middleware: a ``multipart/form-data`` POST is a 415. The API takes JSON (and the form encoding curl
-    sends by default); BentoML would parse multipart for file inputs this service has none of, and answers a
-    malformed one (no boundary, a body that is not multipart) with a 500."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("method") == "POST":
-            content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
-            if content_type.split(b";")[0].strip().lower() == b"multipart/form-data":
-                from starlette.responses import JSONResponse
-
-                response = JSONResponse({"error": "Content-Type: send the request as application/json"},
-                                        status_code=415)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+MODEL_VERSION: str | None = getattr(bentoml.use_arguments(), "model_version", None)
+"""The registered version a built Bento serves (its argument); None for the service run from source."""
+log = logging.getLogger(__name__)
 
 
 def prediction_log_counter() -> Any:
@@ -67,35 +56,21 @@ def prediction_log_counter() -> Any:
     return counter
 
 
-class RetryAfterOnUnavailable:
-    """ASGI middleware: a 503 says when to try again (``Retry-After``), so clients and HAProxy back off instead of
-    hammering a store that is down. BentoML's ``ServiceUnavailable`` sets the status but no header."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_retry_after(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 503:
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"retry-after"]
-                message = message | {"headers": [*headers, (b"retry-after", str(RETRY_AFTER_S).encode())]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_retry_after)
-
-
 @bentoml.service(name="flight_delay", traffic={"timeout": 10}, http={"port": 3000})
 class FlightDelayService:
+    # The model a built Bento carries (packed by pipelines.deploy.bento before the build): BentoML copies it into the
+    # Bento, so a slot (re)starts from the Bento alone.
+    packed = bentoml.models.BentoModel(packed_model_tag(MODEL_VERSION)) if MODEL_VERSION else None
+
     def __init__(self) -> None:
         settings = get_settings()
-        version = getattr(bentoml.use_arguments(), "model_version", None)
         counter = prediction_log_counter()
         self.smoke_token = os.environ.get("SMOKE_TEST_TOKEN", "")
-        self.predictor = Predictor(settings, champion=load_champion(settings, version),
+        if settings.service_token is None:
+            log.warning("no SERVICE_TOKEN: the service answers every caller that reaches it (it listens on "
+                        "127.0.0.1 only); the production profile sets one")
+        champion = load_model_files(Path(self.packed.path)) if self.packed else load_registered(settings)
+        self.predictor = Predictor(settings, champion=champion,
                                    on_log_count=lambda outcome, rows: counter.labels(outcome=outcome).inc(rows))
 
     def _is_smoke_test(self, ctx: bentoml.Context) -> bool:
@@ -124,5 +99,5 @@ class FlightDelayService:
         self.predictor.log.flush()
 
 
-FlightDelayService.add_asgi_middleware(JsonBodiesOnly)
-FlightDelayService.add_asgi_middleware(RetryAfterOnUnavailable)
+for middleware in MIDDLEWARE:  # the first added is the outermost
+    FlightDelayService.add_asgi_middleware(middleware)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,8 @@ def partition_key(zone: str, table: str, day: date, filename: str) -> str:
 
 S3_CONNECT_TIMEOUT_S = 5
 S3_READ_TIMEOUT_S = 60
+S3_DELETE_BATCH = 1000
+"""Keys per DeleteObjects request: S3's own limit."""
 
 
 class Lake(ABC):
@@ -66,6 +69,20 @@ class Lake(ABC):
     def delete_prefix(self, prefix: str) -> None:
         for key in self.list_keys(prefix):
             self.delete(key)
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """Every key under ``prefix`` (as ``list_keys``) with its size in bytes. Backends override it with one
+        listing; this fallback reads each object."""
+        return {key: len(self.read_bytes(key)) for key in self.list_keys(prefix)}
+
+    def delete_keys(self, keys: Iterable[str]) -> int:
+        """Delete many keys (as ``delete``: a missing key is not an error, so a retry after a partial run deletes
+        what is left and fails on nothing); returns how many were asked for."""
+        count = 0
+        for key in keys:
+            self.delete(key)
+            count += 1
+        return count
 
     def partitions(self, zone: str, table: str) -> list[date]:
         """Dates that have at least one object under ``{zone}/{table}/date=.../``."""
@@ -145,6 +162,15 @@ class LocalLake(Lake):
             parent.rmdir()
             parent = parent.parent
 
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        sizes = {}
+        for key in self.list_keys(prefix):
+            try:
+                sizes[key] = self._path(key).stat().st_size
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+        return sizes
+
 
 class S3Lake(Lake):
     def __init__(self, uri: str, endpoint_url: str | None = None) -> None:
@@ -216,6 +242,30 @@ class S3Lake(Lake):
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        # The sizes come with the listing: one request per 1,000 keys, as list_keys.
+        folder = prefix.strip("/")
+        full = self._key(f"{folder}/") if folder else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        sizes: dict[str, int] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            sizes.update((obj["Key"][strip:], int(obj["Size"])) for obj in page.get("Contents", [])
+                         if not obj["Key"].endswith(".tmp"))
+        return dict(sorted(sizes.items()))
+
+    def delete_keys(self, keys: Iterable[str]) -> int:
+        # DeleteObjects: up to 1,000 keys a request. S3 reports a key that is already gone as deleted, so a retry
+        # fails on nothing; a key it could not delete (access denied, ...) is an error naming it.
+        keys = list(keys)
+        for start in range(0, len(keys), S3_DELETE_BATCH):
+            batch = keys[start:start + S3_DELETE_BATCH]
+            answer = self.client.delete_objects(Bucket=self.bucket, Delete={
+                "Objects": [{"Key": self._key(key)} for key in batch], "Quiet": True})
+            if errors := answer.get("Errors"):
+                shown = ", ".join(f"{e.get('Key')} ({e.get('Code')}: {e.get('Message')})" for e in errors[:3])
+                raise OSError(f"S3 refused to delete {len(errors)} of {len(batch)} keys in {self.uri}: {shown}")
+        return len(keys)
 
 
 def open_lake(settings: Settings) -> Lake:

@@ -181,7 +181,8 @@ def start_process(settings: Settings, name: str, command: list[str], port: int,
     marker = f"{name}-{uuid.uuid4().hex}"
     with (logs / f"{name}.log").open("ab") as sink:
         # Popen returns once the command has been exec'd, so psutil sees its command line, not this Python's.
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=dict(os.environ if env is None else env,
+        # bandit B603: argv of our own binaries, no shell
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=dict(os.environ if env is None else env,  # nosec B603
                                                                        **{MARKER: marker}),
                                    stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
                                    start_new_session=True)

@@ -10,8 +10,9 @@ import io
 from datetime import date
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +21,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 class Settings(BaseSettings):
     """Everything the steps need to know about where things live."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    # hide_input_in_errors: a malformed secret (a webhook URL, a token) is not echoed into logs by its error.
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
     pipeline_home: Path = Field(
         default=PROJECT_ROOT / ".pipeline_home",
@@ -63,6 +65,12 @@ class Settings(BaseSettings):
         default=3000, ge=1, le=65533,
         description="The model service's front door on 127.0.0.1; the two deployment slots listen on the next two.",
     )
+    service_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the model service requires on every request but its probes (``Authorization: "
+                    "Bearer <token>``); the pipeline's own callers send it. The production profile refuses to start "
+                    "without one; the embedded profile has none (the service listens on 127.0.0.1 only).",
+    )
     airflow_port: int = Field(
         default=8080, ge=1, le=65533,
         description="The Airflow API server (UI, REST API, the workers' Execution API) on 127.0.0.1; the "
@@ -80,12 +88,44 @@ class Settings(BaseSettings):
     )
     smtp_port: int = Field(default=8025, ge=1, le=65535, description="Port of the embedded mail server.")
     mail_from: str = Field(default="flight-delay-pipeline@example.com", description="Sender of the emails.")
+    alert_webhook_url: SecretStr | None = Field(
+        default=None,
+        description="The second alert path beside email: an incoming-webhook URL (Slack, or anything that takes "
+                    "Slack's JSON) that gets every failure and monitoring alert too, so an SMTP outage does not "
+                    "silence them. http or https only; a secret (a Slack URL carries its token). Unset or empty: "
+                    "no webhook.",
+    )
+    alert_webhook_timeout_s: float = Field(
+        default=5.0, gt=0, le=60,
+        description="Seconds one webhook post may wait to connect or for an answer (it is tried 3 times).",
+    )
     day_lease_wait_s: float = Field(
         default=900.0, ge=0, description="How long a run waits for another run of the same day to give the day back "
                                          "(flights_ingest's lease) before it fails naming that run.")
     prediction_log_max_age_s: float = Field(
         default=10.0, gt=0, description="The model service writes its buffered predictions to the lake at least "
                                         "this often (and every 1,000 rows).")
+    # Retention (pipelines/ops/retention.py, the DAG lake_retention): ages in days on the data's clock, from the
+    # run's New York day back to the date the object belongs to. Only what is derived or summarised elsewhere is
+    # ever pruned; the defaults keep more than a year, so nothing 2013's runs read is touched.
+    retention_prediction_logs_days: int = Field(
+        default=400, ge=1, description="Prediction logs (predictions/flight_delay/date=D/) older than this are "
+                                       "pruned; their rows live on, joined with outcomes, in labels/.")
+    retention_reports_days: int = Field(
+        default=400, ge=1, description="Evidently's report.html and report.json of a monitored day "
+                                       "(reports/monitoring/date=D/, ~8 MB a day) older than this are pruned; the "
+                                       "day's summary.json (the record the charts, cooldown and year report read) "
+                                       "stays.")
+    retention_data_docs_days: int = Field(
+        default=400, ge=1, description="Data Docs pages and the GX validation results they are rendered from "
+                                       "($PIPELINE_HOME/gx/, dated by the partition they judged) older than this "
+                                       "are pruned; each partition's verdict in the lake keeps its GX result.")
+    retention_task_logs_days: int = Field(
+        default=400, ge=1, description="Airflow task logs (dag_id=*/run_id=*/, dated by the run id's date in New "
+                                       "York) older than this are pruned.")
+    task_logs_dir: Path | None = Field(
+        default=None, description="Airflow's task log folder (its logging.base_log_folder), for retention. "
+                                  "Default: $PIPELINE_HOME/airflow/logs, where both profiles keep it.")
     demo_start: date = date(2013, 1, 1)
     demo_end: date = date(2013, 3, 31)
 
@@ -97,10 +137,29 @@ class Settings(BaseSettings):
             raise ValueError(f"MODEL_OWNERS must be comma-separated email addresses, got {value!r}")
         return ", ".join(owners)
 
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_is_http(cls, value: SecretStr | None) -> SecretStr | None:
+        url = value.get_secret_value().strip() if value is not None else ""
+        if not url:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            # the scheme only: the rest of the URL may be its secret
+            raise ValueError("ALERT_WEBHOOK_URL must be an http:// or https:// URL with a host, got one with scheme "
+                             f"{parts.scheme!r}" + ("" if parts.hostname else " and no host"))
+        return SecretStr(url)
+
     @property
     def owners(self) -> list[str]:
         """``model_owners`` as a list of addresses."""
         return [owner.strip() for owner in self.model_owners.split(",")]
+
+    @property
+    def service_headers(self) -> dict[str, str]:
+        """What the pipeline's own calls to the model service send: its bearer token, when one is set."""
+        token = self.service_token.get_secret_value() if self.service_token else ""
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     @property
     def mail_folder(self) -> Path:

@@ -60,7 +60,8 @@ def _holding_the_deploy_lock(step: Callable[_P, _R]) -> Callable[_P, _R]:
     @functools.wraps(step)
     def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         settings = kwargs.get("settings", args[0] if args else None) or get_settings()
-        assert isinstance(settings, Settings)
+        if not isinstance(settings, Settings):
+            raise TypeError(f"{step.__name__} takes its settings first or as settings=, got {settings!r}")
         try:
             with file_lock(deploy_dir(settings) / "deploy.lock", DEPLOY_LOCK_TIMEOUT_S):
                 return step(*args, **kwargs)

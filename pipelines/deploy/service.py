@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from pipelines.core.processes import start_process, stop_process, wait_ready
 from pipelines.core.settings import Settings, get_settings
 
@@ -37,7 +39,8 @@ def service_env(settings: Settings) -> dict[str, str]:
     smoke-test token."""
     env = dict(os.environ, BENTOML_HOME=str(settings.pipeline_home / "bentoml"), BENTOML_DO_NOT_TRACK="True",
                SMOKE_TEST_TOKEN=smoke_token(settings))
-    env.update({name.upper(): str(value) for name, value in settings.model_dump().items() if value is not None})
+    env.update({name.upper(): value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+                for name, value in settings.model_dump().items() if value is not None})
     return env
 
 

@@ -52,10 +52,10 @@ def _expected(settings: Settings, version: str, flights: list[dict[str, Any]]) -
     """What the registry's model ``version`` answers for ``flights`` on the online store's features, computed in
     this process: the slot must agree, or it runs other code, another model or other features."""
     from pipelines.features.store import online_features
+    from pipelines.registry.model_files import load_registered
     from pipelines.serving.contract import FlightRequest, flight_entities
-    from pipelines.serving.predictor import load_champion
 
-    model = load_champion(settings, version).model
+    model = load_registered(settings, version).model
     features = online_features(flight_entities([FlightRequest(**flight) for flight in flights]), settings)
     return [float(p) for p in model.predict_proba(features)]
 
@@ -66,6 +66,7 @@ def smoke_test(settings: Settings, url: str, version: str, policy: SmokePolicy |
     failures: list[str] = []
     checks: dict[str, Any] = {}
     with requests.Session() as http:
+        http.headers.update(settings.service_headers)
         http.headers[SMOKE_TEST_HEADER] = smoke_token(settings)  # answered, not logged as traffic
         for path in ("/healthz", "/readyz"):
             status = http.get(f"{url}{path}", timeout=10).status_code
@@ -100,7 +101,7 @@ def smoke_test(settings: Settings, url: str, version: str, policy: SmokePolicy |
         if bad.status_code != 400 or "dest" not in bad.text:
             failures.append(f"an unknown airport answered {bad.status_code}, expected a 400 naming 'dest'")
 
-    burst = _burst(url, flights, policy, smoke_token(settings))
+    burst = _burst(url, flights, policy, settings.service_headers | {SMOKE_TEST_HEADER: smoke_token(settings)})
     checks["burst"] = burst
     if burst["errors"]:
         failures.append(f"{burst['errors']} of {policy.burst_requests} burst requests failed")
@@ -109,7 +110,7 @@ def smoke_test(settings: Settings, url: str, version: str, policy: SmokePolicy |
     return {"passed": not failures, "failures": failures, "checks": checks, "policy": asdict(policy)}
 
 
-def _burst(url: str, flights: list[dict[str, Any]], policy: SmokePolicy, token: str) -> dict[str, Any]:
+def _burst(url: str, flights: list[dict[str, Any]], policy: SmokePolicy, headers: dict[str, str]) -> dict[str, Any]:
     """``burst_requests`` single-flight requests from ``burst_concurrency`` clients: latency and errors."""
     bodies = [{"flights": [flights[i % len(flights)]]} for i in range(policy.burst_requests)]
     per_client = [bodies[i::policy.burst_concurrency] for i in range(policy.burst_concurrency)]
@@ -117,7 +118,7 @@ def _burst(url: str, flights: list[dict[str, Any]], policy: SmokePolicy, token: 
     def client(batch: list[dict[str, Any]]) -> tuple[list[float], int]:
         latencies, errors = [], 0
         with requests.Session() as http:
-            http.headers[SMOKE_TEST_HEADER] = token
+            http.headers.update(headers)
             for body in batch:
                 started = time.perf_counter()
                 try:

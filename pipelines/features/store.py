@@ -94,7 +94,8 @@ def open_store(settings: Settings | None = None, *, stock: bool = False) -> Feat
 def definitions() -> ModuleType:
     """``feature_repo/definitions.py``, freshly imported (it reads FEATURES_URI at import)."""
     spec = importlib.util.spec_from_file_location("feature_repo_definitions", FEATURE_REPO / "definitions.py")
-    assert spec and spec.loader
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {FEATURE_REPO / 'definitions.py'}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -137,7 +138,8 @@ def rewind_online(store: FeatureStore, at: datetime) -> dict[str, dict[str, int]
             continue
         keys = {e.name: e.dtype.to_value_type() for e in view.entity_columns}
         source = view.batch_source
-        assert source is not None and view.ttl is not None  # every windowed view has both (feature_repo/)
+        if source is None or view.ttl is None:  # every windowed view has both (feature_repo/)
+            raise ValueError(f"feature view {view.name} needs a batch source and a ttl")
         stamp = source.timestamp_field
         features = [f.name for f in view.features]
         known = provider.offline_store.pull_latest_from_table_or_query(

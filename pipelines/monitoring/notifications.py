@@ -9,6 +9,9 @@ Airflow's SMTP connection.
 * ``failure_email``: when a task fails for good, with the failed expectations of a critical validation failure.
 * ``year_report_email``: when the year report is built (``pipelines.monitoring.year_report``): its headline figures,
   its main chart inline, and where the report is in the lake.
+
+The chat alerts (``pipelines.monitoring.webhook``), the second path beside email, reuse the subjects and the
+failure's facts composed here, so both paths say the same.
 """
 
 from __future__ import annotations
@@ -369,6 +372,38 @@ def failed_expectations(error: BaseException | str | None) -> list[str] | None:
     return None
 
 
+def failure_subject(dag_id: str, task_id: str, logical_date: date | datetime | str | None,
+                    failed_expectations: Sequence[str] | None = None) -> str:
+    """What failed, where and on which day, and how many critical expectations: the email's subject and the chat
+    alert's first line (``pipelines.monitoring.webhook``), so both say the same."""
+    subject = f"{SUBJECT_PREFIX} FAILED {dag_id}.{task_id} on {_day(logical_date)}"
+    if failed_expectations:
+        count = len(failed_expectations)
+        subject += f": {count} critical expectation{'s' if count != 1 else ''} failed"
+    return subject
+
+
+def failure_facts(dag_id: str, task_id: str, logical_date: date | datetime | str | None, *,
+                  run_id: str | None = None, try_number: int | None = None) -> list[tuple[str, Any]]:
+    """The failed task's facts as (label, value) rows: DAG, task, date (New York time and UTC), run, attempt."""
+    rows: list[tuple[str, Any]] = [("DAG", dag_id), ("task", task_id),
+                                   ("date", _moment(logical_date) if logical_date is not None else "none")]
+    if run_id:
+        rows.append(("run", run_id))
+    if try_number is not None:
+        rows.append(("attempt", try_number))
+    return rows
+
+
+def error_text(error: BaseException | str | None) -> str:
+    """The error in one string: the exception's type and message, or why there is none."""
+    if error is None:
+        return "no exception was recorded (the task was killed, or timed out)"
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    return str(error)
+
+
 def failure_email(dag_id: str, task_id: str, logical_date: date | datetime | str | None,
                   error: BaseException | str | None, failed_expectations: Sequence[str] | None = None, *,
                   owners: Sequence[str] | None = None, settings: Settings | None = None, run_id: str | None = None,
@@ -376,29 +411,14 @@ def failure_email(dag_id: str, task_id: str, logical_date: date | datetime | str
     """The email when a task has failed for good (after its last retry)."""
     settings = settings or get_settings()
     owners = list(owners or settings.owners)
-    subject = f"{SUBJECT_PREFIX} FAILED {dag_id}.{task_id} on {_day(logical_date)}"
-    if failed_expectations:
-        count = len(failed_expectations)
-        subject += f": {count} critical expectation{'s' if count != 1 else ''} failed"
-    rows: list[tuple[str, Any]] = [("DAG", dag_id), ("task", task_id),
-                                   ("date", _moment(logical_date) if logical_date is not None else "none")]
-    if run_id:
-        rows.append(("run", run_id))
-    if try_number is not None:
-        rows.append(("attempt", try_number))
-    sections = [_table(rows)]
+    subject = failure_subject(dag_id, task_id, logical_date, failed_expectations)
+    sections = [_table(failure_facts(dag_id, task_id, logical_date, run_id=run_id, try_number=try_number))]
     if failed_expectations:
         items = "".join(f"<li>{_e(item)}</li>" for item in failed_expectations)
         sections.append(f"<h3>Failed critical expectations</h3><ul>{items}</ul><p>The partitions are in "
                         "<code>quarantine/</code> with their validation results; <code>validated/</code> kept what "
                         "it had.</p>")
-    if error is None:
-        described = "no exception was recorded (the task was killed, or timed out)"
-    elif isinstance(error, BaseException):
-        described = f"{type(error).__name__}: {error}"
-    else:
-        described = str(error)
-    sections.append(f"<h3>Error</h3><pre style=\"white-space:pre-wrap\">{_e(described)}</pre>")
+    sections.append(f"<h3>Error</h3><pre style=\"white-space:pre-wrap\">{_e(error_text(error))}</pre>")
     if log_url:
         sections.append(f'<p>Log: <a href="{_e(log_url)}">{_e(log_url)}</a></p>')
     return EmailParts(to=owners, subject=subject, html=_page(subject, sections), mail_from=settings.mail_from)

@@ -47,10 +47,10 @@ def _airflow(args: list[str], env: dict[str, str], log_file: Path, show: bool = 
     with log_file.open("a") as sink:
         sink.write(f"\n$ {' '.join(command)}\n")
         sink.flush()
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # bandit B603: the venv's airflow, no shell
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,  # nosec B603
                                    cwd=PROJECT_ROOT)
-        assert process.stdout is not None
-        for line in process.stdout:
+        for line in process.stdout or ():  # a pipe: stdout=PIPE
             sink.write(line)
             if show and (shown := _for_person(line)):
                 print(f"  {shown}", flush=True)  # noqa: T201 - progress for the person at the terminal
@@ -84,7 +84,7 @@ def _serve_and_ask(settings: Settings, day: date, say: Any) -> dict[str, Any]:
     service = deploy_service(settings)
     flights = open_lake(settings).read_parquet(partition_key("validated", "flights", day, "data.parquet"))
     body = {"flights": requests_from_flights(flights.head(1))}
-    answer = requests.post(f"{service['url']}/predict", json=body, timeout=30)
+    answer = requests.post(f"{service['url']}/predict", json=body, headers=settings.service_headers, timeout=30)
     answer.raise_for_status()
     (prediction,) = answer.json()
     logs = settings.pipeline_home / "logs"
@@ -92,7 +92,8 @@ def _serve_and_ask(settings: Settings, day: date, say: Any) -> dict[str, Any]:
         f"(slot {service['slot']}; logs {logs}/front.log, {logs}/slot-{service['slot']}.log)")
     say(f"  {prediction['flight_id']}: disruption probability {prediction['probability']:.3f}, "
         f"disrupted={prediction['disrupted']}, model version {prediction['model_version']}")
-    say(f"  Ask it yourself: curl -s -X POST {service['url']}/predict -H 'content-type: application/json' "
+    token = " -H 'Authorization: Bearer $SERVICE_TOKEN'" if settings.service_token else ""
+    say(f"  Ask it yourself: curl -s -X POST {service['url']}/predict -H 'content-type: application/json'{token} "
         f"-d '{json.dumps(body)}'")
     say("  What it serves: make status   Roll back: make rollback   Stop it: make stop")
     return service | {"prediction": prediction}

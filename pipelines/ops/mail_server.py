@@ -170,7 +170,8 @@ def message_files(settings: Settings | None = None) -> list[Path]:
 def read_message(path: Path) -> EmailMessage:
     with path.open("rb") as source:
         message = BytesParser(policy=email.policy.default).parse(source)
-    assert isinstance(message, EmailMessage)
+    if not isinstance(message, EmailMessage):  # policy.default parses to EmailMessage
+        raise TypeError(f"{path} did not parse to an EmailMessage")
     return message
 
 

@@ -95,7 +95,8 @@ def metadata_profile(settings: Settings, profile: dict[str, str] | None = None) 
     """``profile`` with Airflow's metadata database on PostgreSQL when it names none (created by ``make up``)."""
     profile = dict(profile or {})
     if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in profile:
-        name = "airflow_year_" + hashlib.sha1(str(settings.pipeline_home.resolve()).encode()).hexdigest()[:10]
+        home = str(settings.pipeline_home.resolve()).encode()
+        name = "airflow_year_" + hashlib.sha1(home, usedforsecurity=False).hexdigest()[:10]  # a name, not a secret
         profile["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"{METADATA_SERVER}/{name}?connect_timeout=10"
         profile["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = f"{METADATA_SERVER}/{name}?connect_timeout=10"
     return profile

@@ -15,6 +15,7 @@ import numpy as np
 from pipelines.core.lake import open_lake
 from pipelines.core.names import CHAMPION, MODEL_NAME, PREVIOUS_CHAMPION
 from pipelines.core.settings import Settings, get_settings
+from pipelines.registry.model_files import load_registered
 from pipelines.registry.pyfunc import model_input
 from pipelines.registry.register import find_version, version_by_alias
 from pipelines.training.tracking import use_tracking
@@ -71,7 +72,6 @@ def promote_model(run_key: str, settings: Settings | None = None,
                   policy: GatePolicy | None = None) -> dict[str, Any]:
     """The gate on the run's test window; moves ``champion`` (and ``previous_champion``) only on promotion. The
     decision is recorded as ``models/{run}/promotion.json`` and as tags; a rerun returns the recorded decision."""
-    import mlflow
     from mlflow import MlflowClient
 
     from pipelines.core.names import LABEL
@@ -97,8 +97,8 @@ def promote_model(run_key: str, settings: Settings | None = None,
         champion = None
     champion_p = None
     if champion is not None:
-        champion_p = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{champion.version}")
-                                .predict(model_input(test)), dtype=np.float64)
+        loaded = load_registered(settings, champion.version)  # as data: no pickle from the registry runs
+        champion_p = np.asarray(loaded.model.predict_proba(model_input(test)), dtype=np.float64)
     promote, reasons, scores = decide(y, load_model(run_key, settings).predict_proba(test), champion_p, policy)
     decision = {
         "run_key": run_key, "model": MODEL_NAME, "challenger_version": challenger.version,

@@ -124,7 +124,8 @@ class PredictionLog:
         return len(self._held) + (len(self._spooled_keys()) if self.spool is not None else 0)
 
     def _spooled_keys(self) -> list[str]:
-        assert self.spool is not None
+        if self.spool is None:
+            return []
         return [key for key in self.spool.list_keys("predictions/") if key.endswith(".parquet")]
 
     def _count(self, outcome: str, rows: int) -> None:

@@ -15,13 +15,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pipelines.core.lake import Lake, open_lake
 from pipelines.core.settings import Settings, get_settings
 from pipelines.features.tables import PREDICTION_LEAD
+from pipelines.registry.model_files import ChampionModel, load_registered
 from pipelines.serving.contract import FeaturesUnavailable, FlightRequest, RequestError, entity_columns
 from pipelines.serving.prediction_log import PredictionLog, feature_json
 
@@ -29,32 +29,6 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.5
 ONLINE_READ_ATTEMPTS = 2
 """A failed online read is tried once more at once before the request gets its 503."""
-
-
-@dataclass
-class ChampionModel:
-    version: str
-    model: Any
-    tags: dict[str, str]
-    aliases: list[str]
-
-
-def load_champion(settings: Settings, version: str | None = None) -> ChampionModel:
-    """Registered version ``version`` (a deployed Bento pins one), else the one behind ``champion``, with its tags
-    and aliases, loaded once."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    from pipelines.core.names import MODEL_NAME
-    from pipelines.training.tracking import use_tracking
-
-    use_tracking(settings)
-    client = MlflowClient()
-    found = (client.get_model_version(MODEL_NAME, version) if version
-             else client.get_model_version_by_alias(MODEL_NAME, "champion"))
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{found.version}")
-    model = pyfunc.unwrap_python_model().model
-    return ChampionModel(version=str(found.version), model=model, tags=dict(found.tags), aliases=list(found.aliases))
 
 
 GC_THRESHOLDS = (700, 10, 100)
@@ -86,7 +60,7 @@ class Predictor:
 
         self.settings = settings or get_settings()
         self.threshold = threshold
-        self.champion = champion or load_champion(self.settings)
+        self.champion = champion or load_registered(self.settings)
         lake = open_lake(self.settings)
         self.log = PredictionLog(lake, max_age_s=self.settings.prediction_log_max_age_s, background=True,
                                  spool=self.settings.pipeline_home / "spool" / "prediction_log", on_count=on_log_count)

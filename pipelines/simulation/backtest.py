@@ -442,7 +442,8 @@ def replay_policy(policy: str, first: Candidate, by_day: dict[date, pd.DataFrame
         run.served[day] = champion.name
         run.probabilities[day] = probabilities
         if policy == "drift":
-            assert monitor is not None
+            if monitor is None:
+                raise ValueError("the drift policy needs the monitoring reference")
             summary = _monitor_day(run, champion, day, features, monitor, monitoring_policy)
             summary["retrain"] = decide_retrain(summary, history, monitoring_policy)
             history.append({"date": summary["date"], "retrain": summary["retrain"]})

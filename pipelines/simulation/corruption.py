@@ -121,6 +121,18 @@ def blank_delays(content: bytes) -> bytes:
     return _csv(rows)
 
 
+def delays_in_hours(content: bytes) -> bytes:
+    """The delay columns exported in hours instead of minutes (an upstream unit change): every value is plausible
+    on its own, only the clock times beside them say it is wrong; read as is, no flight would look disrupted."""
+    rows = _rows(content)
+    columns = [rows[0].index(c) for c in ("dep_delay", "arr_delay")]
+    for row in rows[1:]:
+        for column in columns:
+            if row[column] not in ("", "NA"):
+                row[column] = f"{float(row[column]) / 60:.2f}"
+    return _csv(rows)
+
+
 def tenth_of_day(content: bytes) -> bytes:
     """A partial delivery: a tenth of the day's flights, complete rows."""
     rows = _rows(content)
@@ -154,6 +166,8 @@ CORRUPTIONS: dict[str, Corruption] = {
     "extreme_delays": Corruption(extreme_delays, "warned", "expect_column_values_to_be_between(dep_delay)"),
     "blank_delays": Corruption(blank_delays, "quarantined", "expect_column_values_to_not_be_null(dep_delay)"),
     "tenth_of_day": Corruption(tenth_of_day, "quarantined", "expect_table_row_count_to_be_between"),
+    "delays_in_hours": Corruption(delays_in_hours, "quarantined",
+                                  "expect_column_values_to_be_in_set(_dep_delay_off_times)"),
 }
 
 

@@ -63,14 +63,15 @@ def _day_flights(lake: Lake, day: date) -> pd.DataFrame:
 class _Clients:
     """``clients`` keep-alive HTTP sessions on threads of their own, reused for every batch of the day."""
 
-    def __init__(self, url: str, clients: int) -> None:
-        self.url, self.clients = url, clients
+    def __init__(self, url: str, clients: int, headers: dict[str, str]) -> None:
+        self.url, self.clients, self.headers = url, clients, headers
         self.pool = ThreadPoolExecutor(clients)
         self.local = threading.local()
 
     def _session(self) -> requests.Session:
         if not hasattr(self.local, "session"):
             self.local.session = requests.Session()
+            self.local.session.headers.update(self.headers)
         session: requests.Session = self.local.session
         return session
 
@@ -199,7 +200,7 @@ def _replay_day(day: date, settings: Settings, url: str | None, clients: int,
     started = time.perf_counter()
     sent = 0
     materialize_s = 0.0
-    sender = _Clients(url, clients)
+    sender = _Clients(url, clients, settings.service_headers)
     try:
         for hour, batch in flights.groupby(flights["prediction_time"].dt.floor("h"), sort=True):
             if through is not None and hour + HOUR <= through:

@@ -178,7 +178,8 @@ class LogisticRegressionModel:
     def _design(self, frame: pd.DataFrame) -> object:
         from scipy import sparse
 
-        assert self.preprocessor is not None
+        if self.preprocessor is None:
+            raise RuntimeError("fit the baseline before scoring with it")
         cat, num = self.preprocessor.transform(frame)
         cat_np, num_np = cat.numpy(), num.numpy().astype(np.float64)
         offsets = np.cumsum([0, *self.preprocessor.cardinalities[:-1]])

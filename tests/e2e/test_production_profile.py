@@ -95,6 +95,7 @@ def _profile(home: Path, free_port: Any) -> dict[str, str]:
         "SERVICE_PORT": str(free_port(3)),
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
         "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex * 2,
+        "SERVICE_TOKEN": uuid.uuid4().hex,
         # One task a worker, so the two mapped tuning tasks run on two workers at once.
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
         # A killed worker's task is noticed after 20 s without a heartbeat (production: 60).
@@ -225,7 +226,11 @@ def test_features_are_served_from_redis_and_the_service_answers(chain: Stack) ->
     flights = open_lake(chain.settings).read_parquet(
         partition_key("validated", "flights", MONITORED_DAY, "data.parquet"))
     url = f"http://{HOST}:{chain.settings.service_port}"
-    answer = requests.post(f"{url}/predict", json={"flights": requests_from_flights(flights.head(3))}, timeout=30)
+    body = {"flights": requests_from_flights(flights.head(3))}
+    refused = requests.post(f"{url}/predict", json=body, timeout=30)  # the profile's service wants its token
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer"), refused.text
+    assert requests.get(f"{url}/readyz", timeout=10).status_code == 200  # the front door's probe needs none
+    answer = requests.post(f"{url}/predict", json=body, headers=chain.settings.service_headers, timeout=30)
     assert answer.status_code == 200, answer.text
     from mlflow import MlflowClient
 

@@ -2,8 +2,9 @@
 HAProxy front door switched through its runtime API, over the shared real-data champion. While versions change,
 clients keep sending requests through the front door the whole time, and every one of them must be answered.
 
-The tests run in order on one deployment: first deploy, a no-op redeploy, a new version under load, a rollback by
-hand under load, and a failed smoke test that rolls back by itself."""
+The tests run in order on one deployment: first deploy, its Bento started with the registry down, a no-op
+redeploy, a new version under load, a rollback by hand under load, and a failed smoke test that rolls back by
+itself."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pipelines.core.processes import running
 from pipelines.core.settings import Settings
 from pipelines.deploy.bento import code_hash
 from pipelines.deploy.blue_green import deploy_service, read_state, rollback_deployment, status, stop_all
-from pipelines.deploy.service import DeployError
+from pipelines.deploy.service import DeployError, start_service, stop_service
 from pipelines.deploy.smoke import SmokePolicy
 from pipelines.registry.gate import GatePolicy, promote_model
 from pipelines.registry.register import alias_version, register_model
@@ -134,6 +135,25 @@ def test_first_deploy_serves_the_champion_through_the_front_door(deployment: dic
     tags = MlflowClient().get_model_version(MODEL_NAME, "1").tags
     assert tags["deployment.status"] == "live" and tags["deployment.bento"] == record["bento"]
     assert _history(settings)[-1]["status"] == "live"
+
+
+def test_a_built_bento_carries_its_model_and_starts_with_the_registry_down(deployment: dict[str, Any],
+                                                                          free_port: Callable[..., int]) -> None:
+    """The live slot's Bento started once more with the registry pointed at a port where nothing listens (one
+    try, a 2 s timeout: a service that asked the registry would fail to start): it answers from the model it
+    carries."""
+    settings = deployment["settings"]
+    bento = read_state(settings)["slots"][read_state(settings)["live"]]["bento"]
+    unreachable = settings.model_copy(update={"experiment_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+        service = start_service(unreachable, free_port(), name="registry-down", target=bento)
+    try:
+        answer = requests.post(f"{service['url']}/predict", json={"flights": [deployment["flight"]]}, timeout=30)
+        assert answer.status_code == 200 and answer.json()[0]["model_version"] == "1", answer.text
+    finally:
+        stop_service(settings, name="registry-down")
 
 
 def test_deploying_what_is_live_changes_nothing(deployment: dict[str, Any]) -> None:

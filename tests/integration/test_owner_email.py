@@ -1,6 +1,7 @@
 """The owners' emails over real SMTP: the embedded mail server (pipelines.ops.mail_server) on a free port, Airflow's
 SMTP provider sending through the ``smtp_default`` connection that pipelines.ops.airflow_config.airflow_env defines, and
-assertions on the ``.eml`` files the server wrote.
+assertions on the ``.eml`` files the server wrote. Then the second path beside it: the webhook alert
+(ALERT_WEBHOOK_URL) to a real receiver on 127.0.0.1 (tests.helpers.alerts), each path going when the other is down.
 
 Airflow is imported inside the tests, after AIRFLOW_HOME points into the test's home.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 import smtplib
 import socket
@@ -26,6 +28,7 @@ from pipelines.core.processes import running
 from pipelines.core.settings import PROJECT_ROOT, Settings, get_settings
 from pipelines.ops.airflow_config import airflow_env
 from pipelines.ops.mail_server import message_files, read_messages, start_mail_server, stop_mail_server
+from tests.helpers.alerts import Answer, Receiver, failure_context, webhook_receiver
 
 pytestmark = pytest.mark.integration
 
@@ -48,18 +51,25 @@ SUMMARY: dict[str, Any] = {
 
 
 @pytest.fixture
-def mail(home: Path, free_port: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """This home's mail server on a free port, and the embedded Airflow environment (its smtp_default connection
-    included) in this process, as a task would see it."""
+def smtp_env(home: Path, free_port: Callable[..., int], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The embedded Airflow environment (its smtp_default connection to a free port included) in this process, as a
+    task would see it; no mail server yet: alone, this is an SMTP outage (nothing listens on the port)."""
     monkeypatch.setenv("SMTP_PORT", str(free_port()))
     monkeypatch.setenv("MODEL_OWNERS", ", ".join(OWNERS))
+    monkeypatch.delenv("ALERT_WEBHOOK_URL", raising=False)
     settings = get_settings()
     for name, value in airflow_env(settings).items():
         monkeypatch.setenv(name, value)
     monkeypatch.syspath_prepend(str(PROJECT_ROOT / "dags"))  # as Airflow puts the DAG bundle on sys.path
-    start_mail_server(settings)
-    yield settings
-    stop_mail_server(settings)
+    return settings
+
+
+@pytest.fixture
+def mail(smtp_env: Settings) -> Iterator[Settings]:
+    """This home's mail server on the smtp_default connection's port."""
+    start_mail_server(smtp_env)
+    yield smtp_env
+    stop_mail_server(smtp_env)
 
 
 def _only_message(settings: Settings) -> EmailMessage:
@@ -203,3 +213,110 @@ def test_cli_lists_the_messages(mail: Settings) -> None:
 
     assert result.returncode == 0, result.stderr
     assert '"subject": "hello"' in result.stdout
+
+
+# The second path: the webhook goes when SMTP is down, the email when the webhook is, and the alert fails only when
+# neither went.
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    """A webhook receiver, set as ALERT_WEBHOOK_URL; it answers 200 unless a test scripts other answers."""
+    with webhook_receiver() as receiver:
+        monkeypatch.setenv("ALERT_WEBHOOK_URL", receiver.url)
+        yield receiver
+
+
+def _quarantine_error() -> Exception:
+    return RuntimeError("1 partition(s) quarantined on critical expectations:\n"
+                        "weather 2013-12-31 quarantined (critical expectations failed):\n"
+                        "  - expect_table_row_count_to_be_between: observed 0 -- 60 to 80 rows")
+
+
+FAILED = ("[flight_delay] FAILED flights_ingest.check_quarantine on 2013-12-31: 1 critical expectation failed")
+
+
+def _failed_path(records: list[logging.LogRecord], path: str) -> logging.LogRecord:
+    """The one record that says ``path`` failed, with its traceback."""
+    (record,) = [r for r in records if f"the {path} alert failed" in r.getMessage()]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    return record
+
+
+def test_a_failure_goes_down_both_paths(mail: Settings, webhook: Receiver) -> None:
+    from _notifiers import notify_owners_on_failure
+
+    notify_owners_on_failure(failure_context(_quarantine_error()))
+
+    assert _only_message(mail)["Subject"] == FAILED
+    (text,) = webhook.texts()
+    assert text.splitlines()[0] == f"*{FAILED}*"
+
+
+def test_an_smtp_outage_does_not_silence_a_failure(smtp_env: Settings, webhook: Receiver,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing listens on the SMTP port: the callback logs the email's failure with its traceback, posts the alert
+    to the webhook and returns (the alert went)."""
+    from _notifiers import notify_owners_on_failure
+
+    context = failure_context(_quarantine_error())
+    with caplog.at_level(logging.INFO):
+        notify_owners_on_failure(context)
+
+    (text,) = webhook.texts()
+    for fact in (FAILED, "DAG: flights_ingest", "task: check_quarantine", "date: 2013-12-31 00:00 EST",
+                 "attempt: 2", "RuntimeError: 1 partition(s) quarantined",
+                 "weather 2013-12-31: expect_table_row_count_to_be_between: observed 0",
+                 f"Log: <{context['ti'].log_url}>"):
+        assert fact in text, fact
+    assert isinstance(_failed_path(caplog.records, "email").exc_info[1], ConnectionRefusedError)  # type: ignore[index]
+    assert read_messages(smtp_env) == []
+
+
+def test_with_the_webhook_down_the_failure_email_still_goes(mail: Settings, webhook: Receiver,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """The webhook answers 503 three times (each try): the email goes, the webhook's failure is logged."""
+    from _notifiers import notify_owners_on_failure
+
+    webhook.answers += [Answer(503, b"over capacity")] * 3
+    with caplog.at_level(logging.INFO):
+        notify_owners_on_failure(failure_context(_quarantine_error()))
+
+    assert _only_message(mail)["Subject"] == FAILED
+    assert len(webhook.posts) == 3
+    assert "HTTP 503" in str(_failed_path(caplog.records, "webhook").exc_info[1])  # type: ignore[index]
+
+
+def test_with_both_paths_down_the_callback_raises_both(smtp_env: Settings, monkeypatch: pytest.MonkeyPatch,
+                                                       free_port: Callable[..., int]) -> None:
+    from _notifiers import notify_owners_on_failure
+
+    from pipelines.monitoring.webhook import WebhookError
+
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", f"http://127.0.0.1:{free_port()}/hook")  # nothing listens
+
+    with pytest.raises(ExceptionGroup, match="no alert path delivered") as raised:
+        notify_owners_on_failure(failure_context(_quarantine_error()))
+
+    assert [type(error) for error in raised.value.exceptions] == [WebhookError, ConnectionRefusedError]
+
+
+def test_without_a_webhook_an_smtp_outage_fails_the_callback(smtp_env: Settings) -> None:
+    from _notifiers import notify_owners_on_failure
+
+    with pytest.raises(ConnectionRefusedError):
+        notify_owners_on_failure(failure_context(_quarantine_error()))
+
+
+def test_in_an_smtp_outage_the_monitoring_alert_goes_to_the_webhook(smtp_env: Settings, webhook: Receiver) -> None:
+    """What needs a person and where the report is reach the webhook; the task returns what went and what not."""
+    location = "s3://lake/reports/monitoring/date=2013-07-15/report.html"
+
+    sent = _send_monitoring_email([location])
+
+    assert sent["delivered"] == ["webhook"] and sent["failed"]["email"].startswith("ConnectionRefusedError")
+    assert sent["webhook"] == {"host": "127.0.0.1", "status": 200, "tries": 1}
+    (text,) = webhook.texts()
+    assert text.splitlines()[0] == ("*[flight_delay] 2013-07-15 Action needed: drift on 9 of 31 features, "
+                                    "predictions drifted, retraining requested*")
+    assert f"• `{location}`" in text.splitlines()

@@ -207,6 +207,71 @@ def test_delete_and_delete_prefix(s3_lake: S3Lake, s3_server: S3Server, bucket: 
     assert s3_lake.partitions("quarantine", "flights") == [date(2013, 1, 3)]
 
 
+def test_list_sizes_pages_and_delete_keys_batches(s3_lake: S3Lake, s3_server: S3Server, bucket: str) -> None:
+    """Sizes come with the listing (every page of it); 1,005 keys are deleted in two DeleteObjects requests, keys
+    already gone included, and deleting them all again is no error (a retried prune)."""
+    client = s3_server.client()
+    keys = [f"predictions/flight_delay/date=2013-01-02/part-{i:04d}.parquet" for i in range(1005)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda key: client.put_object(Bucket=bucket, Key=f"lake/{key}", Body=b"x" * (len(key) % 7)),
+                      keys))
+    s3_lake.write_bytes("labels/flight_delay/date=2013-01-02/data.parquet", b"keep")
+    client.put_object(Bucket=bucket, Key="lake/predictions/flight_delay/date=2013-01-02/x.parquet.abc.tmp", Body=b"")
+    s3_lake.delete(keys[0])
+    calls: list[str] = []
+    s3_lake.client.meta.events.register("before-parameter-build.s3", lambda model, **kwargs: calls.append(model.name))
+
+    sizes = s3_lake.list_sizes("predictions/")
+    assert sizes == {key: len(key) % 7 for key in keys[1:]}
+    assert s3_lake.delete_keys(keys) == 1005
+    assert s3_lake.delete_keys(keys) == 1005
+
+    assert calls == ["ListObjectsV2", "ListObjectsV2", "DeleteObjects", "DeleteObjects", "DeleteObjects",
+                     "DeleteObjects"]
+    assert s3_server.keys(bucket) == ["lake/labels/flight_delay/date=2013-01-02/data.parquet",
+                                      "lake/predictions/flight_delay/date=2013-01-02/x.parquet.abc.tmp"]
+    assert s3_lake.list_sizes("") == {"labels/flight_delay/date=2013-01-02/data.parquet": 4}
+
+
+def test_delete_keys_names_the_keys_s3_refused(s3_lake: S3Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-key error in a DeleteObjects answer (S3 answers 200 with an Errors list) fails the call by name."""
+    answer = {"Errors": [{"Key": "lake/predictions/a", "Code": "AccessDenied", "Message": "Access Denied"}]}
+    monkeypatch.setattr(s3_lake.client, "delete_objects", lambda **kwargs: answer)
+
+    with pytest.raises(OSError, match=r"refused to delete 1 of 2 keys .* lake/predictions/a \(AccessDenied"):
+        s3_lake.delete_keys(["predictions/a", "predictions/b"])
+
+
+def test_prune_lake_on_s3(home: Path, s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention on the S3 lake: old prediction logs and Evidently reports go, their summary and every record stay;
+    a dry run first deletes nothing and names the same objects."""
+    from pipelines.ops.retention import prune_lake
+
+    monkeypatch.setenv("LAKE_URI", f"s3://{bucket}/lake")
+    monkeypatch.setenv("S3_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.setenv("RETENTION_PREDICTION_LOGS_DAYS", "30")
+    monkeypatch.setenv("RETENTION_REPORTS_DAYS", "30")
+    lake = open_lake(get_settings())
+    old = ["predictions/flight_delay/date=2013-05-30/part-0.parquet",
+           "reports/monitoring/date=2013-05-30/report.html", "reports/monitoring/date=2013-05-30/report.json"]
+    kept = ["predictions/flight_delay/date=2013-05-31/part-0.parquet",
+            "reports/monitoring/date=2013-05-30/summary.json", "labels/flight_delay/date=2013-05-30/data.parquet",
+            "validated/flights/date=2013-05-30/data.parquet"]
+    for key in old + kept:
+        lake.write_bytes(key, b"abc")
+
+    dry = prune_lake(date(2013, 6, 30), dry_run=True)
+    assert s3_server.keys(bucket) == sorted(f"lake/{key}" for key in old + kept)
+    real = prune_lake(date(2013, 6, 30))
+
+    assert s3_server.keys(bucket) == sorted(f"lake/{key}" for key in kept)
+    for result in (dry, real):
+        assert (result["kinds"]["prediction_logs"]["objects"], result["kinds"]["reports"]["objects"]) == (1, 2)
+        assert result["kinds"]["reports"]["bytes"] == 6 and result["kinds"]["reports"]["cutoff"] == "2013-05-31"
+        assert result["kinds"]["reports"]["where"] == f"s3://{bucket}/lake"
+    assert prune_lake(date(2013, 6, 30))["objects"] == 0
+
+
 def test_partitions(s3_lake: S3Lake) -> None:
     for key in ("raw/flights/date=2013-01-03/data.parquet", "raw/flights/date=2013-01-03/validation.json",
                 "raw/flights/date=2013-01-01/data.parquet", "raw/flights/notes/readme.txt",

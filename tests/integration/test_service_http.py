@@ -112,6 +112,22 @@ def test_missing_field_and_empty_request_are_4xx(served: dict[str, Any]) -> None
     assert 400 <= _predict(served, []).status_code < 500
 
 
+def test_requests_are_bounded_a_413_over_the_body_limit_and_a_400_over_the_batch_limit(
+        served: dict[str, Any]) -> None:
+    from services.flight_delay_service import MAX_FLIGHTS
+    from services.middleware import MAX_BODY_BYTES
+
+    (flight,) = _flights(served["settings"], "2013-02-27", 1)
+    big = json.dumps({"flights": [flight] * (MAX_BODY_BYTES // len(json.dumps(flight)) + 1)}).encode()
+    headers = {"content-type": "application/json"}
+    said = requests.post(f"{served['url']}/predict", data=big, headers=headers, timeout=30)
+    streamed = requests.post(f"{served['url']}/predict", data=iter([big[:1000], big[1000:]]), headers=headers,
+                             timeout=30)  # chunked: no length said
+    assert [said.status_code, streamed.status_code] == [413, 413] and "bytes" in said.json()["error"]
+    over = _predict(served, [flight] * (MAX_FLIGHTS + 1))  # within the body limit, over the batch limit
+    assert over.status_code == 400 and "flights" in over.text, over.text
+
+
 def test_model_endpoint_and_openapi(served: dict[str, Any], champion_run_key: str) -> None:
     info = requests.post(f"{served['url']}/model", json={}, timeout=10).json()
     assert info["version"] == "1" and "champion" in info["aliases"]
@@ -165,15 +181,16 @@ def test_unreachable_online_store_is_a_clear_error_not_a_hang(served: dict[str, 
     timeouts of 1 s, no retries in the client (redis-py's default is 3 with up to 10 s of backoff, which once took
     11.3 s on a busy machine) and one more try by the predictor; the wall-clock bound only guards against a hang."""
     from pipelines.features.store import apply_definitions, open_store
+    from pipelines.registry.model_files import load_registered
     from pipelines.serving.contract import FeaturesUnavailable, FlightRequest
-    from pipelines.serving.predictor import ONLINE_READ_ATTEMPTS, Predictor, load_champion
+    from pipelines.serving.predictor import ONLINE_READ_ATTEMPTS, Predictor
 
     settings = served["settings"]
     broken = settings.model_copy(update={
         "feast_profile": "production", "feast_redis": f"127.0.0.1:{free_port()}",
         "feast_registry_url": f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}"})
     apply_definitions(open_store(broken))
-    predictor = Predictor(broken, champion=load_champion(settings))
+    predictor = Predictor(broken, champion=load_registered(settings))
     (flight,) = _flights(settings, "2013-02-27", 1)
     started = time.monotonic()
     with pytest.raises(FeaturesUnavailable, match="online feature store unavailable after 2 tries"):

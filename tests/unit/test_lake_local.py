@@ -330,3 +330,40 @@ def test_lake_fixture_is_a_fresh_local_lake(lake: Lake, home: Path) -> None:
     assert isinstance(lake, LocalLake)
     assert lake.list_keys("") == []
     assert Path(lake.uri).is_relative_to(home.resolve())
+
+
+def test_list_sizes_gives_each_key_its_size_and_hides_temporary_files(local: LocalLake) -> None:
+    """Sizes in bytes, for the same keys list_keys gives (retention reports what it frees)."""
+    local.write_bytes("predictions/flight_delay/date=2013-01-02/a.parquet", b"12345")
+    local.write_bytes("predictions/flight_delay/date=2013-01-03/b.parquet", b"")
+    local.write_bytes("reports/monitoring/date=2013-01-02/report.html", b"x" * 1000)
+    (local.root / "predictions/flight_delay/date=2013-01-02/.a.parquet.abc.tmp").write_bytes(b"half")
+
+    assert local.list_sizes("predictions/") == {"predictions/flight_delay/date=2013-01-02/a.parquet": 5,
+                                                "predictions/flight_delay/date=2013-01-03/b.parquet": 0}
+    assert list(local.list_sizes("")) == local.list_keys("")
+    assert local.list_sizes("labels/") == {}
+
+
+def test_delete_keys_deletes_many_skips_missing_ones_and_drops_empty_folders(local: LocalLake) -> None:
+    """A retry after a partial delete passes keys that are gone already: no error, the rest deleted."""
+    keys = [f"predictions/flight_delay/date=2013-01-0{d}/part-{i}.parquet" for d in (2, 3) for i in range(2)]
+    for key in [*keys, "labels/flight_delay/date=2013-01-02/data.parquet"]:
+        local.write_bytes(key, b"x")
+    local.delete(keys[0])
+
+    assert local.delete_keys(keys) == 4
+    assert local.delete_keys(keys) == 4
+    assert local.list_keys("") == ["labels/flight_delay/date=2013-01-02/data.parquet"]
+    assert not (local.root / "predictions").exists()
+
+
+def test_the_base_lake_lists_sizes_and_deletes_keys_through_its_primitives(local: LocalLake) -> None:
+    """A backend that overrides neither (the Lake defaults): the same answers, through read_bytes and delete."""
+    local.write_bytes("reports/monitoring/date=2013-01-02/report.json", b"{}")
+    local.write_bytes("reports/monitoring/date=2013-01-02/summary.json", b"{\"a\": 1}")
+
+    assert Lake.list_sizes(local, "reports/") == local.list_sizes("reports/") == {
+        "reports/monitoring/date=2013-01-02/report.json": 2, "reports/monitoring/date=2013-01-02/summary.json": 8}
+    assert Lake.delete_keys(local, iter(["reports/monitoring/date=2013-01-02/report.json", "missing/key"])) == 2
+    assert local.list_keys("") == ["reports/monitoring/date=2013-01-02/summary.json"]

@@ -1,5 +1,6 @@
 """The service's ASGI middleware, driven with ASGI messages as the server sends them (the HTTP side, with BentoML
-in front: tests/integration/test_service_http.py)."""
+in front: tests/integration/test_service_http.py; the bearer token through the production profile's front door:
+tests/e2e/test_production_profile.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.flight_delay_service import RETRY_AFTER_S, RetryAfterOnUnavailable
+from services.middleware import MAX_BODY_BYTES, RETRY_AFTER_S, BearerToken, BoundedBodies, RetryAfterOnUnavailable
 
 
 def _respond(status: int, app_headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
@@ -39,3 +40,76 @@ def test_a_503_says_when_to_try_again() -> None:
 def test_other_answers_pass_unchanged(status: int) -> None:
     start, _ = _respond(status, [(b"content-type", b"application/json")])
     assert start["headers"] == [(b"content-type", b"application/json")]
+
+
+class _Called:
+    """An app that records what reached it (the body it read) and answers 200."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        self.bodies.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def _drive(middleware: Any, path: str = "/predict", headers: dict[bytes, bytes] | None = None,
+           chunks: tuple[bytes, ...] = (b"{}",), method: str = "POST") -> tuple[int, dict[bytes, bytes], _Called]:
+    """One request through ``middleware(app)``: the answer's status and headers, and what reached the app."""
+    app = _Called()
+    messages = [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+                for i, chunk in enumerate(chunks)]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": list((headers or {}).items())}
+    asyncio.run(middleware(app)(scope, receive, send))
+    return sent[0]["status"], dict(sent[0]["headers"]), app
+
+
+def test_with_a_token_set_a_request_without_it_is_a_401_and_never_reaches_the_service(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_TOKEN", "s3cret-token")
+    for headers in ({}, {b"authorization": b"Bearer wrong"}, {b"authorization": b"s3cret-token"}):
+        status, answer_headers, app = _drive(BearerToken, headers=headers)
+        assert (status, app.bodies) == (401, [])
+        assert answer_headers[b"www-authenticate"].startswith(b"Bearer")
+    status, _, app = _drive(BearerToken, headers={b"authorization": b"Bearer s3cret-token"})
+    assert (status, app.bodies) == (200, [b"{}"])
+
+
+def test_the_probes_need_no_token_and_without_one_configured_the_service_is_open(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_TOKEN", "s3cret-token")
+    assert _drive(BearerToken, path="/readyz", method="GET")[0] == 200
+    monkeypatch.delenv("SERVICE_TOKEN")
+    assert _drive(BearerToken)[0] == 200
+
+
+def test_a_body_over_the_limit_is_a_413_whether_it_says_its_length_or_streams() -> None:
+    declared = {b"content-length": str(MAX_BODY_BYTES + 1).encode()}
+    status, _, app = _drive(BoundedBodies, headers=declared, chunks=(b"x" * (MAX_BODY_BYTES + 1),))
+    assert (status, app.bodies) == (413, [])
+    chunk = b"x" * (MAX_BODY_BYTES // 4)
+    status, _, app = _drive(BoundedBodies, chunks=(chunk,) * 5)  # chunked: no content-length
+    assert (status, app.bodies) == (413, [])
+    assert _drive(BoundedBodies, headers={b"content-length": b"-1"})[0] == 413
+
+
+def test_a_body_within_the_limit_reaches_the_service_whole() -> None:
+    chunk = b"y" * (MAX_BODY_BYTES // 4)
+    status, _, app = _drive(BoundedBodies, chunks=(chunk,) * 4)  # exactly the limit, streamed
+    assert (status, app.bodies) == (200, [chunk * 4])
+    status, _, app = _drive(BoundedBodies, headers={b"content-length": b"2"}, chunks=(b"{}",))
+    assert (status, app.bodies) == (200, [b"{}"])

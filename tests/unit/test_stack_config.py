@@ -108,7 +108,8 @@ def _example_with(**values: str) -> dict[str, str]:
     return read_env_file(EXAMPLE) | values
 
 
-REAL = {"AIRFLOW__API_AUTH__JWT_SECRET": "q" * 16 + "Z3x9" * 8, "AWS_ACCESS_KEY_ID": "AKIA4EXAMPLE7Q",
+REAL = {"AIRFLOW__API_AUTH__JWT_SECRET": "q" * 16 + "Z3x9" * 8, "SERVICE_TOKEN": "Vb7" * 12,
+        "AWS_ACCESS_KEY_ID": "AKIA4EXAMPLE7Q",
         "AWS_SECRET_ACCESS_KEY": "k9Vd2mQ8rT1wL5yN0pB3"}
 
 
@@ -118,7 +119,7 @@ def test_the_shipped_example_profile_is_refused_naming_each_placeholder_secret()
     with pytest.raises(StackError) as refused:
         refuse_placeholder_secrets(_example_with())
     message = str(refused.value)
-    for name in ("AIRFLOW__API_AUTH__JWT_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    for name in ("AIRFLOW__API_AUTH__JWT_SECRET", "SERVICE_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert name in message
     assert "nothing was started" in message
     with pytest.raises(StackError, match="AIRFLOW__API_AUTH__JWT_SECRET"):
@@ -127,6 +128,7 @@ def test_the_shipped_example_profile_is_refused_naming_each_placeholder_secret()
 
 @pytest.mark.parametrize(("name", "value"), [
     ("AIRFLOW__API_AUTH__JWT_SECRET", "too-short-but-real-7Qx"),
+    ("SERVICE_TOKEN", ""),
     ("AIRFLOW__CORE__FERNET_KEY", ""),
     ("AWS_SECRET_ACCESS_KEY", "<your secret key>"),
     ("MLFLOW_BACKEND_STORE_URI", "postgresql+psycopg://mlflow:changeme@127.0.0.1:5432/mlflow"),
