@@ -65,8 +65,8 @@ stop: $(STAMP) ## Stop the model service (front door and both slots) started by 
 rollback: $(STAMP) ## Make the previous champion the champion again and switch the service back to it
 	@$(PIPELINES) rollback
 
-test: $(STAMP) ## Run the whole test suite (unit, data, dags, integration, e2e)
-	@$(BIN)/python -m pytest
+test: $(STAMP) ## Run the whole test suite (unit, data, dags, integration, e2e), a file per worker on two workers
+	@$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP) ## Benchmark ingestion, validation, features (vs stock Feast), training, serving (vs bare BentoML); writes $PIPELINE_HOME/bench/results.json
 	@$(BIN)/python -m benchmarks $(if $(ENV_FILE),--env-file $(ENV_FILE))

@@ -14,6 +14,29 @@ from pipelines.core.settings import Settings, get_settings
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The files that take minutes, longest first (measured). ``make test`` runs files on two workers (pytest-xdist,
+# ``--dist loadfile --no-loadscope-reorder``: a file stays on one worker, files start in collection order): these
+# start first, so the run does not end waiting on one long file. Every other file keeps its place after them.
+LONGEST_FIRST = (
+    "tests/e2e/test_production_profile.py",
+    "tests/e2e/test_flight_delay_monitoring_airflow.py",
+    "tests/e2e/test_flight_delay_training_airflow.py",
+    "tests/integration/test_deployment.py",
+    "tests/e2e/test_airflow_ui_browser.py",
+    "tests/integration/test_service_fuzz.py",
+    "tests/e2e/test_flights_ingest_airflow.py",
+    "tests/integration/test_replay_retry.py",
+    "tests/integration/test_replay_skew_redis.py",
+    "tests/e2e/test_flight_features_airflow.py",
+    "tests/integration/test_tuning_postgres.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest in order
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh PIPELINE_HOME with the embedded (local) lake."""

@@ -146,19 +146,31 @@ def _start(settings: Settings, process: Process, env: Mapping[str, str], say: Ca
 
 
 def ensure_databases(env: Mapping[str, str]) -> list[str]:
-    """Create the PostgreSQL databases that the profile's URLs name on this machine, when missing."""
+    """Create the PostgreSQL roles and databases that the profile's URLs name on this machine, when missing: each
+    role with the profile's password (``PGPASSWORD``, or the URL's), each database owned by its URL's role,
+    through the local superuser (``STACK_POSTGRES_ADMIN``, default postgres). A role that exists keeps its
+    password. Returns the databases created."""
     import psycopg
+    from psycopg import sql
 
     targets = set()
     for value in env.values():
         parts = urlsplit(value.removeprefix("db+"))
         if parts.scheme.startswith("postgresql") and _is_local(value) and parts.path.strip("/"):
-            targets.add((parts.hostname, parts.port or 5432, parts.username or "postgres", parts.path.strip("/")))
+            targets.add((parts.hostname, parts.port or 5432, parts.username or "postgres",
+                         unquote(parts.password or env.get("PGPASSWORD", "")), parts.path.strip("/")))
+    admin_user = env.get("STACK_POSTGRES_ADMIN", "postgres")
     created = []
-    for host, port, user, name in sorted(targets):
-        with psycopg.connect(host=host, port=port, user=user, dbname="postgres", autocommit=True) as admin:
+    for host, port, user, password, name in sorted(targets):
+        with psycopg.connect(host=host, port=port, user=admin_user, dbname="postgres", autocommit=True,
+                             connect_timeout=10) as admin:
+            if user != admin_user and not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                                        (user,)).fetchone():
+                admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user),
+                                                                                  sql.Literal(password)))
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-                admin.execute(f'CREATE DATABASE "{name}"')
+                admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name),
+                                                                             sql.Identifier(user)))
                 created.append(name)
     return created
 
@@ -206,14 +218,15 @@ _PLACEHOLDERS = re.compile(r"change[-_ ]?me|placeholder|your[-_]|<.*>|^x+$|^(sec
 # The secrets a profile must set, and those it may set (checked when present).
 REQUIRED_SECRETS = ("AIRFLOW__API_AUTH__JWT_SECRET", "SERVICE_TOKEN")
 OPTIONAL_SECRETS = ("AIRFLOW__CORE__FERNET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SMTP_PASSWORD",
-                    "AIRFLOW__SMTP__SMTP_PASSWORD")
+                    "AIRFLOW__SMTP__SMTP_PASSWORD", "PGPASSWORD")
 JWT_SECRET_MIN_LENGTH = 32
 
 
 def refuse_placeholder_secrets(profile: Mapping[str, str]) -> None:
     """A profile (the production one: ``make up ENV_FILE=...``) with an empty or placeholder secret is refused,
-    naming every such variable: a JWT secret, the model service's token, Fernet key, S3 key, SMTP password, or
-    the password inside a connection URL (databases, brokers, the SMTP connection)."""
+    naming every such variable: a JWT secret, the model service's token, Fernet key, S3 key, SMTP password,
+    PostgreSQL's password (``PGPASSWORD``, when a PostgreSQL URL carries none), or the password inside a connection
+    URL (databases, brokers, the SMTP connection)."""
     problems = []
     for name in REQUIRED_SECRETS:
         value = profile.get(name, "").strip()
@@ -222,6 +235,12 @@ def refuse_placeholder_secrets(profile: Mapping[str, str]) -> None:
     for name in OPTIONAL_SECRETS:
         if name in profile and (not profile[name].strip() or _PLACEHOLDERS.search(profile[name].strip())):
             problems.append(f"{name} (empty or a placeholder)")
+    passwordless = [name for name, value in profile.items() if urlsplit(value.removeprefix("db+")).scheme
+                    .startswith("postgresql") and urlsplit(value.removeprefix("db+")).password is None]
+    pgpassword = profile.get("PGPASSWORD", "").strip()
+    if passwordless and (not pgpassword or _PLACEHOLDERS.search(pgpassword)):
+        problems.append(f"PGPASSWORD (empty or a placeholder; the PostgreSQL URLs {', '.join(passwordless)} carry "
+                        "no password of their own)")
     if profile.get("LAKE_URI", "").startswith("s3://"):
         problems += [f"{name} (the S3 lake needs it)" for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
                      if name not in profile]

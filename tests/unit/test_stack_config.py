@@ -108,7 +108,7 @@ def _example_with(**values: str) -> dict[str, str]:
     return read_env_file(EXAMPLE) | values
 
 
-REAL = {"AIRFLOW__API_AUTH__JWT_SECRET": "q" * 16 + "Z3x9" * 8, "SERVICE_TOKEN": "Vb7" * 12,
+REAL = {"AIRFLOW__API_AUTH__JWT_SECRET": "q" * 16 + "Z3x9" * 8, "SERVICE_TOKEN": "Vb7" * 12, "PGPASSWORD": "Lq4Wd9zK2m",
         "AWS_ACCESS_KEY_ID": "AKIA4EXAMPLE7Q",
         "AWS_SECRET_ACCESS_KEY": "k9Vd2mQ8rT1wL5yN0pB3"}
 
@@ -119,7 +119,8 @@ def test_the_shipped_example_profile_is_refused_naming_each_placeholder_secret()
     with pytest.raises(StackError) as refused:
         refuse_placeholder_secrets(_example_with())
     message = str(refused.value)
-    for name in ("AIRFLOW__API_AUTH__JWT_SECRET", "SERVICE_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    for name in ("AIRFLOW__API_AUTH__JWT_SECRET", "SERVICE_TOKEN", "PGPASSWORD", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY"):
         assert name in message
     assert "nothing was started" in message
     with pytest.raises(StackError, match="AIRFLOW__API_AUTH__JWT_SECRET"):
@@ -146,3 +147,16 @@ def test_a_profile_with_real_secrets_passes() -> None:
 
     refuse_placeholder_secrets(_example_with(**REAL, MLFLOW_BACKEND_STORE_URI=(
         "postgresql+psycopg://mlflow:Tq8%40vL2zR9@127.0.0.1:5432/mlflow?connect_timeout=10")))
+
+
+def test_postgresql_urls_without_a_password_need_a_real_pgpassword() -> None:
+    from pipelines.ops.stack import StackError, refuse_placeholder_secrets
+
+    profile = _example_with(**REAL)
+    assert all("pipeline@" in v for v in profile.values() if v.startswith(("postgresql", "db+postgresql")))
+    for missing in ({"PGPASSWORD": ""}, {"PGPASSWORD": "change-me"}):
+        with pytest.raises(StackError, match="PGPASSWORD .*AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+            refuse_placeholder_secrets(profile | missing)
+    without = {k: v for k, v in profile.items() if k != "PGPASSWORD"}
+    with pytest.raises(StackError, match="PGPASSWORD"):
+        refuse_placeholder_secrets(without)
