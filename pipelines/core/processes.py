@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,17 +40,25 @@ from pipelines.core.settings import PROJECT_ROOT, Settings
 log = logging.getLogger(__name__)
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10000
+
+
 def free_port(span: int = 1) -> int:
     """A port on 127.0.0.1 that nothing listens on now, with the ``span - 1`` after it free too (a front door and
-    its two slots)."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
+    its two slots). Drawn at random below the kernel's ephemeral range: a port from that range (what binding port 0
+    gives) can be taken meanwhile as the local end of any outgoing connection, and a service started a minute later
+    on it then fails with "Address already in use"."""
+    try:
+        first_ephemeral = int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    while True:  # bandit B311: a port number, not a secret
+        port = random.randrange(LOWEST_PORT, first_ephemeral - span)  # nosec B311
         try:
-            for other in range(port + 1, port + span):
+            for candidate in range(port, port + span):
                 with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", other))
+                    probe.bind(("127.0.0.1", candidate))
         except OSError:
             continue
         return port

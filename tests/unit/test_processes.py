@@ -206,3 +206,19 @@ def test_readiness_from_another_process_on_the_port_is_not_the_started_one(setti
     finally:
         server.shutdown()
         stop_process(settings, "sleeper", timeout_s=10)
+
+
+def test_free_ports_come_from_below_the_ephemeral_range_with_their_span_free() -> None:
+    """An ephemeral port (what binding port 0 gives) can be taken by any outgoing connection before the service
+    that was meant to listen on it starts: a slot failed so with "Address already in use"."""
+    import socket
+
+    from pipelines.core.processes import EPHEMERAL_PORTS, LOWEST_PORT, free_port
+
+    first_ephemeral = int(EPHEMERAL_PORTS.read_text().split()[0])
+    for _ in range(20):
+        port = free_port(3)
+        assert LOWEST_PORT <= port and port + 2 < first_ephemeral
+        for candidate in (port, port + 1, port + 2):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", candidate))
