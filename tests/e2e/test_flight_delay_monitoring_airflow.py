@@ -75,23 +75,27 @@ def monitored(real_data: Settings, real_days: list, tmp_path_factory: pytest.Tem
     # build them, or it serves stale trailing statistics (test_served_features_are_the_point_in_time_features).
     for stale in (home / "lake" / "features").glob("*/date=2013-02-2[78]"):
         shutil.rmtree(stale)
-    deploy_service(settings)
-    start_mail_server(settings)
-    env = airflow_env(settings) | {"SERVICE_PORT": str(settings.service_port), "SMTP_PORT": str(settings.smtp_port),
-                                   "MODEL_OWNERS": OWNERS}
-    runs = []
-    migrated = subprocess.run([AIRFLOW, "db", "migrate"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
-    assert migrated.returncode == 0, migrated.stdout[-3000:]
-    for logical, day in zip(LOGICAL_DATES, DAYS, strict=True):
-        result = subprocess.run([AIRFLOW, "dags", "test", DAG_ID, logical, "-c", json.dumps({"day": day.isoformat()})],
-                                env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, timeout=900)
-        (run,) = _query(env, "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND date(logical_date) = ?",
-                        DAG_ID, logical[:10])
-        runs.append({"day": day, "returncode": result.returncode, "output": result.stdout, **dict(run)})
-    yield {"settings": settings, "env": env, "runs": runs}
-    stop_all(settings)
-    stop_mail_server(settings)
+    try:  # what the fixture started is stopped even when a run fails
+        deploy_service(settings)
+        start_mail_server(settings)
+        env = airflow_env(settings) | {"SERVICE_PORT": str(settings.service_port),
+                                       "SMTP_PORT": str(settings.smtp_port), "MODEL_OWNERS": OWNERS}
+        runs = []
+        migrated = subprocess.run([AIRFLOW, "db", "migrate"], env=env, cwd=PROJECT_ROOT, capture_output=True,
+                                  text=True)
+        assert migrated.returncode == 0, migrated.stdout[-3000:]
+        for logical, day in zip(LOGICAL_DATES, DAYS, strict=True):
+            conf = json.dumps({"day": day.isoformat()})
+            result = subprocess.run([AIRFLOW, "dags", "test", DAG_ID, logical, "-c", conf], env=env,
+                                    cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    timeout=900)
+            (run,) = _query(env, "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND date(logical_date) = ?",
+                            DAG_ID, logical[:10])
+            runs.append({"day": day, "returncode": result.returncode, "output": result.stdout, **dict(run)})
+        yield {"settings": settings, "env": env, "runs": runs}
+    finally:
+        stop_all(settings)
+        stop_mail_server(settings)
 
 
 def _tail(run: dict[str, Any]) -> str:

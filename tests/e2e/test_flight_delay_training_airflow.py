@@ -66,16 +66,18 @@ def trained(real_data: Settings, free_port: Callable[..., int]) -> Iterator[dict
     port = free_port(3)
     env = airflow_env(real_data) | {"SERVICE_PORT": str(port)}
     served = real_data.model_copy(update={"service_port": port})
-    migrated = _airflow(["db", "migrate"], env)
-    assert migrated.returncode == 0, _tail(migrated)
-    # The first weekly run's moment, Monday 06:00 in New York: not before the DAG's start (2013-04-01 there).
-    result = _airflow(["dags", "test", DAG_ID, "2013-04-01T10:00:00+00:00", "-c", json.dumps(CONF)], env)
-    assert result.returncode == 0, _tail(result)
-    (run,) = _query(env, "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND logical_date LIKE '2013-04-01%'",
-                    DAG_ID)
-    yield {"env": env, "run_id": run["run_id"], "state": run["state"], "served": served,
-           "run_key": f"{DAG_ID}/2013-04-01T10:00:00+00:00/{run['run_id']}"}
-    stop_all(served)
+    try:  # what the deploy task started is stopped even when the run fails
+        migrated = _airflow(["db", "migrate"], env)
+        assert migrated.returncode == 0, _tail(migrated)
+        # The first weekly run's moment, Monday 06:00 in New York: not before the DAG's start (2013-04-01 there).
+        result = _airflow(["dags", "test", DAG_ID, "2013-04-01T10:00:00+00:00", "-c", json.dumps(CONF)], env)
+        assert result.returncode == 0, _tail(result)
+        (run,) = _query(env, "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND logical_date LIKE "
+                        "'2013-04-01%'", DAG_ID)
+        yield {"env": env, "run_id": run["run_id"], "state": run["state"], "served": served,
+               "run_key": f"{DAG_ID}/2013-04-01T10:00:00+00:00/{run['run_id']}"}
+    finally:
+        stop_all(served)
 
 
 def _served_version(trained: dict[str, Any], real_data: Settings) -> str:
