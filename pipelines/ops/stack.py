@@ -235,8 +235,8 @@ def refuse_placeholder_secrets(profile: Mapping[str, str]) -> None:
     for name in OPTIONAL_SECRETS:
         if name in profile and (not profile[name].strip() or _PLACEHOLDERS.search(profile[name].strip())):
             problems.append(f"{name} (empty or a placeholder)")
-    passwordless = [name for name, value in profile.items() if urlsplit(value.removeprefix("db+")).scheme
-                    .startswith("postgresql") and urlsplit(value.removeprefix("db+")).password is None]
+    urls = {name: urlsplit(value.removeprefix("db+")) for name, value in profile.items()}
+    passwordless = [name for name, url in urls.items() if url.scheme.startswith("postgresql") and url.password is None]
     pgpassword = profile.get("PGPASSWORD", "").strip()
     if passwordless and (not pgpassword or _PLACEHOLDERS.search(pgpassword)):
         problems.append(f"PGPASSWORD (empty or a placeholder; the PostgreSQL URLs {', '.join(passwordless)} carry "
