@@ -19,6 +19,8 @@ if [ ! -f "$env_file" ]; then
     sed -e "s/^AIRFLOW__API_AUTH__JWT_SECRET=.*/AIRFLOW__API_AUTH__JWT_SECRET=$(token)/" \
         -e "s/^SERVICE_TOKEN=.*/SERVICE_TOKEN=$(token)/" \
         -e "s/^PGPASSWORD=.*/PGPASSWORD=$(token)/" \
+        -e "s/^MLFLOW_TRACKING_PASSWORD=.*/MLFLOW_TRACKING_PASSWORD=$(token)/" \
+        -e "s/^MLFLOW_FLASK_SERVER_SECRET_KEY=.*/MLFLOW_FLASK_SERVER_SECRET_KEY=$(token)/" \
         -e "s/^AWS_ACCESS_KEY_ID=.*/AWS_ACCESS_KEY_ID=$(token)/" \
         -e "s/^AWS_SECRET_ACCESS_KEY=.*/AWS_SECRET_ACCESS_KEY=$(token)/" infra/prod.env.example > "$env_file"
     chmod 600 "$env_file"

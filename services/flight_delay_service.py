@@ -2,13 +2,13 @@
 online feature store. Everything that decides an answer is ``pipelines.serving``; this file maps it onto HTTP.
 
     bentoml serve services.flight_delay_service:FlightDelayService --port 3000    # resolves ``champion``
-    bentoml serve flight_delay:v4-<code hash>                                    # a built Bento: its version
+    bentoml serve flight_delay:v4-<run>-<code hash>                              # a built Bento: its version
 
-A Bento built by ``pipelines.deploy`` carries the argument ``model_version`` and that version's files as a
-BentoML model (``flight_delay_classifier:v<version>``), so it serves exactly the version it was built for,
-whatever the aliases say later, and starts with the registry down; without it (development) the service fetches
-``champion``'s files from the registry. Either way the model is loaded as data (``pipelines.registry.model_files``:
-its ``MLmodel`` and weights, never the pickled pyfunc wrapper).
+A Bento built by ``pipelines.deploy`` carries that version's files as a BentoML model
+(``flight_delay_classifier:v<version>-<run>``, named by its argument ``packed_model``), so it serves exactly the
+version it was built for, whatever the aliases say later, and starts with the registry down; without it
+(development) the service fetches ``champion``'s files from the registry. Either way the model is loaded as data
+(``pipelines.registry.model_files``: its ``MLmodel`` and weights, never the pickled pyfunc wrapper).
 
 Endpoints: ``POST /predict`` (one or many flights), ``POST /model`` (version, aliases, lineage), and BentoML's own
 ``/healthz``, ``/readyz``, ``/metrics`` and ``/docs.json`` (OpenAPI). Bad input is a 400 naming the field, an
@@ -31,14 +31,15 @@ from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from pydantic import Field
 
 from pipelines.core.settings import get_settings
-from pipelines.registry.model_files import load_model_files, load_registered, packed_model_tag
+from pipelines.registry.model_files import load_model_files, load_registered
 from pipelines.serving.contract import SMOKE_TEST_HEADER, FeaturesUnavailable, FlightRequest, RequestError
 from pipelines.serving.predictor import Predictor
 from services.middleware import MIDDLEWARE
 
 MAX_FLIGHTS = 1000
-MODEL_VERSION: str | None = getattr(bentoml.use_arguments(), "model_version", None)
-"""The registered version a built Bento serves (its argument); None for the service run from source."""
+PACKED_MODEL: str | None = getattr(bentoml.use_arguments(), "packed_model", None)
+"""The BentoML model a built Bento serves (its argument, ``flight_delay_classifier:v<version>-<run>``); None for
+the service run from source, which loads the registry's champion."""
 log = logging.getLogger(__name__)
 
 
@@ -58,9 +59,10 @@ def prediction_log_counter() -> Any:
 
 @bentoml.service(name="flight_delay", traffic={"timeout": 10}, http={"port": 3000})
 class FlightDelayService:
-    # The model a built Bento carries (packed by pipelines.deploy.bento before the build): BentoML copies it into the
-    # Bento, so a slot (re)starts from the Bento alone.
-    packed = bentoml.models.BentoModel(packed_model_tag(MODEL_VERSION)) if MODEL_VERSION else None
+    # The model a built Bento carries (packed by pipelines.deploy.bento before the build): the Bento names it, BentoML
+    # keeps it in the home's model store and puts it in any export or image of the Bento, so a slot (re)starts
+    # without the registry.
+    packed = bentoml.models.BentoModel(PACKED_MODEL) if PACKED_MODEL else None
 
     def __init__(self) -> None:
         settings = get_settings()

@@ -1,6 +1,6 @@
 """The model service's HTTP edge, as ASGI middleware in front of BentoML: who may ask (a bearer token, when one is
-configured), how much one request may send, what body types it takes, and what a 503 tells the caller. Each
-answers its refusal itself as JSON ``{"error": ...}`` and never reaches the service.
+configured), how much one request may send, what body types it takes, what shape a 4xx has, and what a 503
+tells the caller. Each answers its refusal itself as JSON ``{"error": ...}`` and never reaches the service.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ async def _refuse(scope: Scope, receive: Any, send: Any, status: int, error: str
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
-    return dict(scope.get("headers") or []).get(name, b"")
+    """A header of a request's scope or a response's start message (names lower-case, as ASGI servers send)."""
+    return dict((k.lower(), v) for k, v in scope.get("headers") or []).get(name, b"")
 
 
 class BearerToken:
@@ -111,26 +112,113 @@ class JsonBodiesOnly:
         await self.app(scope, receive, send)
 
 
-class RetryAfterOnUnavailable:
-    """ASGI middleware: a 503 says when to try again (``Retry-After``), so clients and HAProxy back off instead of
-    hammering a store that is down. BentoML's ``ServiceUnavailable`` sets the status but no header."""
+class _ResponseRewriter:
+    """ASGI middleware that rewrites what the service sends back to HTTP requests: ``rewrite(scope, send)`` wraps
+    one request's ``send``."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+        await self.app(scope, receive, self.rewrite(scope, send) if scope["type"] == "http" else send)
 
+    def rewrite(self, scope: Scope, send: Any) -> Any:
+        raise NotImplementedError
+
+
+def _rewriting_json(send: Any, wanted: Any, transform: Any) -> Any:
+    """A ``send`` that holds a response whose start message is ``wanted(start)`` until its body is whole, then
+    sends ``transform(the parsed JSON)`` in its place with its new length (a body that is not JSON as it was)."""
+    import json
+
+    held: dict[str, Any] = {}
+    body = bytearray()
+
+    async def send_rewritten(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and wanted(message):
+            held["start"] = message
+            return
+        if "start" not in held or message["type"] != "http.response.body":
+            await send(message)
+            return
+        body.extend(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        try:
+            data = json.dumps(transform(json.loads(bytes(body)))).encode()
+        except ValueError:
+            data = bytes(body)
+        start = held.pop("start")
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send(start | {"headers": [*headers, (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    return send_rewritten
+
+
+class RetryAfterOnUnavailable(_ResponseRewriter):
+    """ASGI middleware: a 503 says when to try again (``Retry-After``), so clients and HAProxy back off instead of
+    hammering a store that is down. BentoML's ``ServiceUnavailable`` sets the status but no header."""
+
+    def rewrite(self, scope: Scope, send: Any) -> Any:
         async def send_with_retry_after(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start" and message["status"] == 503:
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"retry-after"]
                 message = message | {"headers": [*headers, (b"retry-after", str(RETRY_AFTER_S).encode())]}
             await send(message)
 
-        await self.app(scope, receive, send_with_retry_after)
+        return send_with_retry_after
 
 
-MIDDLEWARE = (BearerToken, BoundedBodies, JsonBodiesOnly, RetryAfterOnUnavailable)
-"""In the order a request meets them: who, how much, what type; the 503 header on the way out."""
+def documented_error(body: Any) -> dict[str, Any]:
+    """A 4xx body in the shape the OpenAPI document gives every error, ``{"error": str, "detail": str}``. BentoML
+    documents that shape but answers a pydantic error with ``detail`` as a list of errors, and an
+    ``InvalidArgument`` raised by the service as a one-element list around the object."""
+    if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
+        body = body[0]
+    if not isinstance(body, dict):
+        return {"error": str(body)}
+    error = {"error": str(body.get("error", ""))}
+    detail = body.get("detail")
+    if isinstance(detail, list):  # pydantic's errors: "flights.0.flight: Input should be a valid integer; ..."
+        error["detail"] = "; ".join(
+            f"{'.'.join(str(part) for part in item.get('loc', ()) if part != 'root')}: {item.get('msg', item)}"
+            if isinstance(item, dict) else str(item) for item in detail)
+    elif detail is not None:
+        error["detail"] = str(detail)
+    return error
+
+
+class DocumentedErrors(_ResponseRewriter):
+    """ASGI middleware: a 4xx JSON answer leaves in the documented error shape (``documented_error``), so a client
+    generated from ``/docs.json`` can read every error it gets."""
+
+    def rewrite(self, scope: Scope, send: Any) -> Any:
+        return _rewriting_json(send, lambda start: 400 <= start["status"] < 500 and _header(
+            start, b"content-type").startswith(b"application/json"), documented_error)
+
+
+def with_required_bodies(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with ``requestBody.required`` set where the body's schema requires a field: BentoML
+    leaves it out, which says a POST without a body is valid (it is a 400: ``flights`` is required)."""
+    for operations in (document.get("paths") or {}).values():
+        for operation in operations.values():
+            body = operation.get("requestBody") if isinstance(operation, dict) else None
+            schemas = [media.get("schema") or {} for media in ((body or {}).get("content") or {}).values()]
+            if body is not None and any(schema.get("required") for schema in schemas):
+                body["required"] = True
+    return document
+
+
+class RequiredBodies(_ResponseRewriter):
+    """ASGI middleware: ``/docs.json`` says which request bodies are required (``with_required_bodies``)."""
+
+    def rewrite(self, scope: Scope, send: Any) -> Any:
+        if scope.get("path") != "/docs.json":
+            return send
+        return _rewriting_json(send, lambda start: start["status"] == 200, with_required_bodies)
+
+
+MIDDLEWARE = (BearerToken, BoundedBodies, JsonBodiesOnly, DocumentedErrors, RequiredBodies, RetryAfterOnUnavailable)
+"""In the order a request meets them: who, how much, what type; on the way out, errors in their documented shape,
+the document's required bodies and the 503's header."""

@@ -1,4 +1,6 @@
-"""The model service's Bento: built once per model version and packed code, tagged ``flight_delay:v{version}-{hash}``.
+"""The model service's Bento: built once per model version and packed code, tagged
+``flight_delay:v{version}-{run}-{code}``: the registered version, the first 8 hex digits of the MLflow run that
+logged it (a version number alone names a model only within one registry), and the hash of the code it packs.
 
 What it packs is the bentofile's ``include`` list (``services/bentofile.yaml``): the service and the modules it
 imports, nothing else, so its hash moves only when serving code does."""
@@ -6,6 +8,7 @@ imports, nothing else, so its hash moves only when serving code does."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import subprocess
 import sys
@@ -36,19 +39,22 @@ def code_hash(root: Path = PROJECT_ROOT) -> str:
     return digest.hexdigest()[:10]
 
 
-def bento_tag(version: str) -> str:
-    return f"{BENTO_NAME}:v{version}-{code_hash()}"
+def bento_tag(version: str, run_id: str) -> str:
+    return f"{BENTO_NAME}:v{version}-{run_id[:8]}-{code_hash()}"
 
 
 def build_bento(settings: Settings, version: str) -> str:
     """The Bento of model ``version`` and the current code, carrying the model (built once, in a process of its own
     with the home's BentoML store: ``python -m pipelines.deploy.bento``; about 10 s)."""
-    tag = bento_tag(version)
+    from pipelines.registry.model_files import registered_run_id
+
+    run_id = registered_run_id(settings, version)
+    tag = bento_tag(version, run_id)
     store = settings.pipeline_home / "bentoml" / "bentos" / BENTO_NAME / tag.split(":", 1)[1]
     if (store / "bento.yaml").exists():
         log.info("bento %s already built", tag)
         return tag
-    command = [sys.executable, "-m", "pipelines.deploy.bento", version, tag.split(":", 1)[1]]
+    command = [sys.executable, "-m", "pipelines.deploy.bento", version, run_id, tag.split(":", 1)[1]]
     # bandit B603: this Python, no shell
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=service_env(settings), capture_output=True, text=True,  # nosec B603
                             timeout=300)
@@ -58,25 +64,27 @@ def build_bento(settings: Settings, version: str) -> str:
     return tag
 
 
-def pack_model(settings: Settings, version: str) -> str:
+def pack_model(settings: Settings, version: str, run_id: str) -> str:
     """Version ``version``'s files (``pipelines.registry.model_files``) as a BentoML model in this process's
-    store, made once; refused before it is packed if they are not what registration writes."""
+    store, made once per version and run; refused before it is packed if they are not what registration writes."""
     import shutil
     import tempfile
 
     import bentoml
     from bentoml.exceptions import NotFound
 
-    from pipelines.registry.model_files import fetch_model_files, load_model_files, packed_model_tag
+    from pipelines.registry.model_files import RECORD, fetch_model_files, load_model_files, packed_model_tag
 
-    tag = packed_model_tag(version)
+    tag = packed_model_tag(version, run_id)
     try:
         bentoml.models.get(tag)
         return tag
     except NotFound:
         pass
     with tempfile.TemporaryDirectory(prefix="packed-model-") as folder:
-        fetch_model_files(settings, version, Path(folder))
+        fetched = json.loads((fetch_model_files(settings, version, Path(folder)) / RECORD).read_text())
+        if fetched["run_id"] != run_id:
+            raise DeployError(f"version {version} is run {fetched['run_id']} in the registry, not {run_id}")
         loaded = load_model_files(Path(folder))
         with bentoml.models.create(tag, labels={"model_version": version},
                                    metadata={"aliases_when_packed": ",".join(loaded.aliases)}) as model:
@@ -84,16 +92,17 @@ def pack_model(settings: Settings, version: str) -> str:
     return tag
 
 
-def _pack_and_build(version: str, bento_version: str) -> None:
+def _pack_and_build(version: str, run_id: str, bento_version: str) -> None:
     """``bentoml build`` of the bentofile with the model packed first (run with the home's ``BENTOML_HOME``)."""
     import bentoml
 
     from pipelines.core.settings import get_settings
 
-    pack_model(get_settings(), version)
+    packed = pack_model(get_settings(), version, run_id)
     bentoml.bentos.build_bentofile(str(BENTOFILE), version=bento_version, build_ctx=str(PROJECT_ROOT),
-                                   args={"model_version": version}, labels={"model_version": version})
+                                   args={"packed_model": packed},
+                                   labels={"model_version": version, "run_id": run_id})
 
 
 if __name__ == "__main__":
-    _pack_and_build(*sys.argv[1:3])
+    _pack_and_build(*sys.argv[1:4])

@@ -2,8 +2,9 @@
 test before any traffic moves, and rollback.
 
 The front door listens on ``127.0.0.1:{service_port}`` (3000) and forwards to one of two slots, ``blue`` on the
-next port and ``green`` on the one after. ``deploy_service`` builds the Bento ``flight_delay:v{version}-{code}``
-(the model version, and a hash of the code it packs, so a code change is a new Bento; an existing one is reused),
+next port and ``green`` on the one after. ``deploy_service`` builds the Bento ``flight_delay:v{version}-{run}-{code}``
+(the model version, its MLflow run, and a hash of the code it packs, so a code change is a new Bento; an existing
+one is reused),
 starts it in the idle slot beside the live one, smoke-tests it there (health, the model it loaded, golden
 requests, a burst within a latency budget), then moves traffic through HAProxy's runtime API: the new slot is
 enabled before the old one is put in maintenance, so in-flight requests finish where they started and new ones go

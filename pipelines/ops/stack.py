@@ -201,6 +201,8 @@ def service_processes(settings: Settings, env: Mapping[str, str]) -> list[Proces
         command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                    "--backend-store-uri", env["MLFLOW_BACKEND_STORE_URI"], "--serve-artifacts",
                    "--artifacts-destination", env["MLFLOW_ARTIFACTS_DESTINATION"]]
+        if env.get("MLFLOW_TRACKING_PASSWORD"):  # every call but /health needs the profile's user (401 else)
+            command += ["--app-name", "basic-auth"]
         processes.append(Process("mlflow", command, port, _answers(f"{tracking}/health",
                                                                    lambda r: r.status_code == 200)))
     return processes
@@ -210,7 +212,26 @@ def _process_env(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
     process_env = dict(env)
     if settings.s3_endpoint_url:  # MLflow's server writes artifacts to the same S3 API as the lake
         process_env.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+    if process_env.get("MLFLOW_TRACKING_PASSWORD"):
+        process_env |= mlflow_auth_env(settings, process_env)
     return process_env
+
+
+def mlflow_auth_env(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
+    """What MLflow's basic-auth server reads: its config (written to the home: the users' database, nobody but the
+    admin allowed anything) and its admin, who is the profile's tracking user (``MLFLOW_TRACKING_USERNAME`` and
+    ``_PASSWORD``, which every MLflow client of the pipeline sends)."""
+    config = settings.pipeline_home / "run" / "mlflow-auth.ini"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    database = env.get("MLFLOW_AUTH_DATABASE_URI") or f"sqlite:///{settings.pipeline_home / 'mlflow-auth.db'}"
+    # Credentials checked once a minute per user, not hashed again on every call (one server worker: nothing stale).
+    config.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                      f"database_uri = {database}\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                      "grant_default_workspace_access = false\nauth_cache_ttl_seconds = 60\n")
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_USERNAME": env.get("MLFLOW_TRACKING_USERNAME", "pipeline"),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"]}
 
 
 # Values that only say "put a secret here": a profile carrying one of them (or an empty secret) does not start.
@@ -218,13 +239,17 @@ _PLACEHOLDERS = re.compile(r"change[-_ ]?me|placeholder|your[-_]|<.*>|^x+$|^(sec
 # The secrets a profile must set, and those it may set (checked when present).
 REQUIRED_SECRETS = ("AIRFLOW__API_AUTH__JWT_SECRET", "SERVICE_TOKEN")
 OPTIONAL_SECRETS = ("AIRFLOW__CORE__FERNET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SMTP_PASSWORD",
-                    "AIRFLOW__SMTP__SMTP_PASSWORD", "PGPASSWORD")
+                    "AIRFLOW__SMTP__SMTP_PASSWORD", "PGPASSWORD", "MLFLOW_TRACKING_PASSWORD",
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY")
+# A tracking server over HTTP runs MLflow's basic auth: these must then be set (and real).
+TRACKING_SERVER_SECRETS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
 JWT_SECRET_MIN_LENGTH = 32
 
 
 def refuse_placeholder_secrets(profile: Mapping[str, str]) -> None:
     """A profile (the production one: ``make up ENV_FILE=...``) with an empty or placeholder secret is refused,
-    naming every such variable: a JWT secret, the model service's token, Fernet key, S3 key, SMTP password,
+    naming every such variable: a JWT secret, the model service's token, Fernet key, S3 key, SMTP password, the
+    MLflow server's user, password and Flask key (when tracking goes to a server),
     PostgreSQL's password (``PGPASSWORD``, when a PostgreSQL URL carries none), or the password inside a connection
     URL (databases, brokers, the SMTP connection)."""
     problems = []
@@ -241,6 +266,11 @@ def refuse_placeholder_secrets(profile: Mapping[str, str]) -> None:
     if passwordless and (not pgpassword or _PLACEHOLDERS.search(pgpassword)):
         problems.append(f"PGPASSWORD (empty or a placeholder; the PostgreSQL URLs {', '.join(passwordless)} carry "
                         "no password of their own)")
+    if profile.get("EXPERIMENT_TRACKING_URI", "").startswith("http"):
+        problems += [f"{name} (the MLflow tracking server needs it)" for name in TRACKING_SERVER_SECRETS
+                     if not profile.get(name, "").strip()]
+        if 0 < len(profile.get("MLFLOW_TRACKING_PASSWORD", "").strip()) < 12:
+            problems.append("MLFLOW_TRACKING_PASSWORD (MLflow's server takes no password under 12 characters)")
     if profile.get("LAKE_URI", "").startswith("s3://"):
         problems += [f"{name} (the S3 lake needs it)" for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
                      if name not in profile]

@@ -5,7 +5,7 @@ so run whatever code it holds. A version whose files are not what registration w
 module of its own, a weights path outside the model, a weights file that needs code to load) is refused with
 ``UnexpectedModel`` naming what is wrong.
 
-``fetch_model_files`` copies a version's two files and its registry record (version, tags, aliases) into a
+``fetch_model_files`` copies a version's two files and its registry record (version, run id, tags, aliases) into a
 folder; ``load_model_files`` loads such a folder. A Bento packs that folder as a BentoML model
 (``pipelines.deploy.bento``), so a built Bento starts with the registry down.
 """
@@ -31,9 +31,21 @@ WEIGHTS_ARTIFACT = "model"
 """The artifact name registration gives ``model.pt`` (``mlflow.pyfunc.log_model(artifacts={"model": ...})``)."""
 
 
-def packed_model_tag(version: str) -> str:
-    """The BentoML model holding version ``version``'s files, which the Bento of that version carries."""
-    return f"{MODEL_NAME}:v{version}"
+def packed_model_tag(version: str, run_id: str) -> str:
+    """The BentoML model holding version ``version``'s files, which the Bento of that version carries. The run id
+    is in it because a version number names a model only within one registry: a home whose registry was replaced
+    (or two registries sharing a home's BentoML store) has another ``v1``."""
+    return f"{MODEL_NAME}:v{version}-{run_id[:12]}"
+
+
+def registered_run_id(settings: Settings, version: str) -> str:
+    """The MLflow run that logged version ``version`` of the registered model."""
+    from mlflow import MlflowClient
+
+    from pipelines.training.tracking import use_tracking
+
+    use_tracking(settings)
+    return str(MlflowClient().get_model_version(MODEL_NAME, version).run_id)
 
 
 class UnexpectedModel(ValueError):
@@ -79,7 +91,7 @@ def _read_mlmodel(folder: Path) -> dict[str, Any]:
 
 def fetch_model_files(settings: Settings, version: str | None, into: Path) -> Path:
     """Copy version ``version`` (else the ``champion``) of the registered model into ``into``: its ``MLmodel``,
-    the weights file it names, and ``registry.json`` (version, tags, aliases). Returns ``into``."""
+    the weights file it names, and ``registry.json`` (version, run id, tags, aliases). Returns ``into``."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -94,7 +106,8 @@ def fetch_model_files(settings: Settings, version: str | None, into: Path) -> Pa
     mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{MLMODEL}", dst_path=str(into))
     path = weights_path(_read_mlmodel(into))  # judged before anything else is fetched
     mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{path}", dst_path=str(into))  # keeps its folders
-    record = {"version": str(found.version), "tags": dict(found.tags), "aliases": list(found.aliases)}
+    record = {"version": str(found.version), "run_id": found.run_id, "tags": dict(found.tags),
+              "aliases": list(found.aliases)}
     (into / RECORD).write_text(json.dumps(record, indent=1))
     return into
 

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pipelines.core.dates import LOCAL_TZ
 
 ORIGINS = ("EWR", "JFK", "LGA")
+YEARS_PATTERN = "(199[0-9]|20[0-9]{2}|2100)"
+"""The years a departure may be written in (1990 to 2100: any UTC offset keeps the conversion in range)."""
 SMOKE_TEST_HEADER = "X-Smoke-Test"
 """A request carrying this header is answered but not logged: a deployment's checks are not traffic to monitor."""
 
@@ -25,17 +27,32 @@ class FlightRequest(BaseModel):
 
     carrier: str = Field(pattern=r"^[A-Z0-9]{2}$", description="Two-character airline code, e.g. B6.",
                          examples=["B6"])
-    flight: int = Field(ge=1, le=9999, description="Flight number.", examples=[725])
+    # Strict where JSON has a type of its own: pydantic's lax mode takes "725" for a number and 1364736600 for a
+    # datetime, which the OpenAPI document (and so a generated client) calls invalid.
+    flight: int = Field(ge=1, le=9999, strict=True, description="Flight number.", examples=[725])
     origin: Literal["EWR", "JFK", "LGA"] = Field(description="New York departure airport.")
-    dest: str = Field(pattern=r"^[A-Z]{3}$", description="Destination airport (FAA code).", examples=["BQN"])
+    dest: str = Field(pattern=r"^[A-Z]{3}$", examples=["BQN"],
+                      description="Destination airport (FAA code). A well-formed code that is no known airport "
+                                  "(neither in the model's vocabulary nor in the airports reference) is a 400 "
+                                  "naming it.")
+    # The year range is in the document as a pattern (JSON Schema has no bounds for a date-time), so a client
+    # generated from it knows a departure in 0920 is a 400.
     scheduled_departure: datetime = Field(
-        description="Scheduled departure, ISO 8601; without an offset it is New York local time.",
-        examples=["2013-03-31T09:30:00-04:00"])
+        description="Scheduled departure, ISO 8601, written in a year from 1990 to 2100; without an offset it is "
+                    "New York local time.",
+        examples=["2013-03-31T09:30:00-04:00"], json_schema_extra={"pattern": f"^{YEARS_PATTERN}-"})
     # The service's OpenAPI document is 3.0, where an exclusive bound is a flag beside ``minimum`` (pydantic
     # writes the 2020-12 form, a number, which 3.0 tools such as schemathesis reject); validation is ``gt=0``.
-    distance: float = Field(gt=0, le=6000, description="Great-circle distance in miles.", examples=[1576],
-                            json_schema_extra={"minimum": 0, "exclusiveMinimum": True})
+    distance: float = Field(gt=0, le=6000, strict=True, description="Great-circle distance in miles.",
+                            examples=[1576], json_schema_extra={"minimum": 0, "exclusiveMinimum": True})
     tailnum: str | None = Field(default=None, max_length=10, description="Plane tail number, if known.")
+
+    @field_validator("scheduled_departure", mode="before")
+    @classmethod
+    def _a_string_or_datetime(cls, value: Any) -> Any:
+        if isinstance(value, int | float):
+            raise ValueError("must be an ISO 8601 string, not a number")
+        return value
 
     @field_validator("scheduled_departure")
     @classmethod
@@ -52,8 +69,6 @@ class FlightRequest(BaseModel):
                 raise ValueError(f"{value.isoformat()} does not exist in New York (the clocks skip it when "
                                  "daylight saving time starts); send it with its UTC offset")
             value = local
-        if not 1990 <= value.astimezone(new_york).year <= 2100:
-            raise ValueError("must be a date between 1990 and 2100")
         return value
 
 

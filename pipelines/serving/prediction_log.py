@@ -1,6 +1,8 @@
 """The prediction log: every answer buffered and written to ``{lake}/predictions/flight_delay/date=YYYY-MM-DD/``
 (the flight's New York date) in batches, off the request path, and read back by day. A batch the lake does not
-take is retried, then spooled to local disk and written later: never dropped.
+take is retried, then spooled to local disk and written later: never dropped. Each answer's rows are also
+journaled on local disk before the answer goes out (``pipelines.serving.journal``), so a process killed outright
+loses nothing it buffered.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from typing import Any
 import pandas as pd
 
 from pipelines.core.lake import Lake, LocalLake, partition_key
+from pipelines.serving.journal import Journal, Segment
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS_S = (0.5, 2.0)
 """Pauses between the tries of one object's write to the lake (three tries), before it goes to the spool."""
-OUTCOMES = ("written", "retried", "spooled", "drained", "lost")
+OUTCOMES = ("written", "retried", "spooled", "drained", "recovered", "lost")
 """What ``PredictionLog.counts`` counts, in rows: written to the lake at once or after retries (``retried`` counts
-tries that failed, in rows), put in the spool, written from the spool later, lost (only when the spool itself
-cannot be written at shutdown: the service logs it as an error)."""
+tries that failed, in rows), put in the spool, written from the spool later, recovered from the journal of a
+process that died (then written or spooled like any), lost (only without a journal, when the spool itself cannot
+be written at shutdown: the service logs it as an error)."""
 
 
 def read_prediction_log(lake: Lake, day: date) -> pd.DataFrame:
@@ -54,10 +58,15 @@ class PredictionLog:
     each tick until the lake takes it (a spool left by a stopped process is written by the next one). Without a
     spool, or when the spool fails too, it is held in memory until then; only what is still held at ``flush``
     (shutdown) is lost. ``counts`` (rows by outcome, ``OUTCOMES``) says what happened; ``on_count(outcome,
-    rows)`` is called as it happens (the service's metrics)."""
+    rows)`` is called as it happens (the service's metrics).
+
+    With a ``journal`` folder, ``add`` appends the rows there first, and a batch's journal segment is deleted once
+    its objects are in the lake or the spool; segments a dead process left (the slot SIGKILLed, the OOM killer)
+    are written at start and at each tick, under keys named after the segment, so a second try rewrites the same
+    objects. What is held in memory at shutdown then stays in the journal for the next process, not lost."""
 
     def __init__(self, lake: Lake, batch_rows: int = 1000, max_age_s: float = 30.0, *,
-                 background: bool = False, spool: Path | None = None,
+                 background: bool = False, spool: Path | None = None, journal: Path | None = None,
                  retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
                  on_count: Callable[[str, int], None] | None = None) -> None:
         self.lake, self.batch_rows, self.max_age_s = lake, batch_rows, max_age_s
@@ -65,6 +74,8 @@ class PredictionLog:
         # Objects the lake did not take: on local disk under the same keys, written again before each new batch.
         self.spool = LocalLake(spool, durable=True) if spool is not None else None
         self._held: list[tuple[str, bytes, int]] = []  # what neither the lake nor the spool took (in memory)
+        self.journal = Journal(journal) if journal is not None else None
+        self._kept: list[Segment] = []  # journal segments of held objects: deleted once those are drained
         self._waiting = self.spool is not None and bool(self._spooled_keys())  # something to write again
         self._retrying: Future[list[str]] | None = None
         self.counts = dict.fromkeys(OUTCOMES, 0)
@@ -74,31 +85,67 @@ class PredictionLog:
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prediction-log") if background \
             else None
+        self._in_background(self._recover)
         if background:
             threading.Thread(target=self._tick, name="prediction-log-ticker", daemon=True).start()
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         with self._lock:
+            if self.journal is not None:
+                self.journal.append(rows)
             if not self._rows:
                 self._since = time.monotonic()
             self._rows.extend(rows)
         self._write_if_due()
+
+    def _take(self) -> tuple[list[dict[str, Any]], Segment | None]:
+        """The buffered rows and their journal segment (call under the lock)."""
+        due, self._rows = self._rows, []
+        return due, self.journal.rotate() if self.journal is not None else None
 
     def _write_if_due(self) -> None:
         with self._lock:
             if not self._rows or (len(self._rows) < self.batch_rows
                                   and time.monotonic() - self._since < self.max_age_s):
                 return
-            due, self._rows = self._rows, []
+            due, segment = self._take()
+        self._in_background(self._write_batch, due, segment)
+
+    def _in_background(self, work: Callable[..., Any], *args: Any) -> None:
+        """``work(*args)`` on the writer thread (in order with the batches), else now."""
         if self._writer is None:
-            self._write(due)
+            work(*args)
         else:
-            self._writer.submit(self._write, due).add_done_callback(_log_write_failure)
+            self._writer.submit(work, *args).add_done_callback(_log_write_failure)
+
+    def _write_batch(self, rows: list[dict[str, Any]], segment: Segment | None) -> list[str]:
+        """A batch to the lake under keys named after its journal segment; the segment deleted once every object
+        is in the lake or the spool, else kept until the held ones are drained."""
+        held = len(self._held)
+        keys = self._write(rows, segment.name if segment is not None else None)
+        if segment is not None and self.journal is not None:
+            if len(self._held) > held:
+                self._kept.append(segment)
+            else:
+                self.journal.done(segment)
+        return keys
+
+    def _recover(self) -> None:
+        """Write the journal segments a dead process left (on the writer thread)."""
+        if self.journal is None:
+            return
+        for segment, rows in self.journal.take_orphans():
+            log.warning("prediction log: %d rows journaled by a process that stopped (%s); writing them",
+                        len(rows), segment.path.name)
+            self._count("recovered", len(rows))
+            self._write_batch(rows, segment)
 
     def _tick(self) -> None:
         while True:
             time.sleep(max(0.2, self.max_age_s / 4))
             self._write_if_due()
+            if self.journal is not None and self._writer is not None:
+                self._writer.submit(self._recover).add_done_callback(_log_write_failure)
             # The spool waits for the lake: try it again, one try at a time (a try against a lake that is down can
             # take longer than a tick).
             if self._waiting and self._writer is not None and (self._retrying is None or self._retrying.done()):
@@ -109,14 +156,23 @@ class PredictionLog:
         """Write what is buffered, after any batch the writer thread still holds; returns the keys written now.
         At shutdown: what can reach neither the lake nor the spool now is counted ``lost`` and logged."""
         with self._lock:
-            rows, self._rows = self._rows, []
+            rows, segment = self._take()
         # On the writer thread, after the batches it holds: one thread touches the spool and the held objects.
-        keys = self._writer.submit(self._write, rows).result() if self._writer is not None else self._write(rows)
+        keys = (self._writer.submit(self._write_batch, rows, segment).result() if self._writer is not None
+                else self._write_batch(rows, segment))
         if self._held:
             held, self._held = self._held, []
-            self._count("lost", sum(n for _, _, n in held))
-            log.error("prediction log: %d rows in %d objects reached neither the lake nor the spool; lost",
-                      sum(n for _, _, n in held), len(held))
+            rows_held = sum(n for _, _, n in held)
+            if self.journal is not None:
+                for kept in self._kept:
+                    self.journal.release(kept)
+                self._kept = []
+                log.error("prediction log: %d rows in %d objects reached neither the lake nor the spool; left in "
+                          "the journal %s for the next process", rows_held, len(held), self.journal.folder)
+            else:
+                self._count("lost", rows_held)
+                log.error("prediction log: %d rows in %d objects reached neither the lake nor the spool; lost",
+                          rows_held, len(held))
         return keys
 
     def pending(self) -> int:
@@ -146,6 +202,10 @@ class PredictionLog:
                 return False
             self._held.pop(0)
             self._count("drained", rows)
+        if self._kept and self.journal is not None:  # what they journaled is in the lake now
+            for segment in self._kept:
+                self.journal.done(segment)
+            self._kept = []
         import pyarrow.parquet as pq
 
         if self.spool is not None:  # then the spool, oldest key first
@@ -190,11 +250,11 @@ class PredictionLog:
                 return
         self._held.append((key, data, rows))
 
-    def _write(self, rows: list[dict[str, Any]]) -> list[str]:
+    def _write(self, rows: list[dict[str, Any]], name: str | None = None) -> list[str]:
         """One Parquet object per flight date (New York), so a day's traffic is one partition whenever it was
-        served; returns the keys written. Straight to Arrow (half the time of a pandas frame, and the Parquet
-        encoding releases the GIL), with the columns pandas wrote: ``served_at`` in nanoseconds, UTC. What waits
-        from earlier batches goes first."""
+        served, named ``part-{name}`` (a new name when None); returns the keys written. Straight to Arrow (half
+        the time of a pandas frame, and the Parquet encoding releases the GIL), with the columns pandas wrote:
+        ``served_at`` in nanoseconds, UTC. What waits from earlier batches goes first."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -206,10 +266,10 @@ class PredictionLog:
         served_at = table.schema.get_field_index("served_at")
         table = table.set_column(served_at, "served_at", table["served_at"].cast(pa.timestamp("ns", tz="UTC")))
         keys = []
+        name = name or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         for day in sorted(set(table["flight_date"].to_pylist())):
             part = table.filter(pc.equal(table["flight_date"], day)).drop_columns(["flight_date"])
-            key = partition_key("predictions", "flight_delay", date.fromisoformat(day),
-                                f"part-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet")
+            key = partition_key("predictions", "flight_delay", date.fromisoformat(day), f"part-{name}.parquet")
             buffer = io.BytesIO()
             pq.write_table(part, buffer)
             self._put(key, buffer.getvalue(), len(part), lake_up)
@@ -218,7 +278,7 @@ class PredictionLog:
         return keys
 
 
-def _log_write_failure(written: Future[list[str]]) -> None:
+def _log_write_failure(written: Future[Any]) -> None:
     if written.exception() is not None:
         log.error("prediction log: a batch could not be written", exc_info=written.exception())
 

@@ -63,7 +63,9 @@ class Predictor:
         self.champion = champion or load_registered(self.settings)
         lake = open_lake(self.settings)
         self.log = PredictionLog(lake, max_age_s=self.settings.prediction_log_max_age_s, background=True,
-                                 spool=self.settings.pipeline_home / "spool" / "prediction_log", on_count=on_log_count)
+                                 spool=self.settings.pipeline_home / "spool" / "prediction_log",
+                                 journal=self.settings.pipeline_home / "spool" / "prediction_journal",
+                                 on_count=on_log_count)
         self.store = open_store(self.settings)
         self.known_dests = set(self.champion.model.preprocessor.vocabularies.get("dest", [])) | self._airports(lake)
         freeze_heap()  # a service worker has loaded all it needs by now

@@ -99,6 +99,7 @@ def _profile(home: Path, free_port: Any) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex * 2,
         "SERVICE_TOKEN": uuid.uuid4().hex,
         "PGPASSWORD": uuid.uuid4().hex,
+        "MLFLOW_TRACKING_PASSWORD": uuid.uuid4().hex, "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
         # One task a worker, so the two mapped tuning tasks run on two workers at once.
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
         # A killed worker's task is noticed after 20 s without a heartbeat (production: 60).
@@ -199,6 +200,13 @@ def test_partitions_and_features_are_in_s3(chain: Stack) -> None:
 def test_the_model_is_registered_in_the_mlflow_server_with_artifacts_in_s3(chain: Stack) -> None:
     from mlflow import MlflowClient
 
+    # The server runs MLflow's basic auth: a 401 without the profile's tracking user (every client of the pipeline,
+    # and MlflowClient here, sends MLFLOW_TRACKING_USERNAME and _PASSWORD from the environment).
+    search = f"{chain.settings.experiment_tracking_uri}/api/2.0/mlflow/registered-models/search"
+    assert requests.get(search, timeout=10).status_code == 401
+    assert requests.get(search, timeout=10, auth=("pipeline", "not-the-password")).status_code == 401
+    user = (chain.profile["MLFLOW_TRACKING_USERNAME"], chain.profile["MLFLOW_TRACKING_PASSWORD"])
+    assert requests.get(search, timeout=10, auth=user).status_code == 200
     client = MlflowClient(tracking_uri=chain.settings.experiment_tracking_uri)
     champion = client.get_model_version_by_alias("flight_delay_classifier", "champion")
     assert champion.tags["lineage.window"] == f"{WINDOW[0]}..{WINDOW[1]}"

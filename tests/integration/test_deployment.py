@@ -2,35 +2,43 @@
 HAProxy front door switched through its runtime API, over the shared real-data champion. While versions change,
 clients keep sending requests through the front door the whole time, and every one of them must be answered.
 
-The tests run in order on one deployment: first deploy, its Bento started with the registry down, a no-op
-redeploy, a new version under load, a rollback by hand under load, and a failed smoke test that rolls back by
-itself."""
+The tests run in order on one deployment: another registry's version 1 built in the same home, first deploy, its
+Bento started with the registry down, a no-op redeploy, a new version under load, a rollback by hand under load, a
+failed smoke test that rolls back by itself, and slots killed under load (every answer still in the prediction
+log)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 import pytest
 import requests
+import yaml
 from mlflow import MlflowClient
 
 from pipelines.core.names import MODEL_NAME
 from pipelines.core.processes import running
 from pipelines.core.settings import Settings
-from pipelines.deploy.bento import code_hash
+from pipelines.deploy.bento import build_bento, code_hash
 from pipelines.deploy.blue_green import deploy_service, read_state, rollback_deployment, status, stop_all
 from pipelines.deploy.service import DeployError, start_service, stop_service
 from pipelines.deploy.smoke import SmokePolicy
 from pipelines.registry.gate import GatePolicy, promote_model
+from pipelines.registry.model_files import RECORD, fetch_model_files, registered_run_id
+from pipelines.registry.pyfunc import FlightDelayModel
 from pipelines.registry.register import alias_version, register_model
 from pipelines.serving.contract import requests_from_flights
+from pipelines.training.model import TrainedModel
 from pipelines.training.steps import train_pipeline
 from pipelines.training.tracking import use_tracking
 
@@ -97,7 +105,8 @@ class Traffic:
 
 @pytest.fixture(scope="module")
 def deployment(champion_settings: Settings, free_port: Callable[..., int]) -> Iterator[dict[str, Any]]:
-    settings = champion_settings.model_copy(update={"service_port": free_port(3)})
+    # Batches of the prediction log every 2 s (not 30), so a test can wait for what its traffic logged.
+    settings = champion_settings.model_copy(update={"service_port": free_port(3), "prediction_log_max_age_s": 2.0})
     frame = pd.read_parquet(settings.pipeline_home / "lake" / "validated" / "flights" / "date=2013-02-27"
                             / "data.parquet")
     state: dict[str, Any] = {"settings": settings, "url": f"http://127.0.0.1:{settings.service_port}",
@@ -117,13 +126,58 @@ def _history(settings: Settings) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
+def _register_inverted_champion(settings: Settings, folder: Path) -> Settings:
+    """A registry of its own in ``folder`` whose version 1 is the champion with its calibration's slope negated
+    (probabilities turned around), logged as registration logs a model; the same home, so the same BentoML store."""
+    files = fetch_model_files(settings, "1", folder / "champion")
+    weights = files / "artifacts" / "model.pt"
+    model = TrainedModel.from_bytes(weights.read_bytes())
+    model.calibration = (-model.calibration[0], model.calibration[1])
+    weights.write_bytes(model.to_bytes())
+    own = settings.model_copy(update={"experiment_tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
+                                      "experiment_artifacts_uri": (folder / "artifacts").as_uri()})
+    mlflow.set_tracking_uri(own.tracking_uri)
+    experiment = mlflow.create_experiment("inverted", artifact_location=own.artifact_location)
+    with mlflow.start_run(experiment_id=experiment):
+        wrapper = FlightDelayModel()
+        info = mlflow.pyfunc.log_model(name="model", python_model=wrapper, artifacts={"model": str(weights)})
+    assert str(mlflow.register_model(info.model_uri, MODEL_NAME).version) == "1"
+    return own
+
+
+def _packed_run(settings: Settings, tag: str) -> str:
+    """The MLflow run of the model the built Bento ``tag`` carries (its ``packed_model``, in the home's store)."""
+    store = settings.pipeline_home / "bentoml"
+    built = yaml.safe_load((store / "bentos" / "flight_delay" / tag.split(":")[1] / "bento.yaml").read_text())
+    name, version = built["args"]["packed_model"].split(":")
+    return str(json.loads((store / "models" / name / version / RECORD).read_text())["run_id"])
+
+
+def test_another_registrys_version_1_in_the_same_home_is_another_bento(deployment: dict[str, Any]) -> None:
+    """A version number names a model only within its registry: a home that held another registry (replaced, or
+    the training e2e's beside this champion's) must not serve that registry's Bento for this one's version 1."""
+    settings = deployment["settings"]
+    with tempfile.TemporaryDirectory(prefix="other-registry-") as folder:
+        try:
+            other = _register_inverted_champion(settings, Path(folder))
+            other_tag = build_bento(other, "1")
+            other_run = registered_run_id(other, "1")
+        finally:
+            use_tracking(settings)  # the process-wide tracking URI back for the next tests
+    tag = build_bento(settings, "1")
+    assert tag != other_tag
+    assert _packed_run(settings, other_tag) == other_run
+    assert _packed_run(settings, tag) == registered_run_id(settings, "1") != other_run
+
+
 def test_first_deploy_serves_the_champion_through_the_front_door(deployment: dict[str, Any]) -> None:
     settings = deployment["settings"]
     record = deploy_service(settings)
     assert record["status"] == "live" and record["model_version"] == "1" and record["previous"] is None
-    assert record["bento"] == f"flight_delay:v1-{code_hash()}"
+    run = registered_run_id(settings, "1")
+    assert record["bento"] == f"flight_delay:v1-{run[:8]}-{code_hash()}"
     bento = settings.pipeline_home / "bentoml" / "bentos" / "flight_delay" / record["bento"].split(":")[1]
-    assert "model_version: '1'" in (bento / "bento.yaml").read_text()
+    assert f"flight_delay_classifier:v1-{run[:12]}" in (bento / "bento.yaml").read_text()
     assert (bento / "env" / "docker" / "Dockerfile").exists()
     smoke = record["smoke_test"]
     assert smoke["passed"] and smoke["checks"]["golden"]["max_abs_difference"] < 1e-4
@@ -296,10 +350,32 @@ def test_the_live_slot_crashing_under_load_fails_over_to_the_other_slot(deployme
     restarts the dead slot and traffic returns to it."""
     settings = deployment["settings"]
     live = deploy_service(settings, version="2")["slot"]
+    started = pd.Timestamp.now(tz="UTC")
     traffic, degraded, restart = _kill_under_load(deployment, live, whole_session=True)
+    ended = pd.Timestamp.now(tz="UTC")
     assert degraded is not None and "(version 1) serves meanwhile" in degraded, degraded
     assert traffic.failures == [] and set(traffic.answered) == {200}, (traffic.failures[:3],
                                                                        sorted(set(traffic.answered)))
     for client in range(len(traffic.answers)):
         assert traffic.versions(client) == ["2", "1", "2"], traffic.versions(client)
     assert status(settings)["degraded"] is None
+    # Every answer is in the prediction log once, those the killed slot had buffered too (its journal, written
+    # by the next process that looked: the standby at its tick or the slot restarted).
+    answered = traffic.answered.count(200)
+    logged = _logged_between(settings, started, ended)
+    deadline = time.monotonic() + 60  # batches every 2 s; generous for a busy machine
+    while logged < answered and time.monotonic() < deadline:
+        time.sleep(1.0)
+        logged = _logged_between(settings, started, ended)
+    assert logged == answered, f"{answered} answered, {logged} in the prediction log"
+
+
+def _logged_between(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> int:
+    """Rows the prediction log holds for the test flight's day served between ``start`` and ``end``."""
+    from datetime import date
+
+    from pipelines.core.lake import open_lake
+    from pipelines.serving.prediction_log import read_prediction_log
+
+    frame = read_prediction_log(open_lake(settings), date(2013, 2, 27))
+    return int(frame["served_at"].between(start, end).sum()) if len(frame) else 0

@@ -51,7 +51,7 @@ def test_the_bentos_requirements_are_pinned_as_the_project_is() -> None:
 
 def test_bento_tag_names_the_model_version_and_the_code() -> None:
     assert code_hash() == code_hash() and re.fullmatch(r"[0-9a-f]{10}", code_hash())
-    assert bento_tag("7") == f"flight_delay:v7-{code_hash()}"
+    assert bento_tag("7", "0a1b2c3d4e5f") == f"flight_delay:v7-0a1b2c3d-{code_hash()}"
 
 
 @pytest.mark.parametrize("live", [None, "blue", "green"])

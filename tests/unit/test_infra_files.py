@@ -149,7 +149,7 @@ def test_helm_values_say_celery_with_external_services(helm: dict[str, Any]) -> 
 def test_postgres_init_creates_the_databases_of_the_urls() -> None:
     urls = [v for v in _prod_env().values() if re.match(r"(?:db\+)?postgresql", v)]
     wanted = {urlsplit(url).path.strip("/") for url in urls}
-    assert wanted == {"airflow", "mlflow", "feast", "optuna"}
+    assert wanted == {"airflow", "mlflow", "mlflow_auth", "feast", "optuna"}
     sql = (INFRA / "postgres-init.sql").read_text()
     created = set(re.findall(r"^\s*CREATE DATABASE\s+\"?(\w+)", sql, re.IGNORECASE | re.MULTILINE))
     assert wanted <= created

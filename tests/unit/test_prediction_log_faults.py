@@ -54,7 +54,7 @@ def test_a_failed_write_is_tried_again(lake: DownLake, tmp_path: Path) -> None:
     lake.fail_next = 2
     log.add(_rows(5))
     assert _logged(lake) == sorted(f"r{i}" for i in range(5))
-    assert log.counts == {"written": 5, "retried": 10, "spooled": 0, "drained": 0, "lost": 0}
+    assert log.counts == {"written": 5, "retried": 10, "spooled": 0, "drained": 0, "recovered": 0, "lost": 0}
     assert log.pending() == 0
 
 
@@ -70,7 +70,7 @@ def test_a_batch_the_lake_never_takes_waits_in_the_spool_and_lands_once(lake: Do
     lake.down = False
     log.add(_rows(5, start=10))
     assert _logged(lake) == sorted(f"r{i}" for i in range(15))  # every row, once
-    assert log.counts == {"written": 5, "retried": 15, "spooled": 10, "drained": 10, "lost": 0}
+    assert log.counts == {"written": 5, "retried": 15, "spooled": 10, "drained": 10, "recovered": 0, "lost": 0}
     assert log.pending() == 0 and not list((tmp_path / "spool").rglob("*.parquet"))
 
 

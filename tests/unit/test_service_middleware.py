@@ -12,11 +12,8 @@ import pytest
 from services.middleware import MAX_BODY_BYTES, RETRY_AFTER_S, BearerToken, BoundedBodies, RetryAfterOnUnavailable
 
 
-def _respond(status: int, app_headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": app_headers})
-        await send({"type": "http.response.body", "body": b"{}"})
-
+def _through(middleware: Any, app: Any) -> list[dict[str, Any]]:
+    """The messages that leave ``middleware(app)`` for one POST /predict with an empty body."""
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
@@ -25,8 +22,16 @@ def _respond(status: int, app_headers: list[tuple[bytes, bytes]]) -> list[dict[s
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b""}
 
-    asyncio.run(RetryAfterOnUnavailable(app)({"type": "http", "method": "POST", "path": "/predict"}, receive, send))
+    asyncio.run(middleware(app)({"type": "http", "method": "POST", "path": "/predict"}, receive, send))
     return sent
+
+
+def _respond(status: int, app_headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": app_headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    return _through(RetryAfterOnUnavailable, app)
 
 
 def test_a_503_says_when_to_try_again() -> None:
@@ -113,3 +118,62 @@ def test_a_body_within_the_limit_reaches_the_service_whole() -> None:
     assert (status, app.bodies) == (200, [chunk * 4])
     status, _, app = _drive(BoundedBodies, headers={b"content-length": b"2"}, chunks=(b"{}",))
     assert (status, app.bodies) == (200, [b"{}"])
+
+
+def _answered(status: int, chunks: list[bytes]) -> list[dict[str, Any]]:
+    """What leaves ``DocumentedErrors`` when the app answers ``status`` with a JSON body sent in ``chunks``."""
+    from services.middleware import DocumentedErrors
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        length = str(sum(len(c) for c in chunks)).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", length)]})
+        for i, chunk in enumerate(chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1})
+
+    return _through(DocumentedErrors, app)
+
+
+def _json_body(sent: list[dict[str, Any]]) -> Any:
+    import json
+
+    start, *bodies = sent
+    data = b"".join(m.get("body", b"") for m in bodies)
+    assert dict(start["headers"])[b"content-length"] == str(len(data)).encode()
+    return json.loads(data)
+
+
+def test_a_pydantic_400_leaves_with_detail_as_the_documented_string() -> None:
+    """BentoML's own 400 for a body pydantic refuses: ``detail`` a list where its document says a string."""
+    body = (b'{"error":"2 validation errors for Input","detail":[{"type":"int_type","loc":["flights",0,"flight"],'
+            b'"msg":"Input should be a valid integer"},{"type":"missing","loc":["root","flights"],'
+            b'"msg":"Field required"}]}')
+    sent = _answered(400, [body[:40], body[40:]])  # in two chunks, as a streamed answer comes
+    assert _json_body(sent) == {"error": "2 validation errors for Input",
+                                "detail": "flights.0.flight: Input should be a valid integer; flights: Field required"}
+
+
+def test_the_services_own_400_leaves_as_an_object_not_a_list() -> None:
+    """BentoML answers an ``InvalidArgument`` raised by the service as ``[{"error": ...}]``."""
+    sent = _answered(400, [b'[{"error":"flights[0].dest: unknown airport code \'AAA\'"}]'])
+    assert _json_body(sent) == {"error": "flights[0].dest: unknown airport code 'AAA'"}
+
+
+@pytest.mark.parametrize("status", [200, 503])
+def test_answers_other_than_4xx_leave_as_they_came(status: int) -> None:
+    sent = _answered(status, [b"[1, ", b"2]"])
+    assert [m.get("body") for m in sent[1:]] == [b"[1, ", b"2]"] and sent[0]["status"] == status
+
+
+def test_the_document_says_a_body_with_required_fields_is_required() -> None:
+    """BentoML's document leaves ``requestBody.required`` out, so a POST /predict without a body looked valid (to
+    schemathesis, and to a generated client); the service answers it 400 (``flights`` is required)."""
+    from services.middleware import with_required_bodies
+
+    document = {"paths": {"/predict": {"post": {"requestBody": {"content": {"application/json": {"schema": {
+        "type": "object", "properties": {"flights": {"type": "array"}}, "required": ["flights"]}}}}}},
+        "/model": {"post": {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}}},
+        "/healthz": {"get": {"responses": {}}}}}
+    fixed = with_required_bodies(document)
+    assert fixed["paths"]["/predict"]["post"]["requestBody"]["required"] is True
+    assert "required" not in fixed["paths"]["/model"]["post"]["requestBody"]

@@ -109,8 +109,8 @@ def _example_with(**values: str) -> dict[str, str]:
 
 
 REAL = {"AIRFLOW__API_AUTH__JWT_SECRET": "q" * 16 + "Z3x9" * 8, "SERVICE_TOKEN": "Vb7" * 12, "PGPASSWORD": "Lq4Wd9zK2m",
-        "AWS_ACCESS_KEY_ID": "AKIA4EXAMPLE7Q",
-        "AWS_SECRET_ACCESS_KEY": "k9Vd2mQ8rT1wL5yN0pB3"}
+        "AWS_ACCESS_KEY_ID": "AKIA4EXAMPLE7Q", "AWS_SECRET_ACCESS_KEY": "k9Vd2mQ8rT1wL5yN0pB3",
+        "MLFLOW_TRACKING_PASSWORD": "Hq2Zt8Wm4Kd1", "MLFLOW_FLASK_SERVER_SECRET_KEY": "pX7Rv3Nc9Ls2Bq6"}
 
 
 def test_the_shipped_example_profile_is_refused_naming_each_placeholder_secret() -> None:
@@ -120,7 +120,7 @@ def test_the_shipped_example_profile_is_refused_naming_each_placeholder_secret()
         refuse_placeholder_secrets(_example_with())
     message = str(refused.value)
     for name in ("AIRFLOW__API_AUTH__JWT_SECRET", "SERVICE_TOKEN", "PGPASSWORD", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY"):
+                 "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         assert name in message
     assert "nothing was started" in message
     with pytest.raises(StackError, match="AIRFLOW__API_AUTH__JWT_SECRET"):
@@ -134,6 +134,10 @@ def test_the_shipped_example_profile_is_refused_naming_each_placeholder_secret()
     ("AWS_SECRET_ACCESS_KEY", "<your secret key>"),
     ("MLFLOW_BACKEND_STORE_URI", "postgresql+psycopg://mlflow:changeme@127.0.0.1:5432/mlflow"),
     ("AIRFLOW_CONN_SMTP_DEFAULT", "smtp://relay:password@mail.example.com:587"),
+    ("MLFLOW_TRACKING_PASSWORD", "change-me"),
+    ("MLFLOW_TRACKING_PASSWORD", "Short7Pw"),
+    ("MLFLOW_TRACKING_USERNAME", ""),
+    ("MLFLOW_FLASK_SERVER_SECRET_KEY", ""),
 ])
 def test_one_placeholder_secret_is_enough_to_refuse(name: str, value: str) -> None:
     from pipelines.ops.stack import StackError, refuse_placeholder_secrets
@@ -160,3 +164,27 @@ def test_postgresql_urls_without_a_password_need_a_real_pgpassword() -> None:
     without = {k: v for k, v in profile.items() if k != "PGPASSWORD"}
     with pytest.raises(StackError, match="PGPASSWORD"):
         refuse_placeholder_secrets(without)
+
+
+def test_the_tracking_server_runs_basic_auth_with_the_profiles_user(tmp_path: Path) -> None:
+    """With a tracking password in the profile, MLflow's server starts with ``--app-name basic-auth``, its admin
+    the profile's tracking user, its users' database the profile's, and nobody else allowed anything. (The 401
+    without credentials, live: tests/e2e/test_production_profile.py.)"""
+    import configparser
+
+    from pipelines.core.settings import Settings
+    from pipelines.ops.stack import _process_env, service_processes
+
+    settings = Settings(pipeline_home=tmp_path, experiment_tracking_uri="http://127.0.0.1:5999")
+    profile = _example_with(**REAL)
+    env = _process_env(settings, profile)
+    [mlflow] = [p for p in service_processes(settings, env) if p.name == "mlflow"]
+    assert mlflow.command[-2:] == ["--app-name", "basic-auth"]
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == "pipeline" == profile["MLFLOW_TRACKING_USERNAME"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == REAL["MLFLOW_TRACKING_PASSWORD"]
+    config = configparser.ConfigParser()
+    config.read(env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert config["mlflow"]["database_uri"] == profile["MLFLOW_AUTH_DATABASE_URI"]
+    assert config["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    without = _process_env(settings, {k: v for k, v in profile.items() if k != "MLFLOW_TRACKING_PASSWORD"})
+    assert "--app-name" not in next(p for p in service_processes(settings, without) if p.name == "mlflow").command
