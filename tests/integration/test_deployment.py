@@ -287,11 +287,17 @@ RECOVERY_BOUND_S = 120  # a hang bound, not a target: a restart takes ~10-20 s h
 
 
 def _kill_slot(settings: Settings, slot: str, whole_session: bool) -> None:
-    """SIGKILL the slot's supervisor only (its worker orphaned, as an operator once did) or its whole session (a
-    crash of the slot)."""
+    """SIGKILL the slot's supervisor only (its worker orphaned, as an operator once did) or every process of the
+    slot, its BentoML worker (a session of its own) too: a crash, or the OOM killer, where no process gets to flush
+    what it buffered."""
+    from pipelines.core.processes import _members, _pid_file, _read_pid_file
+
     pid = running(settings, f"slot-{slot}")["pid"]  # type: ignore[index]
     if whole_session:
-        os.killpg(pid, signal.SIGKILL)
+        record = _read_pid_file(_pid_file(settings, f"slot-{slot}"))
+        assert record is not None
+        for process in _members(record):
+            process.send_signal(signal.SIGKILL)
     else:
         os.kill(pid, signal.SIGKILL)
 
@@ -345,29 +351,34 @@ def test_a_lone_slot_killed_under_load_is_restarted_by_the_keeper(deployment: di
 
 
 def test_the_live_slot_crashing_under_load_fails_over_to_the_other_slot(deployment: dict[str, Any]) -> None:
-    """Two slots: version 2 live, version 1 the standby. The live slot's whole process tree dies under load: the
-    front door marks it down on the first refused connection and sends everything to the standby; the keeper
-    restarts the dead slot and traffic returns to it."""
+    """Two slots: version 2 live, version 1 the standby. The live slot's whole process tree dies under load
+    (SIGKILL, the worker too: nothing flushed): the front door marks it down on the first refused connection and
+    sends everything to the standby; the keeper restarts the dead slot and traffic returns to it."""
     settings = deployment["settings"]
     live = deploy_service(settings, version="2")["slot"]
     started = pd.Timestamp.now(tz="UTC")
     traffic, degraded, restart = _kill_under_load(deployment, live, whole_session=True)
     ended = pd.Timestamp.now(tz="UTC")
     assert degraded is not None and "(version 1) serves meanwhile" in degraded, degraded
-    assert traffic.failures == [] and set(traffic.answered) == {200}, (traffic.failures[:3],
-                                                                       sorted(set(traffic.answered)))
+    # A request inside the worker when it dies is answered by nobody: its client sees the connection closed
+    # (HAProxy resends no POST). At most the one each client had in flight; every other is answered 200.
+    assert len(traffic.failures) <= len(traffic.answers), traffic.failures
+    assert all("Connection aborted" in failure for failure in traffic.failures), traffic.failures
+    assert set(traffic.answered) == {200}, sorted(set(traffic.answered))
     for client in range(len(traffic.answers)):
         assert traffic.versions(client) == ["2", "1", "2"], traffic.versions(client)
     assert status(settings)["degraded"] is None
     # Every answer is in the prediction log once, those the killed slot had buffered too (its journal, written
-    # by the next process that looked: the standby at its tick or the slot restarted).
+    # by the next process that looked: the standby at its tick or the slot restarted). A request cut off may be
+    # logged too: its rows are journaled before the answer goes out.
     answered = traffic.answered.count(200)
     logged = _logged_between(settings, started, ended)
     deadline = time.monotonic() + 60  # batches every 2 s; generous for a busy machine
     while logged < answered and time.monotonic() < deadline:
         time.sleep(1.0)
         logged = _logged_between(settings, started, ended)
-    assert logged == answered, f"{answered} answered, {logged} in the prediction log"
+    print(f"after the kill: {answered} answered, {len(traffic.failures)} cut off, {logged} in the prediction log")
+    assert answered <= logged <= answered + len(traffic.failures), f"{answered} answered, {logged} logged"
 
 
 def _logged_between(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> int:
