@@ -218,10 +218,18 @@ def _process_env(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
 
 
 def mlflow_auth_env(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
-    """What MLflow's basic-auth server reads: its config (written to the home: the users' database, nobody but the
-    admin allowed anything) and its admin, who is the profile's tracking user (``MLFLOW_TRACKING_USERNAME`` and
-    ``_PASSWORD``, which every MLflow client of the pipeline sends)."""
-    config = settings.pipeline_home / "run" / "mlflow-auth.ini"
+    """What MLflow's basic-auth server reads: its config file (``write_mlflow_auth_config`` writes it) and its
+    admin, who is the profile's tracking user (``MLFLOW_TRACKING_USERNAME`` and ``_PASSWORD``, which every MLflow
+    client of the pipeline sends)."""
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(settings.pipeline_home / "run" / "mlflow-auth.ini"),
+            "MLFLOW_AUTH_ADMIN_USERNAME": env.get("MLFLOW_TRACKING_USERNAME", "pipeline"),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"]}
+
+
+def write_mlflow_auth_config(settings: Settings, env: Mapping[str, str]) -> None:
+    """The basic-auth server's config at ``MLFLOW_AUTH_CONFIG_PATH``: the users' database (the profile's, else a
+    file in the home) and nobody but the admin allowed anything."""
+    config = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
     config.parent.mkdir(parents=True, exist_ok=True)
     database = env.get("MLFLOW_AUTH_DATABASE_URI") or f"sqlite:///{settings.pipeline_home / 'mlflow-auth.db'}"
     # Credentials checked once a minute per user, not hashed again on every call (one server worker: nothing stale).
@@ -229,9 +237,6 @@ def mlflow_auth_env(settings: Settings, env: Mapping[str, str]) -> dict[str, str
                       f"database_uri = {database}\n"
                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
                       "grant_default_workspace_access = false\nauth_cache_ttl_seconds = 60\n")
-    return {"MLFLOW_AUTH_CONFIG_PATH": str(config),
-            "MLFLOW_AUTH_ADMIN_USERNAME": env.get("MLFLOW_TRACKING_USERNAME", "pipeline"),
-            "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"]}
 
 
 # Values that only say "put a secret here": a profile carrying one of them (or an empty secret) does not start.
@@ -296,6 +301,8 @@ def up(profile: Mapping[str, str] | None = None, settings: Settings | None = Non
     env = _process_env(settings, airflow_env(settings, profile))
     if created := ensure_databases(env):
         say(f"Created PostgreSQL databases: {', '.join(created)}")
+    if "MLFLOW_AUTH_CONFIG_PATH" in env:
+        write_mlflow_auth_config(settings, env)
     started = [_start(settings, process, env, say) for process in service_processes(settings, env)]
     if settings.lake_root.startswith("s3://") and (created := ensure_buckets(settings, env)):
         say(f"Created S3 buckets: {', '.join(created)}")

@@ -124,8 +124,3 @@ def _rows(handle: IO[str], path: Path) -> list[dict[str, Any]]:
         rows.append(row)
     return rows
 
-
-def journal_size(folder: Path) -> int:
-    """Segments in the journal (in use or orphaned): zero once every process has written what it answered."""
-    return sum(1 for _ in folder.glob(f"{PREFIX}*{SUFFIX}")) if folder.exists() else 0
-

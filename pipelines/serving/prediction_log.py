@@ -144,8 +144,8 @@ class PredictionLog:
         while True:
             time.sleep(max(0.2, self.max_age_s / 4))
             self._write_if_due()
-            if self.journal is not None and self._writer is not None:
-                self._writer.submit(self._recover).add_done_callback(_log_write_failure)
+            if self.journal is not None:
+                self._in_background(self._recover)
             # The spool waits for the lake: try it again, one try at a time (a try against a lake that is down can
             # take longer than a tick).
             if self._waiting and self._writer is not None and (self._retrying is None or self._retrying.done()):
@@ -154,7 +154,8 @@ class PredictionLog:
 
     def flush(self) -> list[str]:
         """Write what is buffered, after any batch the writer thread still holds; returns the keys written now.
-        At shutdown: what can reach neither the lake nor the spool now is counted ``lost`` and logged."""
+        At shutdown: what can reach neither the lake nor the spool now is left in the journal for the next process
+        (without a journal, counted ``lost``), and logged."""
         with self._lock:
             rows, segment = self._take()
         # On the writer thread, after the batches it holds: one thread touches the spool and the held objects.

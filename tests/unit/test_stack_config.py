@@ -173,7 +173,7 @@ def test_the_tracking_server_runs_basic_auth_with_the_profiles_user(tmp_path: Pa
     import configparser
 
     from pipelines.core.settings import Settings
-    from pipelines.ops.stack import _process_env, service_processes
+    from pipelines.ops.stack import _process_env, service_processes, write_mlflow_auth_config
 
     settings = Settings(pipeline_home=tmp_path, experiment_tracking_uri="http://127.0.0.1:5999")
     profile = _example_with(**REAL)
@@ -182,6 +182,7 @@ def test_the_tracking_server_runs_basic_auth_with_the_profiles_user(tmp_path: Pa
     assert mlflow.command[-2:] == ["--app-name", "basic-auth"]
     assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == "pipeline" == profile["MLFLOW_TRACKING_USERNAME"]
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == REAL["MLFLOW_TRACKING_PASSWORD"]
+    write_mlflow_auth_config(settings, env)
     config = configparser.ConfigParser()
     config.read(env["MLFLOW_AUTH_CONFIG_PATH"])
     assert config["mlflow"]["database_uri"] == profile["MLFLOW_AUTH_DATABASE_URI"]
