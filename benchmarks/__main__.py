@@ -20,8 +20,8 @@ log = logging.getLogger("benchmarks")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--start", type=date.fromisoformat, help="first date (default: the demo window)")
-    parser.add_argument("--end", type=date.fromisoformat, help="last date (default: the demo window)")
+    parser.add_argument("--start", type=date.fromisoformat, help="ingestion section: first day (default 2013-01-01)")
+    parser.add_argument("--end", type=date.fromisoformat, help="ingestion section: last day (default 2013-12-31)")
     parser.add_argument("--env-file", type=Path, help="a profile's environment file, as for python -m pipelines")
     parser.add_argument("-v", "--verbose", action="store_true", help="library logs and tracebacks too")
     args = parser.parse_args(argv)

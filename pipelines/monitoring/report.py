@@ -108,14 +108,23 @@ def served_frame(predictions: pd.DataFrame) -> pd.DataFrame:
 # --- the report ---------------------------------------------------------------------------------------------------
 
 def _drift_report(columns: list[str], thresholds: dict[str, float], policy: MonitoringPolicy) -> Report:
-    from evidently import Report
-    from evidently.metrics import ValueDrift
-    from evidently.presets import DataDriftPreset
+    """Evidently's data drift of ``columns`` and the drift of the score, with their tests.
 
+    The metrics are those ``DataDriftPreset`` generates (``DriftedColumnsCount``, then one ``ValueDrift`` per
+    column, same configuration: the same results, tests and JSON), listed here instead of through the preset. The
+    preset's own page (the legacy ``DatasetDriftMetric`` and ``DataDriftTable``) computes every column's drift
+    again and draws every column's two plots a second time, while the ``ValueDrift`` widgets already drawn are
+    discarded: 1.3 of the 3.7 s of a day's report. Without it the HTML shows each column's own ``ValueDrift``
+    widget (verdict, method, score, the same two plots) in place of the table; the tests section still lists every
+    column's verdict, score and threshold on one screen."""
+    from evidently import Report
+    from evidently.metrics import DriftedColumnsCount, ValueDrift
+
+    methods = {c: method_of(c) for c in columns}
     return Report([
-        DataDriftPreset(columns=columns, drift_share=policy.drift_share,
-                        per_column_method={c: method_of(c) for c in columns},
-                        per_column_threshold={c: thresholds[c] for c in columns}),
+        DriftedColumnsCount(columns=columns, drift_share=policy.drift_share, per_column_method=methods,
+                            per_column_threshold={c: thresholds[c] for c in columns}),
+        *(ValueDrift(column=c, method=methods[c], threshold=thresholds[c]) for c in columns),
         ValueDrift(column=PREDICTION, method=method_of(PREDICTION), threshold=thresholds[PREDICTION]),
     ], include_tests=True)
 
@@ -131,8 +140,11 @@ def evidently_dataset(frame: pd.DataFrame, columns: list[str], labelled: bool = 
         categorical_columns=categorical + ([LABEL] if labelled else []), numerical_columns=numerical,
         classification=[BinaryClassification(target=LABEL, prediction_probas=PREDICTION, pos_label=1)]
         if labelled else None)
-    return Dataset.from_pandas(frame[columns + ([LABEL] if labelled else [])].reset_index(drop=True),
-                               data_definition=definition)
+    data = frame[columns + ([LABEL] if labelled else [])].reset_index(drop=True)
+    # pandas deep-copies ``attrs`` into every frame derived from this one, and Evidently derives hundreds: the
+    # reference's calibration would be copied each time (0.15 s a report) for nothing Evidently reads.
+    data.attrs = {}
+    return Dataset.from_pandas(data, data_definition=definition)
 
 
 def _read_drift(snapshot: Snapshot, columns: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core.names import LABEL
-from pipelines.training.preprocessing import Preprocessor
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from sklearn.linear_model import LogisticRegression
+
+    from pipelines.training.preprocessing import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,8 @@ class LogisticRegressionModel:
 
     def fit(self, train: pd.DataFrame) -> LogisticRegressionModel:
         from sklearn.linear_model import LogisticRegression
+
+        from pipelines.training.preprocessing import Preprocessor  # torch: not for the metrics' callers
 
         self.preprocessor = Preprocessor().fit(train)
         model = LogisticRegression(C=self.C, max_iter=MAX_ITER)

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 Status = Literal["passed", "warned", "quarantined"]
 VERDICT_FILE = "validation.json"
+GX_DATASOURCE = "lake"
+RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
+"""As the checkpoints ask (``great_expectations/checkpoints/``)."""
 DATA_FILE = "data.parquet"
 
 
@@ -160,16 +163,42 @@ def _volume_floors(lake: Lake, table: str, day: date) -> tuple[int, int]:
     return critical, warning
 
 
-def _parameters(lake: Lake, table: str, day: date) -> dict[str, Any]:
+def _shared_parameters(lake: Lake) -> dict[str, Any]:
+    """The suites' parameters every day shares: the codes of the reference tables."""
     airlines = lake.read_parquet(reference_key("airlines"))
     airports = lake.read_parquet(reference_key("airports"))
+    return {"airline_codes": sorted(airlines["carrier"].dropna().unique().tolist()),
+            "airport_codes": sorted(airports["faa"].dropna().unique().tolist())}
+
+
+def _day_parameters(lake: Lake, table: str, day: date) -> dict[str, Any]:
+    """The suites' parameters of one day: its date and its volume floors."""
     min_rows_critical, min_rows_warning = _volume_floors(lake, table, day)
-    return {
-        "airline_codes": sorted(airlines["carrier"].dropna().unique().tolist()),
-        "airport_codes": sorted(airports["faa"].dropna().unique().tolist()),
-        "partition_year": day.year, "partition_month": day.month, "partition_day": day.day,
-        "min_rows_critical": min_rows_critical, "min_rows_warning": min_rows_warning,
-    }
+    return {"partition_year": day.year, "partition_month": day.month, "partition_day": day.day,
+            "min_rows_critical": min_rows_critical, "min_rows_warning": min_rows_warning}
+
+
+def _parameters(lake: Lake, table: str, day: date, frame: pd.DataFrame, suite: Any) -> dict[str, Any]:
+    return narrowed(_shared_parameters(lake), frame, suite) | _day_parameters(lake, table, day)
+
+
+def narrowed(parameters: dict[str, Any], frame: pd.DataFrame, suite: Any) -> dict[str, Any]:
+    """``parameters`` with each code list a suite checks values against (``value_set``) cut to the codes that occur
+    in the columns it checks: the same rows are in the set, the same are not. Why: GX copies an expectation's
+    whole configuration many times per run, and the airports' 1,458 codes made the one destination check cost
+    more than the other 43 flights expectations together."""
+    columns: dict[str, set[str]] = {}
+    for expectation in suite.expectations:
+        kwargs = expectation.configuration.kwargs
+        value_set = kwargs.get("value_set")
+        if isinstance(value_set, dict) and "$PARAMETER" in value_set and "column" in kwargs:
+            columns.setdefault(value_set["$PARAMETER"], set()).add(kwargs["column"])
+    out = dict(parameters)
+    for name, checked in columns.items():
+        if name in out and checked <= set(frame.columns):
+            present = set(pd.unique(frame[sorted(checked)].to_numpy().ravel()))
+            out[name] = [code for code in out[name] if code in present]
+    return out
 
 
 def _failure(result: Any) -> Failure:
@@ -235,6 +264,40 @@ def with_consistency_columns(table: str, frame: pd.DataFrame) -> pd.DataFrame:
     return judged
 
 
+def _read_raw(lake: Lake, table: str, day: date) -> tuple[bytes, pd.DataFrame]:
+    """The raw partition's bytes and the frame GX judges (with the consistency columns)."""
+    source = raw_key(table, day)
+    if not lake.exists(source):
+        raise FileNotFoundError(f"no raw partition for {table} on {day}: expected {lake.url(source)}; run ingest first")
+    raw = lake.read_bytes(source)
+    return raw, with_consistency_columns(table, pd.read_parquet(io.BytesIO(raw)))
+
+
+def _run_name(run_key: str | None, table: str, day: date) -> str:
+    # The run key becomes GX's run name, so results in the store and Data Docs trace back to the DAG run
+    # (GX store keys may not contain '/'); retention reads the date at its end.
+    return f"{run_key or 'manual'}|{table}|{day.isoformat()}".replace("/", "|")
+
+
+def _status(failures: list[Failure]) -> Status:
+    if any(f.severity == "critical" for f in failures):
+        return "quarantined"
+    return "warned" if failures else "passed"
+
+
+def _record(lake: Lake, verdict: Verdict, gx_result: dict[str, Any], **extra: Any) -> Verdict:
+    """Write ``verdict`` beside its raw partition and remember a good day's rows for the next days' volume floors."""
+    lake.write_text(verdict_key("raw", verdict.table, date.fromisoformat(verdict.date)),
+                    verdict.to_json(gx_result=gx_result, **extra))
+    seen = (lake.uri, verdict.table, date.fromisoformat(verdict.date))
+    if verdict.status == "quarantined":
+        _ROWS_SEEN.pop(seen, None)
+    else:
+        _ROWS_SEEN[seen] = verdict.rows
+    log.log(logging.WARNING if verdict.failures else logging.DEBUG, verdict.reason())
+    return verdict
+
+
 def validate_partition(lake: Lake, settings: Settings, table: str, day: date, run_key: str | None = None,
                        result_ids: list[Any] | None = None) -> Verdict:
     """Run the table's checkpoint on the raw partition and write the verdict beside it.
@@ -243,39 +306,114 @@ def validate_partition(lake: Lake, settings: Settings, table: str, day: date, ru
     these results.
     """
     table_schema(table)  # fail early on an unknown table name
-    source = raw_key(table, day)
-    if not lake.exists(source):
-        raise FileNotFoundError(f"no raw partition for {table} on {day}: expected {lake.url(source)}; run ingest first")
-    raw = lake.read_bytes(source)
-    frame = pd.read_parquet(io.BytesIO(raw))
+    raw, frame = _read_raw(lake, table, day)
     from great_expectations.core.run_identifier import RunIdentifier
 
-    checkpoint = gx_context(settings).checkpoints.get(table)
-    # The run key becomes GX's run name, so results in the store and Data Docs trace back to the DAG run
-    # (GX store keys may not contain '/').
-    run_name = f"{run_key or 'manual'}|{table}|{day.isoformat()}".replace("/", "|")
-    run = checkpoint.run(batch_parameters={"dataframe": with_consistency_columns(table, frame)},
-                         expectation_parameters=_parameters(lake, table, day),
-                         run_id=RunIdentifier(run_name=run_name))
+    context = gx_context(settings)
+    checkpoint = context.checkpoints.get(table)
+    parameters = _parameters(lake, table, day, frame, context.suites.get(table))
+    run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters,
+                         run_id=RunIdentifier(run_name=_run_name(run_key, table, day)))
     (identifier, suite_result), = run.run_results.items()
     if result_ids is not None:
         result_ids.append(identifier)
     failures = [_failure(r) for r in suite_result.results if not r.success]
-    status: Status = "passed"
-    if any(f.severity == "critical" for f in failures):
-        status = "quarantined"
-    elif failures:
-        status = "warned"
-    verdict = Verdict(table=table, date=day.isoformat(), status=status, rows=len(frame), failures=failures,
+    verdict = Verdict(table=table, date=day.isoformat(), status=_status(failures), rows=len(frame), failures=failures,
                       gx_run_id=f"{identifier.run_id.run_name}@{identifier.run_id.run_time}", run_key=run_key,
                       raw_sha256=hashlib.sha256(raw).hexdigest())
-    lake.write_text(verdict_key("raw", table, day), verdict.to_json(gx_result=suite_result.to_json_dict()))
-    if status == "quarantined":
-        _ROWS_SEEN.pop((lake.uri, table, day), None)
-    else:
-        _ROWS_SEEN[(lake.uri, table, day)] = len(frame)
-    log.log(logging.WARNING if failures else logging.DEBUG, verdict.reason())
-    return verdict
+    return _record(lake, verdict, suite_result.to_json_dict())
+
+
+def _store_result(context: Any, result: Any, suite_name: str, run_name: str, batch_id: str) -> Any:
+    """Keep a result of ``Batch.validate`` (which stores nothing) in the GX results store, as a checkpoint run keeps
+    its own, so Data Docs render it; returns its identifier."""
+    from datetime import UTC, datetime
+
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
+    result.meta["run_id"] = run_id
+    result.meta["validation_time"] = run_id.run_time
+    suite = ExpectationSuiteIdentifier(name=suite_name)
+    identifier = ValidationResultIdentifier(batch_identifier=batch_id, expectation_suite_identifier=suite,
+                                            run_id=run_id)
+    context.validation_results_store.store_validation_results(
+        suite_validation_result=result, suite_validation_result_identifier=identifier,
+        expectation_suite_identifier=suite)
+    return identifier
+
+
+def validate_days(lake: Lake, settings: Settings, table: str, days: list[date], run_key: str | None = None,
+                  result_ids: list[Any] | None = None) -> list[Verdict]:
+    """Every day of ``days`` judged by the table's suite with the verdict a ``validate_partition`` of each gives, in
+    few GX runs (``pipelines.validation.window``): consecutive days a window at a time, a failing window halved
+    down to the days that fail, which get their full checkpoint run. Verdicts in date order."""
+    from pipelines.validation.window import bisect, split_suite, stack, windows
+
+    table_schema(table)
+    days = sorted(days)
+    read = {day: _read_raw(lake, table, day) for day in days}
+    frames = {day: frame for day, (_, frame) in read.items()}
+    context = gx_context(settings)
+    batches = context.data_sources.get(GX_DATASOURCE).get_asset(table).get_batch_definition(table)
+    full_suite = context.suites.get(table)
+    shared = narrowed(_shared_parameters(lake), pd.concat(frames.values()) if frames else pd.DataFrame(), full_suite)
+    day_parameters = set(_day_parameters(lake, table, days[0])) if days else set()
+    suite = split_suite(full_suite, day_parameters)
+    verdicts: dict[date, Verdict] = {}
+
+    def alone(day: date) -> None:
+        verdicts[day] = validate_partition(lake, settings, table, day, run_key=run_key, result_ids=result_ids)
+
+    def passes(window: list[date]) -> bool:
+        before = {day: _ROWS_SEEN.get((lake.uri, table, day)) for day in window}
+        parameters, per_day = {}, {}
+        for day in window:  # in date order: a day's volume floors count the earlier days judged good so far
+            parameters[day] = shared | _day_parameters(lake, table, day)
+            result = batches.get_batch(batch_parameters={"dataframe": frames[day]}).validate(
+                suite.per_day, expectation_parameters=parameters[day], result_format=RESULT_FORMAT) \
+                if suite.per_day.expectations else None
+            per_day[day] = result
+            failures = [_failure(r) for r in (result.results if result else []) if not r.success]
+            if _status(failures) == "quarantined":
+                _ROWS_SEEN.pop((lake.uri, table, day), None)
+            else:
+                _ROWS_SEEN[(lake.uri, table, day)] = len(frames[day])
+        batch = batches.get_batch(batch_parameters={"dataframe": stack({d: frames[d] for d in window}, parameters,
+                                                                       day_parameters)})
+        screen = batch.validate(suite.screen, expectation_parameters=shared, result_format=RESULT_FORMAT)
+        if not screen.success:
+            log.info("%s %s..%s: the window's screen failed on %s; judging it in halves", table, window[0],
+                     window[-1], ", ".join(sorted({r.expectation_config.type for r in screen.results
+                                                   if not r.success})))
+            for day, rows in before.items():  # undo the optimistic volume history
+                _ROWS_SEEN.pop((lake.uri, table, day), None)
+                if rows is not None:
+                    _ROWS_SEEN[(lake.uri, table, day)] = rows
+            return False
+        name = _run_name(run_key, table, window[-1]).replace(f"|{window[-1]}", f"|{window[0]}_to|{window[-1]}")
+        identifier = _store_result(context, screen, suite.screen.name, name, batch.id)
+        if result_ids is not None:
+            result_ids.append(identifier)
+        for day in window:
+            result = per_day[day]
+            failures = [_failure(r) for r in (result.results if result else []) if not r.success]
+            verdict = Verdict(table=table, date=day.isoformat(), status=_status(failures), rows=len(frames[day]),
+                              failures=failures, gx_run_id=f"{name}@{identifier.run_id.run_time}",
+                              run_key=run_key, raw_sha256=hashlib.sha256(read[day][0]).hexdigest())
+            verdicts[day] = _record(lake, verdict, result.to_json_dict() if result else {},
+                                    window={"first": window[0].isoformat(), "last": window[-1].isoformat(),
+                                            "screened": len(suite.screen.expectations),
+                                            "per_day": suite.per_day_names})
+        return True
+
+    for window in windows(days, frames):
+        bisect(window, passes, alone)
+    return [verdicts[day] for day in days]
 
 
 def content_hash(frame: pd.DataFrame) -> str:

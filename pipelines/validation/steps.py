@@ -15,7 +15,7 @@ from pipelines.core.lake import settings_and_lake
 from pipelines.core.names import FEED_TABLES
 from pipelines.core.progress import log_progress
 from pipelines.core.settings import Settings
-from pipelines.validation.partition import Verdict, build_data_docs, promote_partition, validate_partition
+from pipelines.validation.partition import Verdict, build_data_docs, promote_partition, validate_days
 
 
 class QuarantineError(RuntimeError):
@@ -24,16 +24,18 @@ class QuarantineError(RuntimeError):
 
 def validate_partitions(days: Iterable[date], settings: Settings | None = None,
                         run_key: str | None = None) -> dict[str, Any]:
-    """Run the GX checkpoint of every raw partition, write verdicts, then rebuild Data Docs once."""
+    """Judge every raw partition by its table's GX suite, a window of days at a time (``validate_days``: the same
+    verdicts as one checkpoint run per partition), write the verdicts, then render Data Docs once for the days
+    that had a checkpoint run of their own."""
     settings, lake = settings_and_lake(settings)
     days = list(days)
     started = time.perf_counter()
     counts = {"passed": 0, "warned": 0, "quarantined": 0}
     result_ids: list[object] = []
-    for i, day in enumerate(days, 1):
-        for table in FEED_TABLES:
-            counts[validate_partition(lake, settings, table, day, run_key=run_key, result_ids=result_ids).status] += 1
-        log_progress("validate_partitions", i, len(days), started)
+    for i, table in enumerate(FEED_TABLES, 1):
+        for verdict in validate_days(lake, settings, table, days, run_key=run_key, result_ids=result_ids):
+            counts[verdict.status] += 1
+        log_progress("validate_partitions", i * len(days), len(FEED_TABLES) * len(days), started, every=1)
     # Only this run's pages are rendered: rebuilding every stored result would grow with each run.
     docs = build_data_docs(settings, result_ids)
     return counts | {"data_docs": str(docs), "seconds": round(time.perf_counter() - started, 2)}

@@ -194,6 +194,47 @@ def test_drift_score_is_evidentlys_value_drift_for_every_column(reference: pd.Da
         drift_score(reference["temp"], day["temp"], "psi")
 
 
+def test_drift_report_holds_what_the_data_drift_preset_computes(reference: pd.DataFrame,
+                                                                 drifted_day: pd.DataFrame) -> None:
+    """The report lists the metrics ``DataDriftPreset`` generates instead of running the preset (whose own page
+    computes and plots every column again): the same metrics, values, tests and verdicts in Evidently's JSON."""
+    from evidently import Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset
+
+    from pipelines.monitoring.report import _drift_report
+
+    columns = [c for c in DRIFT_FEATURES if drifted_day[c].notna().any()]  # as build_report leaves them
+    thresholds = {c: 0.1 + 0.01 * i for i, c in enumerate([*columns, PREDICTION])}
+    policy = MonitoringPolicy()
+    data = tuple(evidently_dataset(frame, [*columns, PREDICTION]) for frame in (drifted_day, reference))
+    preset = Report([
+        DataDriftPreset(columns=columns, drift_share=policy.drift_share,
+                        per_column_method={c: method_of(c) for c in columns},
+                        per_column_threshold={c: thresholds[c] for c in columns}),
+        ValueDrift(column=PREDICTION, method=method_of(PREDICTION), threshold=thresholds[PREDICTION]),
+    ], include_tests=True).run(*data).dict()
+    ours = _drift_report(columns, thresholds, policy).run(*data).dict()
+
+    assert [(m["id"], m["config"]) for m in ours["metrics"]] == [(m["id"], m["config"]) for m in preset["metrics"]]
+    assert ours["metrics"][0]["value"] == preset["metrics"][0]["value"]  # DriftedColumnsCount: count and share
+    assert [float(m["value"]) for m in ours["metrics"][1:]] == pytest.approx(
+        [float(m["value"]) for m in preset["metrics"][1:]], abs=1e-12)  # the Jensen-Shannon sums' order varies
+    assert [(t["name"], t["status"]) for t in ours["tests"]] == [(t["name"], t["status"]) for t in preset["tests"]]
+    assert any(str(t["status"]).endswith("FAIL") for t in ours["tests"])  # the shifted features drift
+
+
+def test_the_quality_metrics_do_not_import_torch() -> None:
+    """The monitoring task computes its quality metrics with ``classification_metrics``; importing them must not
+    import torch (about a second of a fresh task process, for nothing the metrics use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.monitoring.report, pipelines.training.evaluation; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
 def test_quality_on_labelled_flights_beside_the_training_metrics(calm: tuple[dict[str, Any], Lake],
                                                                  labelled: pd.DataFrame) -> None:
     summary, lake = calm
