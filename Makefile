@@ -20,7 +20,7 @@ export PIPELINE_HOME ?= $(CURDIR)/.pipeline_home
 ENV_FILE ?=
 PIPELINES := $(BIN)/python -m pipelines $(if $(ENV_FILE),--env-file $(ENV_FILE))
 
-.PHONY: help install run year up down serve status stop rollback test bench lint lock clean
+.PHONY: help install run year up down serve status stop rollback test bench bench-scale lint lock clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-9s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ test: $(STAMP) ## Run the whole test suite (unit, data, dags, integration, e2e),
 
 bench: $(STAMP) ## Benchmark ingestion, validation, features (vs stock Feast), training, serving (vs bare BentoML); writes $PIPELINE_HOME/bench/results.json
 	@$(BIN)/python -m benchmarks $(if $(ENV_FILE),--env-file $(ENV_FILE))
+
+bench-scale: $(STAMP) ## The year's feed at 1x, 3x and 10x through ingest, validation, features, materialization, retrieval: time and peak memory per stage, docs/scale_curve.png
+	@$(BIN)/python -m benchmarks.scale --png docs/scale_curve.png
 
 lint: $(STAMP) ## ruff (with Airflow's AIR rules), the import contracts, every import declared (deptry), mypy on pipelines/, bandit
 	@$(BIN)/ruff check .

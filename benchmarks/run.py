@@ -81,7 +81,7 @@ def bench_ingestion(settings: Settings, start: date, end: date) -> dict[str, Any
     }
 
 
-def _write_results(path: Path, section: str, figures: dict[str, Any]) -> None:
+def write_results(path: Path, section: str, figures: dict[str, Any]) -> None:
     results = json.loads(path.read_text()) if path.exists() else {}
     results[section] = figures | {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -104,14 +104,14 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
     say(f"[1/5] Ingestion and validation of {start} .. {end}...")
     figures = bench_ingestion(scratch, start, end)
     results_file = bench_dir / "results.json"
-    _write_results(results_file, "ingestion", figures)
+    write_results(results_file, "ingestion", figures)
     _print_ingestion(figures)
 
     from benchmarks.features import bench_features, print_features
 
     say("[2/5] Features: the year's materialization (stock and ours), a training set, pushes, online reads...")
     features = bench_features(scratch, validated=(start, end), demo=(settings.demo_start, settings.demo_end))
-    _write_results(results_file, "features", features)
+    write_results(results_file, "features", features)
     print_features(features)
 
     from benchmarks.training import bench_training, print_training
@@ -120,21 +120,21 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
 
     say("[3/5] Training throughput...")
     training = bench_training(training_set(date_range(settings.demo_start, settings.demo_end), scratch))
-    _write_results(results_file, "training", training)
+    write_results(results_file, "training", training)
     print_training(training)
 
     from benchmarks.serving import bench_serving, print_serving
 
     say("[4/5] Serving: the service and bare BentoML under wrk...")
     serving = bench_serving(scratch, date_range(settings.demo_start, settings.demo_end))
-    _write_results(results_file, "serving", serving)
+    write_results(results_file, "serving", serving)
     print_serving(serving)
 
     from benchmarks.monitoring import bench_monitoring, print_monitoring
 
     say("[5/5] Monitoring reports...")
     monitoring = bench_monitoring(scratch)
-    _write_results(results_file, "monitoring", monitoring)
+    write_results(results_file, "monitoring", monitoring)
     print_monitoring(monitoring)
     say(f"Results written to {results_file}")
     return {"ingestion": figures, "features": features, "training": training, "serving": serving,

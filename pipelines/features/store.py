@@ -72,7 +72,8 @@ def _yaml(settings: Settings) -> Path:
 
 def open_store(settings: Settings | None = None, *, stock: bool = False) -> FeatureStore:
     """The feature store of the settings' profile, as its yaml configures it (materialization through the fast
-    engine the yaml names); ``stock=True`` materializes with Feast's own ``local`` engine instead, for comparisons."""
+    engine the yaml names, historical retrieval through the ASOF offline store); ``stock=True`` runs Feast's own
+    ``local`` engine and ``duckdb`` offline store instead, for comparisons."""
     settings = settings or get_settings()
     os.environ.update(feast_env(settings))
     (settings.pipeline_home / "feast").mkdir(parents=True, exist_ok=True)
@@ -85,9 +86,11 @@ def open_store(settings: Settings | None = None, *, stock: bool = False) -> Feat
 
         configure_duckdb_s3(settings)
     if stock:
+        from pipelines.features.offline_asof import STOCK_OFFLINE_STORE
         from pipelines.features.online_writer import STOCK_ENGINE
 
         config.batch_engine_config = STOCK_ENGINE
+        config.offline_config = {**config.offline_config, "type": STOCK_OFFLINE_STORE}
     return FeatureStore(repo_path=str(FEATURE_REPO), config=config)
 
 
@@ -246,15 +249,15 @@ def flight_entities(flights: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def training_set(days: Iterable[date], settings: Settings | None = None) -> pd.DataFrame:
+def training_set(days: Iterable[date], settings: Settings | None = None, *, stock: bool = False) -> pd.DataFrame:
     """Point-in-time correct features for every validated flight of ``days`` (prediction time = scheduled
-    departure minus two hours), with its label."""
+    departure minus two hours), with its label. ``stock=True``: through Feast's own offline store (comparisons)."""
     settings = settings or get_settings()
     lake = open_lake(settings)
     keys = [partition_key("validated", "flights", d, "data.parquet") for d in sorted(days)]
     flights = pd.concat([lake.read_parquet(k) for k in keys if lake.exists(k)], ignore_index=True)
     entities = flight_entities(flights)
-    store = open_store(settings)
+    store = open_store(settings, stock=stock)
     service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
     frame = store.get_historical_features(entity_df=entities, features=service).to_df()
     return frame.sort_values("flight_id").reset_index(drop=True)

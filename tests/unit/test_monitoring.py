@@ -216,12 +216,33 @@ def test_drift_report_holds_what_the_data_drift_preset_computes(reference: pd.Da
     ], include_tests=True).run(*data).dict()
     ours = _drift_report(columns, thresholds, policy).run(*data).dict()
 
-    assert [(m["id"], m["config"]) for m in ours["metrics"]] == [(m["id"], m["config"]) for m in preset["metrics"]]
+    def stock(config: dict[str, Any]) -> dict[str, Any]:  # LeanValueDrift is ValueDrift under another name
+        return config | {"type": config["type"].replace(":LeanValueDrift", ":ValueDrift")}
+
+    assert [stock(m["config"]) for m in ours["metrics"]] == [m["config"] for m in preset["metrics"]]
     assert ours["metrics"][0]["value"] == preset["metrics"][0]["value"]  # DriftedColumnsCount: count and share
     assert [float(m["value"]) for m in ours["metrics"][1:]] == pytest.approx(
         [float(m["value"]) for m in preset["metrics"][1:]], abs=1e-12)  # the Jensen-Shannon sums' order varies
     assert [(t["name"], t["status"]) for t in ours["tests"]] == [(t["name"], t["status"]) for t in preset["tests"]]
     assert any(str(t["status"]).endswith("FAIL") for t in ours["tests"])  # the shifted features drift
+
+
+def test_only_drifted_features_are_plotted(reference: pd.DataFrame, drifted_day: pd.DataFrame) -> None:
+    """``LeanValueDrift`` draws a feature's two plots only when it drifted; every feature keeps its verdict line,
+    and the score's distribution is always drawn."""
+    from pipelines.monitoring.report import _drift_report
+
+    columns = [c for c in DRIFT_FEATURES if drifted_day[c].notna().any()]
+    thresholds = {c: 0.1 for c in [*columns, PREDICTION]}
+    data = tuple(evidently_dataset(frame, [*columns, PREDICTION]) for frame in (drifted_day, reference))
+    snapshot = _drift_report(columns, thresholds, MonitoringPolicy()).run(*data)
+    verdicts = {t["metric_config"]["params"]["column"]: str(t["status"]).endswith("FAIL")
+                for t in snapshot.dict()["tests"] if t["metric_config"]["params"]["type"].endswith("ValueDrift")}
+    drifted = [c for c in columns if verdicts[c]]
+    assert 0 < len(drifted) < len(columns)
+    page = snapshot.get_html_str(as_iframe=False)
+    assert page.count("DATA DISTRIBUTION") == len(drifted) + 1  # the drifted features and the score
+    assert page.count("Drift in column") == len(columns) + 1  # every verdict line
 
 
 def test_the_quality_metrics_do_not_import_torch() -> None:
