@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.5
 ONLINE_READ_ATTEMPTS = 2
 """A failed online read is tried once more at once before the request gets its 503."""
+INLINE_MAX_FLIGHTS = 100
+"""The largest request ``can_answer_inline`` lets the service answer on its event loop (~5 ms of CPU)."""
+FRESHNESS_CACHE_S = 30.0
 
 
 GC_THRESHOLDS = (700, 10, 100)
@@ -67,6 +70,9 @@ class Predictor:
                                  journal=self.settings.pipeline_home / "spool" / "prediction_journal",
                                  on_count=on_log_count)
         self.store = open_store(self.settings)
+        self.store_failing = False  # the last online read failed (set and cleared by _online_features)
+        self._freshness: str | None = None
+        self._freshness_read = -1e9
         self.known_dests = set(self.champion.model.preprocessor.vocabularies.get("dest", [])) | self._airports(lake)
         freeze_heap()  # a service worker has loaded all it needs by now
 
@@ -77,10 +83,19 @@ class Predictor:
         key = reference_key("airports")
         return set(lake.read_parquet(key)["faa"].astype(str)) if lake.exists(key) else set()
 
+    def can_answer_inline(self, flights: int) -> bool:
+        """Whether ``predict`` for ``flights`` flights is short CPU work that waits on nothing: a small request,
+        the online store answering (its last read did not fail, so no read is expected to wait out the client's
+        timeouts) and the freshness cached (its refresh reads the registry). The service answers those on its
+        event loop and hands the rest to a thread, so a store outage or a large batch never holds up the probes and
+        the other requests."""
+        return (flights <= INLINE_MAX_FLIGHTS and not self.store_failing
+                and time.monotonic() - self._freshness_read <= FRESHNESS_CACHE_S)
+
     def features_as_of(self) -> str | None:
         """How fresh the online store is: the earliest end of the views' materialized windows (cached 30 s)."""
         now = time.monotonic()
-        if now - getattr(self, "_freshness_read", -1e9) > 30:
+        if now - self._freshness_read > FRESHNESS_CACHE_S:
             ends = [view.materialization_intervals[-1][1] for view in self.store.list_feature_views(allow_cache=False)
                     if view.materialization_intervals and view.name != "plane_attributes"]
             self._freshness = min(ends).isoformat() if ends else None
@@ -117,8 +132,11 @@ class Predictor:
 
         for attempt in range(1, ONLINE_READ_ATTEMPTS + 1):
             try:
-                return online_feature_columns(entities, store=self.store)
+                features = online_feature_columns(entities, store=self.store)
+                self.store_failing = False
+                return features
             except Exception as error:
+                self.store_failing = True
                 if attempt == ONLINE_READ_ATTEMPTS:
                     raise FeaturesUnavailable(f"online feature store unavailable after {attempt} tries: "
                                               f"{type(error).__name__}: {error}") from error

@@ -193,9 +193,12 @@ def test_unreachable_online_store_is_a_clear_error_not_a_hang(served: dict[str, 
     predictor = Predictor(broken, champion=load_registered(settings))
     (flight,) = _flights(settings, "2013-02-27", 1)
     started = time.monotonic()
+    assert predictor.can_answer_inline(1) is False  # the freshness is not read yet: its first read may wait
     with pytest.raises(FeaturesUnavailable, match="online feature store unavailable after 2 tries"):
         predictor.predict([FlightRequest(**flight)])
     assert time.monotonic() - started < 60
+    # Until a read succeeds, the service answers on a thread: its event loop keeps serving probes meanwhile.
+    assert predictor.store_failing and not predictor.can_answer_inline(1)
     client = predictor.store._get_provider().online_store._get_client(predictor.store.config.online_store)
     connection = client.connection_pool.connection_kwargs
     assert (connection["socket_connect_timeout"], connection["socket_timeout"]) == (1, 1)

@@ -52,11 +52,14 @@ def test_answers_are_the_frame_paths_on_real_flights(champion_settings: Settings
     from pipelines.features.store import online_feature_columns
     from pipelines.serving.contract import FlightRequest, entity_columns
     from pipelines.serving.prediction_log import feature_json
-    from pipelines.serving.predictor import Predictor
+    from pipelines.serving.predictor import INLINE_MAX_FLIGHTS, Predictor
 
     predictor = Predictor(champion_settings)
     batch = [FlightRequest(**f) for f in flights]
     expected, probabilities, features = _frame_path(predictor, batch)
+    # With the store answering and the freshness read, a few flights are answered on the service's event loop.
+    assert predictor.can_answer_inline(1) and predictor.can_answer_inline(INLINE_MAX_FLIGHTS)
+    assert not predictor.can_answer_inline(INLINE_MAX_FLIGHTS + 1)
     # The same answers; the probabilities to float32 precision: the service scores in numpy (NumpyForward), the
     # frame path in torch, and a batch of one runs other float kernels than a batch of 300, so a probability may
     # land on the other side of its 6th decimal.
