@@ -292,13 +292,15 @@ def refuse_placeholder_secrets(profile: Mapping[str, str]) -> None:
 
 
 def up(profile: Mapping[str, str] | None = None, settings: Settings | None = None,
-       say: Callable[[str], None] = log.info) -> dict[str, Any]:
+       say: Callable[[str], None] = log.info, local: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Start the stack (what already runs is kept) and return where everything is. A profile with a placeholder
-    or empty secret is refused before anything starts."""
+    or empty secret is refused before anything starts. ``local``: settings a command picks for this machine over
+    the embedded ones (``make year``'s metadata database on the local PostgreSQL, trust auth); not a profile, so
+    not held to the production profile's secrets, and a profile's own values win over it."""
     if profile:
         refuse_placeholder_secrets(profile)
     settings = settings or get_settings()
-    env = _process_env(settings, airflow_env(settings, profile))
+    env = _process_env(settings, airflow_env(settings, {**(local or {}), **(profile or {})}))
     if created := ensure_databases(env):
         say(f"Created PostgreSQL databases: {', '.join(created)}")
     if "MLFLOW_AUTH_CONFIG_PATH" in env:

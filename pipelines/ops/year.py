@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -91,15 +91,15 @@ class YearState:
         temporary.replace(path)
 
 
-def metadata_profile(settings: Settings, profile: dict[str, str] | None = None) -> dict[str, str]:
-    """``profile`` with Airflow's metadata database on PostgreSQL when it names none (created by ``make up``)."""
-    profile = dict(profile or {})
-    if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in profile:
-        home = str(settings.pipeline_home.resolve()).encode()
-        name = "airflow_year_" + hashlib.sha1(home, usedforsecurity=False).hexdigest()[:10]  # a name, not a secret
-        profile["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"{METADATA_SERVER}/{name}?connect_timeout=10"
-        profile["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = f"{METADATA_SERVER}/{name}?connect_timeout=10"
-    return profile
+def metadata_database(settings: Settings, profile: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Airflow's metadata database on this machine's PostgreSQL (created by ``make up``), one per pipeline home,
+    unless ``profile`` names its own (then nothing)."""
+    if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" in (profile or {}):
+        return {}
+    home = str(settings.pipeline_home.resolve()).encode()
+    name = "airflow_year_" + hashlib.sha1(home, usedforsecurity=False).hexdigest()[:10]  # a name, not a secret
+    url = f"{METADATA_SERVER}/{name}?connect_timeout=10"
+    return {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": url}
 
 
 def _client(settings: Settings) -> AirflowClient:
@@ -327,7 +327,8 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
     from pipelines.ops.stack import up
 
     say(f"2013 as production, {first} .. {last}, under Airflow's scheduler (pipeline home {settings.pipeline_home})")
-    stack = up(metadata_profile(settings, profile), settings=settings, say=lambda text: say(f"  {text}"))
+    stack = up(profile, settings=settings, say=lambda text: say(f"  {text}"),
+               local=metadata_database(settings, profile))
     api = _client(settings)
     api.wait_for_dags((*DAG_IDS, REPORT_DAG))
     for dag_id in (*DAG_IDS, REPORT_DAG):  # DAGs are created paused, and a paused DAG's runs stay queued

@@ -96,3 +96,38 @@ def test_served_against_feed_counts_missing_and_twice_logged_flights(lake: Lake,
     assert {k: served[k] for k in ("days", "feed_flights", "logged_flights", "missing", "duplicates")} == {
         "days": 1, "feed_flights": 3, "logged_flights": 2, "missing": 1, "duplicates": 1}
     assert served["problems"] == ["2013-05-14: 1 missing, 1 duplicated", "2013-05-15: no validated flights"]
+
+
+class _StackStarting(Exception):
+    """Raised where the stack would create its databases: everything before it (the secrets check) passed."""
+
+
+def test_the_year_on_embedded_defaults_starts_with_its_local_metadata_database(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bug: the year's own choice of the local PostgreSQL (trust auth) went through the production profile's
+    # secrets check, so `make year` refused to start on embedded defaults. Stopped where databases are created.
+    from pipelines.ops import stack
+
+    seen: dict[str, str] = {}
+
+    def ensure_databases(env: dict[str, str]) -> list[str]:
+        seen.update(env)
+        raise _StackStarting
+
+    monkeypatch.setattr(stack, "ensure_databases", ensure_databases)
+    with pytest.raises(_StackStarting):
+        year.run_year(settings=settings, say=lambda text: None)
+    assert seen["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://postgres@127.0.0.1:5432/"
+                                                                  "airflow_year_")
+    assert seen["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] == seen["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+def test_a_profile_given_to_the_year_is_still_held_to_its_secrets(settings: Settings) -> None:
+    from pipelines.ops.stack import StackError
+
+    with pytest.raises(StackError, match="SERVICE_TOKEN"):
+        year.run_year(settings=settings, say=lambda text: None, profile={"SERVICE_TOKEN": "change-me"})
+
+
+def test_a_profile_naming_its_metadata_database_keeps_it() -> None:
+    assert year.metadata_database(Settings(), {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://x"}) == {}
