@@ -14,16 +14,13 @@ report and a 30-day one).
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import shutil
 import time
-from datetime import UTC, date, datetime
-from pathlib import Path
+from datetime import date
 from typing import Any
 
 from benchmarks.console import say
+from pipelines.core.bench_results import results_file, write_results
 from pipelines.core.settings import Settings, get_settings
 
 
@@ -81,16 +78,6 @@ def bench_ingestion(settings: Settings, start: date, end: date) -> dict[str, Any
     }
 
 
-def write_results(path: Path, section: str, figures: dict[str, Any]) -> None:
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results[section] = figures | {
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, sort_keys=True))
-
-
 def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[str, Any]:
     from benchmarks.features import YEAR
 
@@ -103,15 +90,14 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
 
     say(f"[1/5] Ingestion and validation of {start} .. {end}...")
     figures = bench_ingestion(scratch, start, end)
-    results_file = bench_dir / "results.json"
-    write_results(results_file, "ingestion", figures)
+    write_results(results_file(settings), "ingestion", figures)
     _print_ingestion(figures)
 
     from benchmarks.features import bench_features, print_features
 
     say("[2/5] Features: the year's materialization (stock and ours), a training set, pushes, online reads...")
     features = bench_features(scratch, validated=(start, end), demo=(settings.demo_start, settings.demo_end))
-    write_results(results_file, "features", features)
+    write_results(results_file(settings), "features", features)
     print_features(features)
 
     from benchmarks.training import bench_training, print_training
@@ -120,23 +106,23 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
 
     say("[3/5] Training throughput...")
     training = bench_training(training_set(date_range(settings.demo_start, settings.demo_end), scratch))
-    write_results(results_file, "training", training)
+    write_results(results_file(settings), "training", training)
     print_training(training)
 
     from benchmarks.serving import bench_serving, print_serving
 
     say("[4/5] Serving: the service and bare BentoML under wrk...")
     serving = bench_serving(scratch, date_range(settings.demo_start, settings.demo_end))
-    write_results(results_file, "serving", serving)
+    write_results(results_file(settings), "serving", serving)
     print_serving(serving)
 
     from benchmarks.monitoring import bench_monitoring, print_monitoring
 
     say("[5/5] Monitoring reports...")
     monitoring = bench_monitoring(scratch)
-    write_results(results_file, "monitoring", monitoring)
+    write_results(results_file(settings), "monitoring", monitoring)
     print_monitoring(monitoring)
-    say(f"Results written to {results_file}")
+    say(f"Results written to {results_file(settings)}")
     return {"ingestion": figures, "features": features, "training": training, "serving": serving,
             "monitoring": monitoring}
 

@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from benchmarks.console import say
-    from benchmarks.run import write_results
+    from pipelines.core.bench_results import write_results
     from pipelines.core.settings import get_settings
 
     settings = get_settings()

@@ -33,6 +33,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pipelines.core.bench_results import results_file, write_results
 from pipelines.core.dates import local_midnight
 from pipelines.core.lake import open_lake, partition_key
 from pipelines.core.settings import Settings, get_settings
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 HISTORY = (date(2013, 1, 1), date(2013, 3, 31))
 YEAR = (date(2013, 4, 1), date(2013, 12, 31))
 DAG_IDS = ("flights_ingest", "flight_features", "flight_delay_training", "flight_delay_monitoring")
+DAILY_DAGS = ("flights_ingest", "flight_features", "flight_delay_monitoring")
 REPORT_DAG = "flight_delay_year_report"
 # The first champion: tuned as make run tunes it.
 FIRST_TRAINING = {"trials": 6, "time_budget_minutes": 5, "max_epochs": 20}
@@ -127,9 +129,9 @@ def _active_runs(api: AirflowClient, dag_id: str) -> int:
 
 
 def run_history(api: AirflowClient, settings: Settings, state: YearState, first: date,
-                say: Callable[[str], None]) -> None:
+                say: Callable[[str], None], first_training: Mapping[str, Any] = FIRST_TRAINING) -> None:
     """Every day before ``first`` ingested and featurized (January to March for the whole year), and the first
-    champion trained on January to March and deployed."""
+    champion trained on January to March (tuned as ``first_training`` says) and deployed."""
     start, last = HISTORY[0], first - timedelta(days=1)
     say(f"History {start} .. {last}: flights_ingest (one manual run), then flight_features on its Asset...")
     window = {"start_date": start.isoformat(), "end_date": last.isoformat()}
@@ -140,7 +142,7 @@ def run_history(api: AirflowClient, settings: Settings, state: YearState, first:
         "deployed...")
     monday = local_midnight(YEAR[0]) + timedelta(hours=6)
     champion_window = {"start_date": HISTORY[0].isoformat(), "end_date": HISTORY[1].isoformat()}
-    run = api.trigger("flight_delay_training", monday, champion_window | FIRST_TRAINING)
+    run = api.trigger("flight_delay_training", monday, champion_window | dict(first_training))
     api.wait("flight_delay_training", run, timeout_s=1800)
     state.history = True
     state.save(settings)
@@ -304,22 +306,48 @@ def year_summary(api: AirflowClient, settings: Settings, state: YearState, first
             continue
         trainings.append({"run_id": run["dag_run_id"], "type": run["run_type"], "state": run["state"],
                           "logical_date": run.get("logical_date"), "window": run.get("conf") or {}})
-    summary = {"days": f"{first}..{last}", "wall_s": round(time.time() - state.started_at),
-               "served": served_against_feed(settings, first, last),
+    costs = {dag_id: dag_costs(api, dag_id, since) for dag_id in DAG_IDS}
+    served = served_against_feed(settings, first, last)
+    summary: dict[str, Any] = {"days": f"{first}..{last}", "wall_s": round(time.time() - state.started_at),
+               "served": served,
                "faults": {"broken": state.broken, "repaired": state.repaired},
-               "trainings": trainings,
-               "costs": {dag_id: dag_costs(api, dag_id, since) for dag_id in DAG_IDS}}
+               "trainings": trainings, "costs": costs, "slowest_step": slowest_daily_step(costs)}
     path = settings.pipeline_home / "year" / "summary.json"
     path.write_text(json.dumps(summary, indent=2, default=str))
+    write_results(results_file(settings), "year", {
+        "days": summary["days"], "wall_s": summary["wall_s"], "slowest_step": summary["slowest_step"],
+        "per_day_s": {dag_id: {"median": cost["median_s"], "mean": cost["mean_s"], "runs": cost["runs"]}
+                      for dag_id, cost in costs.items()},
+        "tasks_mean_s": {dag_id: cost["tasks_mean_s"] for dag_id, cost in costs.items()},
+        "served": {k: v for k, v in served.items() if k != "problems"},
+        "trainings": len(trainings)})
     return summary
+
+
+def slowest_daily_step(costs: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The task of the daily DAGs with the longest mean, as "dag.task (seconds)"."""
+    steps = [(float(seconds), f"{dag_id}.{task}") for dag_id in DAILY_DAGS if dag_id in costs
+             for task, seconds in dict(costs[dag_id]["tasks_mean_s"]).items()]
+    if not steps:
+        return None
+    seconds, name = max(steps)
+    return f"{name} ({seconds}s)"
+
+
+def _pause(api: AirflowClient, state: YearState) -> None:
+    for backfill_id in state.backfills.values():
+        api.request("PUT", f"/backfills/{backfill_id}/pause")
 
 
 def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | None = None,
              say: Callable[[str], None] = print, broken: dict[date, str] | None = None,
-             profile: dict[str, str] | None = None) -> dict[str, Any]:
+             profile: dict[str, str] | None = None,
+             first_training: Mapping[str, Any] = FIRST_TRAINING, timeout_s: float | None = None) -> dict[str, Any]:
     """Run ``first`` .. ``last`` (default: April to December 2013) as production; see the module's docstring.
     ``broken``: the days that arrive broken and how (default ``BROKEN_DAYS``); ``profile``: a profile's
-    environment (Airflow's metadata goes to PostgreSQL unless it names a database)."""
+    environment (Airflow's metadata goes to PostgreSQL unless it names a database); ``first_training``: the first
+    champion's tuning (CI's slice tunes it lighter); ``timeout_s``: give up (pausing the backfills) when production
+    has not finished this many seconds after its backfills started (None: wait as long as it takes)."""
     if not YEAR[0] <= first <= last <= YEAR[1]:
         raise ValueError(f"the production days must lie within {YEAR[0]} .. {YEAR[1]}, got {first} .. {last}")
     os.environ.setdefault("PREDICTION_LOG_MAX_AGE_S", PREDICTION_LOG_MAX_AGE_S)
@@ -335,26 +363,30 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
         api.unpause(dag_id)
     state = YearState.load(settings)
     if not state.history:
-        run_history(api, settings, state, first, say)
+        run_history(api, settings, state, first, say, first_training)
     else:
         say("History and first champion: done in an earlier run")
     land_broken_days(settings, state, (first, last), say, broken)
     say(f"Production {first} .. {last}: backfills (watch them in the UI: {stack['ui']}, Browse > Backfills)")
     start_backfills(api, state, settings, (first, last), say)
     last_line = 0.0
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         while True:
             repair_broken_days(api, state, settings, say)
             counts = progress(api, state)
             if counts["finished"]:
                 break
+            if deadline is not None and time.monotonic() > deadline:
+                _pause(api, state)
+                raise RuntimeError(f"production {first} .. {last} not finished within {timeout_s:.0f}s: "
+                                   + _line(counts, state.started_at, first, last).strip())
             if time.monotonic() - last_line > 60:
                 say(_line(counts, state.started_at, first, last))
                 last_line = time.monotonic()
             time.sleep(POLL_S)
     except KeyboardInterrupt:
-        for backfill_id in state.backfills.values():
-            api.request("PUT", f"/backfills/{backfill_id}/pause")
+        _pause(api, state)
         say("Paused the year's backfills (the stack keeps running; make down stops it). make year continues.")
         raise
     say(_line(counts, state.started_at, first, last))
@@ -368,7 +400,8 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
     for dag_id, cost in summary["costs"].items():
         say(f"  {dag_id}: {cost['runs']} runs, median {cost['median_s']}s a run; slowest tasks "
             + ", ".join(f"{task} {seconds}s" for task, seconds in list(cost["tasks_mean_s"].items())[:3]))
-    say(f"Summary: {settings.pipeline_home / 'year' / 'summary.json'}")
+    say(f"Slowest daily step: {summary['slowest_step']}")
+    say(f"Summary: {settings.pipeline_home / 'year' / 'summary.json'} (the costs also in {results_file(settings)})")
     say(f"The year report: {REPORT_DAG} (built from the lake, emailed to the owners)...")
     report_run = api.trigger(REPORT_DAG, last, {"start_date": first.isoformat(), "end_date": last.isoformat()})
     api.wait(REPORT_DAG, report_run, timeout_s=1800)

@@ -131,3 +131,11 @@ def test_a_profile_given_to_the_year_is_still_held_to_its_secrets(settings: Sett
 
 def test_a_profile_naming_its_metadata_database_keeps_it() -> None:
     assert year.metadata_database(Settings(), {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://x"}) == {}
+
+
+def test_the_slowest_daily_step_is_named_among_the_daily_dags_only() -> None:
+    costs = {"flights_ingest": {"tasks_mean_s": {"validate": 4.0, "land": 0.5}},
+             "flight_delay_monitoring": {"tasks_mean_s": {"replay_traffic": 9.5, "build_drift_report": 1.4}},
+             "flight_delay_training": {"tasks_mean_s": {"tune": 80.0}}}  # weekly, not a daily step
+    assert year.slowest_daily_step(costs) == "flight_delay_monitoring.replay_traffic (9.5s)"
+    assert year.slowest_daily_step({}) is None
