@@ -338,6 +338,28 @@ def test_materialize_features_twice_gives_the_same_online_store(built: Built) ->
     assert first["carrier_flights_7d"].notna().all()
 
 
+def test_a_view_being_materialized_keeps_serving_its_last_values(built: Built) -> None:
+    """A bug, found by make year: materializing marks each view MATERIALIZING in the registry, and Feast refused
+    online reads of it until the run ended, so the model service answered 503 (a new slot failed its smoke test
+    while a day was being materialized). A server that reads the registry mid-run keeps serving the last values."""
+    from feast.feature_view import FeatureViewState
+
+    settings = built.on_same_lake("materializing")
+    materialize_features([DAY], settings)
+    sample = flight_entities(_validated(built.settings, "flights", [DAY])).sample(50, random_state=3)
+    before = online_features(sample, settings)
+    materializer = open_store(settings)  # as store.materialize marks it, committed to the shared registry
+    view = materializer.get_feature_view("weather_hourly")
+    view.state = FeatureViewState.MATERIALIZING
+    materializer.registry.apply_feature_view(view, materializer.project, commit=True)
+
+    server = open_store(settings)  # a server reading the registry now
+    assert server.get_feature_view("weather_hourly").state == FeatureViewState.MATERIALIZING
+    assert _differences(online_features(sample, store=server), before, _features(before)) == {}
+    weather = _online(settings, [f"weather_hourly:{c}" for c in WEATHER_FEATURES[:2]], [{"origin": "JFK"}])
+    assert weather[WEATHER_FEATURES[0]].notna().all()  # stock Feast's read path too
+
+
 @dataclass(frozen=True)
 class Window:
     """A fresh online store holding only DAY's run window."""
