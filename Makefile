@@ -20,7 +20,7 @@ export PIPELINE_HOME ?= $(CURDIR)/.pipeline_home
 ENV_FILE ?=
 PIPELINES := $(BIN)/python -m pipelines $(if $(ENV_FILE),--env-file $(ENV_FILE))
 
-.PHONY: help install run year up down serve status stop rollback test bench bench-scale lint lock clean
+.PHONY: help install run year up down serve status stop rollback test test-year-slice bench bench-scale lint lock clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-9s %s\n", $$1, $$2}'
@@ -66,7 +66,12 @@ rollback: $(STAMP) ## Make the previous champion the champion again and switch t
 	@$(PIPELINES) rollback
 
 test: $(STAMP) ## Run the whole test suite (unit, data, dags, integration, e2e), a file per worker on two workers
-	@$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+	@$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --ignore=$(YEAR_SLICE)
+
+# Not yet in make test (CI): about 12 minutes alone, and new models' smoke tests race the live pushes (README).
+YEAR_SLICE := tests/e2e/test_year_slice.py
+test-year-slice: $(STAMP) ## A week of July 2013 under the scheduler (make year's slice): drift retrain, deploy, a re-run day, nothing lost
+	@$(BIN)/python -m pytest -p no:randomly $(YEAR_SLICE)
 
 bench: $(STAMP) ## Benchmark ingestion, validation, features (vs stock Feast), training, serving (vs bare BentoML); writes $PIPELINE_HOME/bench/results.json
 	@$(BIN)/python -m benchmarks $(if $(ENV_FILE),--env-file $(ENV_FILE))

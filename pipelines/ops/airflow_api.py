@@ -26,6 +26,10 @@ class AirflowApiError(RuntimeError):
     """The API refused a request or a run did not finish as expected; the message carries the API's answer."""
 
 
+PAGE = 100
+"""Airflow's REST API page size (``[api] maximum_page_limit``'s default): a larger ``limit`` is cut to it."""
+
+
 @dataclass
 class AirflowClient:
     """Airflow's REST API at ``url``, logged in as ``user`` (a JWT from ``/auth/token``, renewed when refused)."""
@@ -58,6 +62,16 @@ class AirflowClient:
         if answer.status_code >= 400:
             raise AirflowApiError(f"{method} {path}: {answer.status_code} {answer.text[:500]}")
         return answer.json() if answer.content else None
+
+    def every(self, path: str, key: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every item of a listing, page by page: the API answers at most ``PAGE`` items a request, whatever
+        ``limit`` asks (a year's runs are several hundred)."""
+        items: list[dict[str, Any]] = []
+        while True:
+            answer = self.request("GET", path, params={**(params or {}), "limit": PAGE, "offset": len(items)})
+            items += answer[key]
+            if not answer[key] or len(items) >= int(answer["total_entries"]):
+                return items
 
     def wait_for_dags(self, dag_ids: list[str] | tuple[str, ...], timeout_s: float = 180) -> list[dict[str, Any]]:
         """The DAGs' details once the DAG processor has parsed them (it starts with the stack, then parses)."""

@@ -249,15 +249,17 @@ def _seconds(start: str | None, end: str | None) -> float | None:
 
 def dag_costs(api: AirflowClient, dag_id: str, since: datetime) -> dict[str, Any]:
     """What the DAG's runs since ``since`` (run after it) cost: runs, wall seconds per run (median and mean), and
-    per task the mean seconds of its successful tries, the slowest first."""
-    runs = api.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 1000, "start_date_gte": since.isoformat(),
-                                                                 "state": ["success"]})["dag_runs"]
+    per task the mean seconds of its successful tries, the slowest first. The scheduler's own runs (for today,
+    past the feed) are not the year's and are left out."""
+    runs = [run for run in api.every(f"/dags/{dag_id}/dagRuns", "dag_runs",
+                                     {"start_date_gte": since.isoformat(), "state": ["success"]})
+            if run["run_type"] != "scheduled"]
     walls = sorted(w for run in runs if (w := _seconds(run.get("start_date"), run.get("end_date"))) is not None)
     tasks: dict[str, list[float]] = {}
     ids = {run["dag_run_id"] for run in runs}
-    answer = api.request("GET", f"/dags/{dag_id}/dagRuns/~/taskInstances", params={"limit": 10000})
-    for ti in answer["task_instances"]:
-        if ti["dag_run_id"] in ids and ti["state"] == "success" and ti.get("duration") is not None:
+    for ti in api.every(f"/dags/{dag_id}/dagRuns/~/taskInstances", "task_instances",
+                        {"start_date_gte": since.isoformat(), "state": ["success"]}):
+        if ti["dag_run_id"] in ids and ti.get("duration") is not None:
             tasks.setdefault(ti["task_id"], []).append(float(ti["duration"]))
     per_task = {task: round(sum(values) / len(values), 1) for task, values in tasks.items()}
     return {"runs": len(runs), "median_s": round(walls[len(walls) // 2], 1) if walls else None,
@@ -300,8 +302,7 @@ def year_summary(api: AirflowClient, settings: Settings, state: YearState, first
     """The year in figures: flights served against the feed, faults, trainings and what each DAG cost."""
     since = datetime.fromtimestamp(state.started_at).astimezone()
     trainings = []
-    for run in api.request("GET", "/dags/flight_delay_training/dagRuns",
-                           params={"limit": 1000, "start_date_gte": since.isoformat()})["dag_runs"]:
+    for run in api.every("/dags/flight_delay_training/dagRuns", "dag_runs", {"start_date_gte": since.isoformat()}):
         if run["run_type"] == "scheduled":  # the scheduler's own runs are for today, past the feed: skipped
             continue
         trainings.append({"run_id": run["dag_run_id"], "type": run["run_type"], "state": run["state"],

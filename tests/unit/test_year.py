@@ -139,3 +139,22 @@ def test_the_slowest_daily_step_is_named_among_the_daily_dags_only() -> None:
              "flight_delay_training": {"tasks_mean_s": {"tune": 80.0}}}  # weekly, not a daily step
     assert year.slowest_daily_step(costs) == "flight_delay_monitoring.replay_traffic (9.5s)"
     assert year.slowest_daily_step({}) is None
+
+
+def test_a_listing_is_read_page_by_page_to_its_last_item() -> None:
+    # A bug: the year's costs asked for 1,000 runs and got Airflow's page of 100, so they counted 100 days.
+    from pipelines.ops.airflow_api import PAGE, AirflowClient
+
+    runs = [{"dag_run_id": f"r{n}"} for n in range(2 * PAGE + 7)]
+    asked: list[dict[str, Any]] = []
+
+    class Paged(AirflowClient):
+        def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            params = kwargs["params"]
+            asked.append(params)
+            start = params["offset"]
+            return {"dag_runs": runs[start:start + min(params["limit"], PAGE)], "total_entries": len(runs)}
+
+    listed = Paged("http://127.0.0.1:1", "admin", "x").every("/dags/d/dagRuns", "dag_runs", {"state": ["success"]})
+    assert listed == runs
+    assert [p["offset"] for p in asked] == [0, PAGE, 2 * PAGE] and all(p["state"] == ["success"] for p in asked)
