@@ -5,9 +5,9 @@
    Asset), then the first champion trained on them by a manual run of ``flight_delay_training``, which deploys it.
 3. Production, April 1 to December 31, as backfills the scheduler runs in date order (Airflow's own backfills, as
    the UI's *Backfill* creates them): ``flights_ingest`` and ``flight_delay_monitoring`` every New York day,
-   ``flight_delay_training`` every Monday with lighter tuning (``WEEKLY``), after monitoring has watched the
-   Sunday; drift and quality requests start more trainings through the Asset, with the trials the request names
-   (``MonitoringPolicy.request_trials``).
+   ``flight_delay_training`` each Monday with lighter tuning (``WEEKLY``), a backfill of its own once monitoring
+   has watched the Sunday; drift and quality requests start more trainings through the Asset, with the trials
+   the request names (``MonitoringPolicy.request_trials``).
    Ingestion runs ahead; monitoring waits for each day's validated flights; the online store's writers take turns.
 4. Faults: the days of ``BROKEN_DAYS`` arrive broken (kinds from the corruption catalogue), are quarantined and
    emailed, and the year goes on. Once their ingest run has failed, the fixed feed is re-landed and the run is
@@ -72,6 +72,8 @@ class YearState:
 
     history: bool = False
     backfills: dict[str, int] = field(default_factory=dict)
+    weekly: dict[str, int] = field(default_factory=dict)
+    """Monday (ISO date) -> the backfill of that Monday's training, created once monitoring watched the Sunday."""
     broken: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
@@ -167,21 +169,46 @@ def land_broken_days(settings: Settings, state: YearState, days: tuple[date, dat
 
 def start_backfills(api: AirflowClient, state: YearState, settings: Settings, days: tuple[date, date],
                     say: Callable[[str], None]) -> None:
-    """The year's backfills, once: daily ingestion (two days at once) and monitoring (one at a time, in order),
-    weekly training."""
+    """The year's daily backfills, once: ingestion (two days at once) and monitoring (one at a time, in order).
+    The weekly trainings are not one backfill: Airflow queues all of a backfill's runs at once, and while a DAG
+    has ``max_active_runs`` queued or running runs it defers every Asset-triggered run, so a year-long training
+    backfill starved every drift request (``start_weekly_training`` makes them one Monday at a time)."""
     first, last = days
-    plans = {"flights_ingest": (first, last, {}, 2), "flight_delay_monitoring": (first, last, {}, 1),
-             "flight_delay_training": (first + timedelta(days=1), last, WEEKLY, 1)}
-    if not any((first + timedelta(days=n)).weekday() == 0 for n in range(1, (last - first).days + 1)):
-        del plans["flight_delay_training"]  # no Monday after the first day: Airflow refuses an empty backfill
-    for dag_id, (start, end, conf, at_once) in plans.items():
+    for dag_id, at_once in (("flights_ingest", 2), ("flight_delay_monitoring", 1)):
         if dag_id in state.backfills:
             api.request("PUT", f"/backfills/{state.backfills[dag_id]}/unpause")
             continue
-        backfill = api.backfill(dag_id, start, end, conf, max_active_runs=at_once)
+        backfill = api.backfill(dag_id, first, last, {}, max_active_runs=at_once)
         state.backfills[dag_id] = int(backfill["id"])
         state.save(settings)
-        say(f"  backfill {backfill['id']}: {dag_id} {start} .. {end}")
+        say(f"  backfill {backfill['id']}: {dag_id} {first} .. {last}")
+    for backfill_id in state.weekly.values():
+        api.request("PUT", f"/backfills/{backfill_id}/unpause")
+
+
+def mondays(days: tuple[date, date]) -> list[date]:
+    """The Mondays after the first day, each a weekly training (the first day's champion is already trained)."""
+    first, last = days
+    return [day for n in range(1, (last - first).days + 1) if (day := first + timedelta(days=n)).weekday() == 0]
+
+
+def start_weekly_training(api: AirflowClient, state: YearState, settings: Settings, days: tuple[date, date],
+                          say: Callable[[str], None]) -> None:
+    """The next Monday's training as a backfill of that one day (``WEEKLY``: the scheduler's weekly run, with lighter
+    tuning), once monitoring has watched the Sunday before it: a model never goes live before the days it was
+    trained on were served, and no training run waits queued in front of the drift requests."""
+    pending = [monday for monday in mondays(days) if monday.isoformat() not in state.weekly]
+    if not pending:
+        return
+    monday = pending[0]
+    sunday = _run_of_day(api, "flight_delay_monitoring", monday - timedelta(days=1))
+    if sunday is None or sunday["state"] != "success":
+        return
+    # The backfill spans the New York Monday, midnight to midnight: the 06:00 run is inside it.
+    backfill = api.backfill("flight_delay_training", monday, monday + timedelta(days=1), WEEKLY, max_active_runs=1)
+    state.weekly[monday.isoformat()] = int(backfill["id"])
+    state.save(settings)
+    say(f"  {monday}: the weekly training (backfill {backfill['id']})")
 
 
 def repair_broken_days(api: AirflowClient, state: YearState, settings: Settings,
@@ -214,7 +241,8 @@ def _run_of_day(api: AirflowClient, dag_id: str, day: date) -> dict[str, Any] | 
 
 
 def progress(api: AirflowClient, state: YearState) -> dict[str, Any]:
-    """Days done per daily DAG, trainings, failures: from Airflow's runs."""
+    """Days done per daily DAG, trainings, failures: from Airflow's runs. ``finished``: every backfill made so far
+    has completed and no training runs (the caller checks that every Monday's training was made)."""
     counts: dict[str, Any] = {}
     for dag_id in DAG_IDS:
         answer = api.request("GET", f"/dags/{dag_id}/dagRuns",
@@ -224,9 +252,9 @@ def progress(api: AirflowClient, state: YearState) -> dict[str, Any]:
         failed = api.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 1, "state": ["failed"]})
         counts[dag_id] = {"success": answer["total_entries"], "failed": failed["total_entries"],
                           "active": _active_runs(api, dag_id)}
-    backfills = {dag_id: api.request("GET", f"/backfills/{backfill_id}")
-                 for dag_id, backfill_id in state.backfills.items()}
-    counts["finished"] = bool(backfills) and all(b["completed_at"] for b in backfills.values()) and \
+    ids = [*state.backfills.values(), *state.weekly.values()]
+    backfills = [api.request("GET", f"/backfills/{backfill_id}") for backfill_id in ids]
+    counts["finished"] = bool(backfills) and all(b["completed_at"] for b in backfills) and \
         counts["flight_delay_training"]["active"] == 0
     return counts
 
@@ -336,7 +364,7 @@ def slowest_daily_step(costs: Mapping[str, Mapping[str, Any]]) -> str | None:
 
 
 def _pause(api: AirflowClient, state: YearState) -> None:
-    for backfill_id in state.backfills.values():
+    for backfill_id in [*state.backfills.values(), *state.weekly.values()]:
         api.request("PUT", f"/backfills/{backfill_id}/pause")
 
 
@@ -375,8 +403,9 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
     try:
         while True:
             repair_broken_days(api, state, settings, say)
+            start_weekly_training(api, state, settings, (first, last), say)
             counts = progress(api, state)
-            if counts["finished"]:
+            if counts["finished"] and len(state.weekly) == len(mondays((first, last))):
                 break
             if deadline is not None and time.monotonic() > deadline:
                 _pause(api, state)

@@ -8,7 +8,7 @@ The REST client here is a stand-in recording calls: the decisions under test are
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
@@ -158,3 +158,38 @@ def test_a_listing_is_read_page_by_page_to_its_last_item() -> None:
     listed = Paged("http://127.0.0.1:1", "admin", "x").every("/dags/d/dagRuns", "dag_runs", {"state": ["success"]})
     assert listed == runs
     assert [p["offset"] for p in asked] == [0, PAGE, 2 * PAGE] and all(p["state"] == ["success"] for p in asked)
+
+
+class WeeklyApi:
+    """Answers start_weekly_training's calls: monitoring's run of a day (success for the days in ``monitored``),
+    and backfills, recorded."""
+
+    def __init__(self) -> None:
+        self.monitored: set[date] = set()
+        self.made: list[tuple[str, date, date, dict[str, Any]]] = []
+
+    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        day = datetime.fromisoformat(kwargs["params"]["logical_date_gte"]).date()
+        return {"dag_runs": [{"dag_run_id": f"backfill__{day}", "state": "success"}] if day in self.monitored
+                else []}
+
+    def backfill(self, dag_id: str, first: date, last: date, conf: dict[str, Any], max_active_runs: int) -> Any:
+        self.made.append((dag_id, first, last, conf))
+        return {"id": len(self.made)}
+
+
+def test_each_weekly_training_is_made_alone_once_monitoring_watched_its_sunday(settings: Settings) -> None:
+    # A bug: one backfill queued all the year's Mondays at once, and Airflow defers Asset-triggered runs while a
+    # DAG has max_active_runs queued runs: none of the year's 14 drift requests started a training.
+    days, state, api = (date(2013, 7, 1), date(2013, 7, 21)), year.YearState(), WeeklyApi()
+    assert year.mondays(days) == [date(2013, 7, 8), date(2013, 7, 15)]
+    year.start_weekly_training(api, state, settings, days, say=lambda _: None)  # type: ignore[arg-type]
+    assert api.made == [], "before Sunday's monitoring"
+    api.monitored.add(date(2013, 7, 7))
+    for _ in range(2):
+        year.start_weekly_training(api, state, settings, days, say=lambda _: None)  # type: ignore[arg-type]
+    assert api.made == [("flight_delay_training", date(2013, 7, 8), date(2013, 7, 9), year.WEEKLY)]
+    assert state.weekly == {"2013-07-08": 1} and year.YearState.load(settings).weekly == {"2013-07-08": 1}
+    api.monitored.add(date(2013, 7, 14))
+    year.start_weekly_training(api, state, settings, days, say=lambda _: None)  # type: ignore[arg-type]
+    assert [made[1] for made in api.made] == [date(2013, 7, 8), date(2013, 7, 15)]
