@@ -98,8 +98,7 @@ class AirflowClient:
 
     def backfills(self, dag_id: str) -> list[dict[str, Any]]:
         """The DAG's backfills, oldest first (``completed_at`` is None while one runs)."""
-        answer = self.request("GET", "/backfills", params={"dag_id": dag_id, "limit": 100, "order_by": "id"})
-        return list(answer["backfills"])
+        return self.every("/backfills", "backfills", {"dag_id": dag_id, "order_by": "id"})
 
     def backfill(self, dag_id: str, first: date, last: date, conf: dict[str, Any] | None = None,
                  max_active_runs: int = 1, reprocess: str = "failed") -> dict[str, Any]:
@@ -135,7 +134,7 @@ class AirflowClient:
         return dict(self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}"))
 
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "run_after"})["dag_runs"])
+        return self.every(f"/dags/{dag_id}/dagRuns", "dag_runs", {"order_by": "run_after"})
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         answer = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
