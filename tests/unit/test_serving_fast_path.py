@@ -232,8 +232,10 @@ def test_background_log_writes_an_old_batch_without_waiting_for_the_next_request
 
     log = PredictionLog(lake, batch_rows=1000, max_age_s=0.5, background=True)
     log.add(_log_rows(3))
-    deadline = time.monotonic() + 10
-    while not lake.list_keys("predictions/") and time.monotonic() < deadline:
+    # The rows span two flight dates, so the writer puts two objects one after the other: wait for both (polling
+    # only for the first raced the second on a busy CI machine).
+    deadline = time.monotonic() + 30
+    while len(lake.list_keys("predictions/")) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     written = pd.concat([lake.read_parquet(k) for k in lake.list_keys("predictions/")])
     assert len(written) == 3 and log.flush() == []
