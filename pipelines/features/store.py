@@ -162,6 +162,26 @@ def rewind_online(store: FeatureStore, at: datetime) -> dict[str, dict[str, int]
     return out
 
 
+def offline_stamps(store: FeatureStore, views: Iterable[str], start: datetime,
+                   end: datetime) -> dict[str, pd.Series]:
+    """The event timestamps (UTC, sorted) of each view's offline rows in ``[start, end]``, read as materialization
+    reads them (the offline store's ``pull_all_from_table_or_query``, both ends included): which windows of an
+    hourly load hold rows to load at all."""
+    offline = store._get_provider().offline_store  # type: ignore[attr-defined]
+    out = {}
+    for name in views:
+        view = store.get_feature_view(name)
+        source = view.batch_source
+        if source is None:  # every windowed view has one (feature_repo/)
+            raise ValueError(f"feature view {name} needs a batch source")
+        stamp = source.timestamp_field
+        table = offline.pull_all_from_table_or_query(store.config, source, [], [], stamp, None, start,
+                                                     end).to_arrow()
+        out[name] = pd.Series(pd.to_datetime(table.column(stamp).to_pandas(), utc=True)).sort_values(
+            ignore_index=True)
+    return out
+
+
 def run_window(days: Iterable[date]) -> tuple[datetime, datetime]:
     """Event-time window of the features made for ``days``: from the schedule (published the day before) to the
     statistics of the last day (published the morning after), with an overlap for late data."""

@@ -7,7 +7,8 @@ are given to the operations tracker (``pipelines.features.operations``), whose n
 (online at once, offline at each hour's end: ``pipelines.features.push``); then the flights predicted in that minute
 are sent as single-flight requests from a few concurrent clients. So a request sees exactly the events before its
 time. The batch views are materialized hour by hour as a live system's hourly job would: weather observed at 14:00
-serves flights predicted 14:00-14:59, as the point-in-time training set does. Days are replayed in order: the online
+serves flights predicted 14:00-14:59, as the point-in-time training set does (an hour loads only the views with rows
+stamped in its window, found by one read of the offline store for the day). Days are replayed in order: the online
 store keeps the newest row per key, so replaying a day after a later one would serve the later day's values.
 Progress is kept in ``{lake}/replay/flight_delay/state.json``, so a retried replay resumes at the hour it reached
 (the tracker's state rebuilt up to it, nothing pushed twice) and a finished day is not sent twice. Nothing is
@@ -131,6 +132,7 @@ def _replay_day(day: date, settings: Settings, url: str | None, clients: int,
     from pipelines.features.push import OperationsPusher
     from pipelines.features.store import (
         apply_definitions,
+        offline_stamps,
         open_store,
         rewind_online,
         run_window,
@@ -175,6 +177,12 @@ def _replay_day(day: date, settings: Settings, url: str | None, clients: int,
                       feature_views=["plane_attributes"])
     if not done:  # a fresh day: the online store as it was before the day's window, whatever was loaded since
         rewind_online(store, loaded_until.to_pydatetime())
+    # Which views have rows to load in which hour: read once for the day, so an hour loads only the views that
+    # have rows in its window (mostly the weather alone; each view's load reads its whole source again). Rows
+    # written after this read (a later day's features, built meanwhile) are not the day's flights' features: that
+    # day's replay loads them from its own window.
+    last_hour = flights["prediction_time"].iloc[-1].floor("h") + pd.Timedelta(seconds=1)
+    stamps = offline_stamps(store, views, loaded_until.to_pydatetime(), last_hour.to_pydatetime())
 
     events = departure_events(flights)
     tracker = OperationsTracker(day, day_schedule(flights))
@@ -200,6 +208,7 @@ def _replay_day(day: date, settings: Settings, url: str | None, clients: int,
     started = time.perf_counter()
     sent = 0
     materialize_s = 0.0
+    loads = 0  # views loaded, summed over the hours
     sender = _Clients(url, clients, settings.service_headers)
     try:
         for hour, batch in flights.groupby(flights["prediction_time"].dt.floor("h"), sort=True):
@@ -209,10 +218,12 @@ def _replay_day(day: date, settings: Settings, url: str | None, clients: int,
             # 14:00-14:59.
             until = hour + pd.Timedelta(seconds=1)
             if until > loaded_until:
-                tick = time.perf_counter()
-                store.materialize(start_date=loaded_until.to_pydatetime(), end_date=until.to_pydatetime(),
-                                  feature_views=views)
-                materialize_s += time.perf_counter() - tick
+                if due := views_with_rows(stamps, loaded_until, until):
+                    tick = time.perf_counter()
+                    store.materialize(start_date=loaded_until.to_pydatetime(), end_date=until.to_pydatetime(),
+                                      feature_views=due)
+                    materialize_s += time.perf_counter() - tick
+                    loads += len(due)
                 loaded_until = until
             for minute, requests_now in batch.groupby("prediction_time", sort=True):
                 operations_until(minute)
@@ -244,7 +255,7 @@ def _replay_day(day: date, settings: Settings, url: str | None, clients: int,
     expected = set(ids)
     deadline = time.monotonic() + wait_for_log_s
     while (missing := expected - set(logged_ids := _logged(lake, day))) and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.25)
     if missing:
         raise ReplayError(f"the service logged {len(expected) - len(missing)} of {len(expected)} flights of {day} "
                           f"within {wait_for_log_s:.0f}s (e.g. {sorted(missing)[:3]})")
@@ -254,14 +265,21 @@ def _replay_day(day: date, settings: Settings, url: str | None, clients: int,
     logged = len(expected)
     result = {"sent": sent, "failed": 0, "finished": True, "logged": logged, "duplicated": duplicated,
               "seconds": round(send_s, 1), "materialize_seconds": round(materialize_s, 1),
+              "view_loads": loads,
               "operations": pusher.stats(),
               "requests_per_s": round(sent / max(send_s - materialize_s, 1e-9), 1),
               "at": datetime.now().astimezone().isoformat(timespec="seconds")}
     state["days"][day.isoformat()] = result
     lake.write_text(STATE_KEY, json.dumps(state, indent=2))
-    log.info("replay_traffic: %s: %d flights served and logged in %.1fs (materialization %.1fs, operations "
-             "pushes %s)", day, sent, send_s, materialize_s, pusher.stats())
+    log.info("replay_traffic: %s: %d flights served and logged in %.1fs (materialization %.1fs, %d view loads; "
+             "operations pushes %s)", day, sent, send_s, materialize_s, loads, pusher.stats())
     return result | {"day": day.isoformat()}
+
+
+def views_with_rows(stamps: dict[str, pd.Series], since: pd.Timestamp, until: pd.Timestamp) -> list[str]:
+    """The views with a row stamped in ``[since, until]`` (``stamps``: each view's sorted timestamps), in order."""
+    return [view for view, times in stamps.items()
+            if times.searchsorted(since, side="left") < times.searchsorted(until, side="right")]
 
 
 def replay_summary(day: date, settings: Settings | None = None) -> dict[str, Any]:

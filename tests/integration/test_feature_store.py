@@ -427,3 +427,41 @@ def test_rerunning_an_earlier_day_keeps_the_latest_values_online(built: Built) -
     online = _online(settings, [f"carrier_stats:{c}" for c in CARRIER_STATS],
                      [{"carrier": c} for c in latest["carrier"]])
     assert _differences(online, latest, CARRIER_STATS, key="carrier") == {}
+
+
+def _online_content(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
+    with sqlite3.connect(settings.pipeline_home / "feast" / "online.db") as connection:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {table: sorted(connection.execute(f'SELECT * FROM "{table}"').fetchall()) for table in tables}
+
+
+def test_loading_only_the_views_with_rows_each_hour_serves_what_loading_every_view_serves(built: Built) -> None:
+    """The replay loads, hour by hour, only the views with rows stamped in the hour's window (read once for the
+    day: ``offline_stamps``, ``views_with_rows``). After every hour the online store must hold exactly what loading
+    every windowed view each hour leaves in it."""
+    from pipelines.features.store import offline_stamps, windowed_views
+    from pipelines.simulation.replay import views_with_rows
+
+    every, only = built.on_same_lake("every_view_hourly"), built.on_same_lake("views_with_rows_hourly")
+    stores = {}
+    for settings in (every, only):
+        stores[settings.pipeline_home] = store = open_store(settings)
+        apply_definitions(store)
+    every_store, only_store = stores[every.pipeline_home], stores[only.pipeline_home]
+    views = windowed_views(every_store.list_feature_views())
+    start = pd.Timestamp(run_window([DAY])[0]).tz_convert("UTC")
+    hours = [start.floor("h") + pd.Timedelta(hours=n, seconds=1) for n in range(1, 31)]
+    stamps = offline_stamps(only_store, views, start.to_pydatetime(), hours[-1].to_pydatetime())
+    assert sorted(stamps) == sorted(views) and all(len(times) for times in stamps.values())
+
+    loaded, skipped = start, 0
+    for until in hours:
+        every_store.materialize(start_date=loaded.to_pydatetime(), end_date=until.to_pydatetime(),
+                                feature_views=views)
+        if due := views_with_rows(stamps, loaded, until):
+            only_store.materialize(start_date=loaded.to_pydatetime(), end_date=until.to_pydatetime(),
+                                   feature_views=due)
+        skipped += len(views) - len(due)
+        assert _online_content(only) == _online_content(every), f"after the hour ending {until}"
+        loaded = until
+    assert skipped > len(hours)  # most hours load the weather alone
