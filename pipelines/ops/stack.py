@@ -175,6 +175,23 @@ def ensure_databases(env: Mapping[str, str]) -> list[str]:
     return created
 
 
+def drop_database(url: str, admin_user: str = "postgres") -> bool:
+    """Drop the local PostgreSQL database ``url`` names, closing its connections, through the local superuser.
+    Returns whether it existed."""
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(url.removeprefix("db+"))
+    if not (parts.scheme.startswith("postgresql") and _is_local(url) and parts.path.strip("/")):
+        raise StackError(f"not a local PostgreSQL database: {parts.scheme}://{parts.hostname}{parts.path}")
+    name = parts.path.strip("/")
+    with psycopg.connect(host=parts.hostname, port=parts.port or 5432, user=admin_user, dbname="postgres",
+                         autocommit=True, connect_timeout=10) as admin:
+        existed = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return existed
+
+
 def ensure_buckets(settings: Settings, env: Mapping[str, str]) -> list[str]:
     """Create the S3 buckets of the lake and of MLflow's artifacts, when missing."""
     from pipelines.core.lake import open_lake

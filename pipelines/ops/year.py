@@ -57,9 +57,9 @@ BROKEN_DAYS = {date(2013, 5, 14): "truncated", date(2013, 8, 20): "missing_colum
                date(2013, 10, 9): "duplicated_flights"}
 POLL_S = 15
 # The replay of a day waits until the service has written the day's predictions, which it does in batches or when
-# the oldest is this old: a day replays in about half a minute, so the default 10 s would be a fifth of it. The
+# the oldest is this old: a day's traffic is sent in about 15 s, so the default 10 s would be most of it again. The
 # stack's processes (the scheduler, its tasks, the slots they deploy) inherit it when make year starts them.
-PREDICTION_LOG_MAX_AGE_S = "2"
+PREDICTION_LOG_MAX_AGE_S = "1"
 # Airflow's metadata for the year, unless a profile names its own database: this machine's PostgreSQL, one database
 # per pipeline home. On SQLite, Airflow refuses to create a backfill while the scheduler writes, and its API server
 # answered 500 to an unpause under the year's load.
@@ -104,6 +104,20 @@ def metadata_database(settings: Settings, profile: Mapping[str, str] | None = No
     name = "airflow_year_" + hashlib.sha1(home, usedforsecurity=False).hexdigest()[:10]  # a name, not a secret
     url = f"{METADATA_SERVER}/{name}?connect_timeout=10"
     return {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": url}
+
+
+def forget_stale_metadata(settings: Settings, profile: Mapping[str, str] | None,
+                          say: Callable[[str], None]) -> None:
+    """A home that never ran a year (no state file) starts with an empty metadata database of its own: one left by
+    a deleted home of the same path holds runs of a lake that is gone, and Airflow refused to create the history's
+    run again (409, unique constraint). A profile's own database is never touched."""
+    from pipelines.ops.stack import drop_database
+
+    local = metadata_database(settings, profile)
+    if local and not YearState.path(settings).exists():
+        if drop_database(local["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]):
+            say("  dropped the metadata database a deleted home of this path had left")
+        YearState().save(settings)
 
 
 def _client(settings: Settings) -> AirflowClient:
@@ -384,6 +398,7 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
     from pipelines.ops.stack import up
 
     say(f"2013 as production, {first} .. {last}, under Airflow's scheduler (pipeline home {settings.pipeline_home})")
+    forget_stale_metadata(settings, profile, say)
     stack = up(profile, settings=settings, say=lambda text: say(f"  {text}"),
                local=metadata_database(settings, profile))
     api = _client(settings)

@@ -30,7 +30,7 @@ from pipelines.core.settings import Settings, get_settings
 from pipelines.monitoring.year_report import read_year_report
 from pipelines.ops import year
 from pipelines.ops.mail_server import message_files, read_message
-from pipelines.ops.stack import down
+from pipelines.ops.stack import down, drop_database
 from pipelines.simulation.feed import feed_csv
 
 pytestmark = pytest.mark.e2e
@@ -59,16 +59,7 @@ def week(tmp_path_factory: pytest.TempPathFactory, free_port: Any) -> Iterator[d
             yield {"settings": settings, "summary": summary, "said": said}
         finally:
             down(None, settings)
-            _drop_metadata_database(settings)
-
-
-def _drop_metadata_database(settings: Settings) -> None:
-    import psycopg
-
-    url = year.metadata_database(settings)["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    name = url.rsplit("/", 1)[1].split("?")[0]
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_database(year.metadata_database(settings)["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
 
 
 def _messages(settings: Settings) -> list[tuple[str, int]]:
