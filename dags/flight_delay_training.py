@@ -19,7 +19,8 @@ past 2013) is refused with the feed's dates.
    validation log loss each epoch; each trial is a nested MLflow run. Mapped over **tuning_workers** workers
    sharing the one study (more than one needs a shared database: the production profile's PostgreSQL).
 4. `train_final_model`: the best parameters, trained again with early stopping; the model (preprocessing inside)
-   goes to `models/{run}/model.pt` and MLflow.
+   goes to `models/{run}/model.pt` and MLflow. With **trials** 0 (no search: the year's weekly retrain), the
+   champion's hyperparameters (the defaults before the first champion).
 5. `evaluate_model`: ROC AUC, PR AUC, log loss, Brier and a calibration plot on the test window, beside a
    base-rate and a logistic-regression baseline on the same features and split.
 6. `register_model`: the model (preprocessing inside) logged to MLflow with signature, input example and lineage
@@ -40,6 +41,7 @@ lake folders, so a retried task resumes what it started.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from _assets import RETRAIN_REQUESTS, TRAINED_MODEL
 from _notifiers import notify_owners_on_failure
@@ -48,6 +50,14 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, g
 from airflow.sdk.exceptions import AirflowSkipException
 
 from pipelines.core.dates import LOCAL_TZ
+
+
+def _trials(context: Any) -> int:
+    """The trials to run: a retrain request says how many it wants (MonitoringPolicy.request_trials); otherwise the
+    param."""
+    from pipelines.core.runs import announced
+
+    return int(next(iter(announced(context, "trials")), context["params"]["trials"]))
 
 
 @dag(
@@ -76,9 +86,10 @@ from pipelines.core.dates import LOCAL_TZ
                             description="Days before the test window used for tuning and early stopping."),
         "test_days": Param(14, type="integer", minimum=1, maximum=60, title="Test days",
                            description="The most recent days, held out for evaluation and the promotion gate."),
-        "trials": Param(20, type="integer", minimum=1, maximum=500, title="Optuna trials",
+        "trials": Param(20, type="integer", minimum=0, maximum=500, title="Optuna trials",
                         description="Finished trials (complete or pruned) the study should hold (with several "
-                                    "tuning workers, each finishes the trial it is running: up to workers - 1 more)."),
+                                    "tuning workers, each finishes the trial it is running: up to workers - 1 more). "
+                                    "0: no search, the champion's hyperparameters on the new window."),
         "time_budget_minutes": Param(30, type="number", exclusiveMinimum=0, maximum=1440, title="Time budget",
                                      description="Minutes of tuning; no new trial starts after that."),
         "max_epochs": Param(30, type="integer", minimum=1, maximum=500, title="Max epochs",
@@ -112,24 +123,24 @@ def flight_delay_training() -> None:
     # The time budget (at most a day) is checked between trials: a day and an hour bounds a hung one.
     @task(queue="training", execution_timeout=timedelta(hours=25))
     def tune_hyperparameters(worker: int) -> dict:
-        from pipelines.core.runs import announced, run_key
+        from pipelines.core.runs import run_key
         from pipelines.training.steps import tune_hyperparameters
 
         context = get_current_context()
         params = context["params"]
-        # A retrain request says how many trials it wants (MonitoringPolicy.request_trials); otherwise the param.
-        trials = int(next(iter(announced(context, "trials")), params["trials"]))
-        return tune_hyperparameters(run_key(context), trials=trials, worker=worker,
+        return tune_hyperparameters(run_key(context), trials=_trials(context), worker=worker,
                                     time_budget_s=float(params["time_budget_minutes"]) * 60,
                                     max_epochs=int(params["max_epochs"]))
 
     @task(queue="training")
     def train_final_model() -> dict:
         from pipelines.core.runs import run_key
+        from pipelines.registry.register import champion_params
         from pipelines.training.steps import train_final_model
 
         context = get_current_context()
-        return train_final_model(run_key(context), max_epochs=int(context["params"]["max_epochs"]))
+        untuned = champion_params() if _trials(context) == 0 else None
+        return train_final_model(run_key(context), max_epochs=int(context["params"]["max_epochs"]), untuned=untuned)
 
     @task
     def evaluate_model() -> dict:

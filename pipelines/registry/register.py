@@ -137,6 +137,32 @@ def alias_version(alias: str, settings: Settings | None = None) -> str | None:
     return None if version is None else str(version.version)
 
 
+def champion_params(settings: Settings | None = None) -> dict[str, Any] | None:
+    """The training parameters the ``champion`` was trained with (its final run's logged params), None when there
+    is no champion yet. A scheduled retrain without a search trains the week's data with them."""
+    import ast
+
+    from mlflow import MlflowClient
+
+    from pipelines.training.fit import DEFAULT_PARAMS
+
+    use_tracking(settings or get_settings())
+    version = version_by_alias(CHAMPION)
+    if version is None or not version.run_id:
+        return None
+    logged = MlflowClient().get_run(version.run_id).data.params
+    # MLflow keeps params as text (str() of the value): literals only, read back without evaluating code.
+    def value(text: str) -> Any:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):  # a word: MLflow wrote the string itself
+            return text
+
+    params = {name: value(logged[name]) for name in DEFAULT_PARAMS if name in logged}
+    log.info("champion version %s was trained with %s", version.version, params)
+    return params
+
+
 def rollback_champion(settings: Settings | None = None) -> dict[str, Any]:
     """Make ``previous_champion`` the ``champion`` again (by hand: ``make rollback``). The rolled-back version keeps
     the alias ``challenger`` and a ``rolled_back_at`` tag; with no previous champion there is nothing to do."""

@@ -54,9 +54,11 @@ def tune_hyperparameters(run_key: str, settings: Settings | None = None, *, tria
     return summary | {"worker": worker}
 
 
-def train_final_model(run_key: str, settings: Settings | None = None, *, max_epochs: int = 30) -> dict[str, Any]:
-    """Train with the study's best parameters (the defaults when no trial completed), log the study and the run
-    to MLflow, and write the model to ``models/{run}/model.pt``. A rerun finds the model it wrote."""
+def train_final_model(run_key: str, settings: Settings | None = None, *, max_epochs: int = 30,
+                      untuned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train with the study's best parameters, log the study and the run to MLflow, and write the model to
+    ``models/{run}/model.pt``. When no trial completed (none was asked for: a scheduled retrain without a search),
+    with ``untuned`` (the champion's parameters), else the defaults. A rerun finds the model it wrote."""
     import mlflow
 
     from pipelines.training.fit import DEFAULT_PARAMS, train_model
@@ -77,8 +79,9 @@ def train_final_model(run_key: str, settings: Settings | None = None, *, max_epo
     summary = log_study(study, tuning["parent_run_id"])
     params = summary.get("best_params")
     if params is None:
-        log.warning("no completed trial in %s: training with the default parameters", study.study_name)
-        params = dict(DEFAULT_PARAMS)
+        log.warning("no completed trial in %s: training with the %s parameters", study.study_name,
+                    "champion's" if untuned else "default")
+        params = dict(DEFAULT_PARAMS) | dict(untuned or {})
     splits = read_splits(run_key, settings)
     final_id = find_or_create_run(experiment_id, run_key, "final", run_name=f"final {manifest['window'][1]}",
                                   tags={"optuna.study": study.study_name,
@@ -189,13 +192,14 @@ def latest_evaluation(settings: Settings | None = None) -> dict[str, Any]:
 
 def train_pipeline(days: Iterable[date], run_key: str, settings: Settings | None = None, *, trials: int = 20,
                    time_budget_s: float | None = None, max_epochs: int = 30, valid_days: int = 14,
-                   test_days: int = 14) -> dict[str, Any]:
-    """The whole chain in one process (the CLI's ``train``), the same steps the DAG runs."""
+                   test_days: int = 14, untuned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole chain in one process (the CLI's ``train``), the same steps the DAG runs (``untuned``: the
+    parameters when no trial completes, as ``train_final_model``)."""
     settings = settings or get_settings()
     prepared = build_training_set(days, run_key, settings, valid_days=valid_days, test_days=test_days)
     start_tuning(run_key, settings)
     tuned = tune_hyperparameters(run_key, settings, trials=trials, time_budget_s=time_budget_s,
                                  max_epochs=max_epochs)
-    trained = train_final_model(run_key, settings, max_epochs=max_epochs)
+    trained = train_final_model(run_key, settings, max_epochs=max_epochs, untuned=untuned)
     evaluation = evaluate_model(run_key, settings)
     return {"training_set": prepared, "tuning": tuned, "model": trained, "evaluation": evaluation}
