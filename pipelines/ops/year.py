@@ -209,14 +209,18 @@ def mondays(days: tuple[date, date]) -> list[date]:
 def start_weekly_training(api: AirflowClient, state: YearState, settings: Settings, days: tuple[date, date],
                           say: Callable[[str], None]) -> None:
     """The next Monday's training as a backfill of that one day (``WEEKLY``: the scheduler's weekly run, with lighter
-    tuning), once monitoring has watched the Sunday before it: a model never goes live before the days it was
-    trained on were served, and no training run waits queued in front of the drift requests."""
+    tuning), once monitoring has watched the Sunday before it and the last Monday's training has ended: a model
+    never goes live before the days it was trained on were served, and no training run waits queued in front of
+    the drift requests."""
     pending = [monday for monday in mondays(days) if monday.isoformat() not in state.weekly]
     if not pending:
         return
     monday = pending[0]
     sunday = _run_of_day(api, "flight_delay_monitoring", monday - timedelta(days=1))
     if sunday is None or sunday["state"] != "success":
+        return
+    # Airflow runs one backfill of a DAG at a time (409 otherwise): the last Monday's training must have ended.
+    if any(backfill["completed_at"] is None for backfill in api.backfills("flight_delay_training")):
         return
     # The backfill spans the New York Monday, midnight to midnight: the 06:00 run is inside it.
     backfill = api.backfill("flight_delay_training", monday, monday + timedelta(days=1), WEEKLY, max_active_runs=1)

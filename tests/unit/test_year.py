@@ -18,6 +18,7 @@ from pipelines.core.lake import Lake, landing_key, partition_key
 from pipelines.core.settings import Settings
 from pipelines.features.tables import flight_id
 from pipelines.ops import year
+from pipelines.ops.airflow_api import AirflowApiError
 from pipelines.simulation.feed import FeedUnavailable, feed_csv, land_feed
 
 BROKEN = date(2013, 5, 14)
@@ -167,6 +168,7 @@ class WeeklyApi:
     def __init__(self) -> None:
         self.monitored: set[date] = set()
         self.made: list[tuple[str, date, date, dict[str, Any]]] = []
+        self.completed: set[int] = set()
 
     def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         day = datetime.fromisoformat(kwargs["params"]["logical_date_gte"]).date()
@@ -174,8 +176,14 @@ class WeeklyApi:
                 else []}
 
     def backfill(self, dag_id: str, first: date, last: date, conf: dict[str, Any], max_active_runs: int) -> Any:
+        if any(backfill["completed_at"] is None for backfill in self.backfills(dag_id)):
+            raise AirflowApiError(f"POST /backfills: 409 There is already a running backfill for dag {dag_id}")
         self.made.append((dag_id, first, last, conf))
         return {"id": len(self.made)}
+
+    def backfills(self, dag_id: str) -> list[dict[str, Any]]:
+        return [{"id": n, "dag_id": made[0], "completed_at": "2026-12-05T20:00:00Z" if n in self.completed else None}
+                for n, made in enumerate(self.made, start=1) if made[0] == dag_id]
 
 
 def test_each_weekly_training_is_made_alone_once_monitoring_watched_its_sunday(settings: Settings) -> None:
@@ -190,6 +198,20 @@ def test_each_weekly_training_is_made_alone_once_monitoring_watched_its_sunday(s
         year.start_weekly_training(api, state, settings, days, say=lambda _: None)  # type: ignore[arg-type]
     assert api.made == [("flight_delay_training", date(2013, 7, 8), date(2013, 7, 9), year.WEEKLY)]
     assert state.weekly == {"2013-07-08": 1} and year.YearState.load(settings).weekly == {"2013-07-08": 1}
+    api.completed.add(1)
     api.monitored.add(date(2013, 7, 14))
+    year.start_weekly_training(api, state, settings, days, say=lambda _: None)  # type: ignore[arg-type]
+    assert [made[1] for made in api.made] == [date(2013, 7, 8), date(2013, 7, 15)]
+
+
+def test_a_weekly_training_waits_while_the_last_one_still_runs(settings: Settings) -> None:
+    # A bug, found by make year: Airflow runs one backfill of a DAG at a time, and the year died on "409 There is
+    # already a running backfill" when a Sunday was monitored before the last Monday's training had finished.
+    days, state, api = (date(2013, 7, 1), date(2013, 7, 21)), year.YearState(), WeeklyApi()
+    api.monitored |= {date(2013, 7, 7), date(2013, 7, 14)}
+    year.start_weekly_training(api, state, settings, days, say=lambda _: None)  # type: ignore[arg-type]
+    year.start_weekly_training(api, state, settings, days, say=lambda _: None)  # type: ignore[arg-type]
+    assert [made[1] for made in api.made] == [date(2013, 7, 8)] and list(state.weekly) == ["2013-07-08"]
+    api.completed.add(1)
     year.start_weekly_training(api, state, settings, days, say=lambda _: None)  # type: ignore[arg-type]
     assert [made[1] for made in api.made] == [date(2013, 7, 8), date(2013, 7, 15)]
