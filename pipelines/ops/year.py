@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -190,14 +190,13 @@ def start_backfills(api: AirflowClient, state: YearState, settings: Settings, da
     first, last = days
     for dag_id, at_once in (("flights_ingest", 2), ("flight_delay_monitoring", 1)):
         if dag_id in state.backfills:
-            api.request("PUT", f"/backfills/{state.backfills[dag_id]}/unpause")
+            set_paused(api, [state.backfills[dag_id]], paused=False)
             continue
         backfill = api.backfill(dag_id, first, last, {}, max_active_runs=at_once)
         state.backfills[dag_id] = int(backfill["id"])
         state.save(settings)
         say(f"  backfill {backfill['id']}: {dag_id} {first} .. {last}")
-    for backfill_id in state.weekly.values():
-        api.request("PUT", f"/backfills/{backfill_id}/unpause")
+    set_paused(api, state.weekly.values(), paused=False)
 
 
 def mondays(days: tuple[date, date]) -> list[date]:
@@ -381,9 +380,15 @@ def slowest_daily_step(costs: Mapping[str, Mapping[str, Any]]) -> str | None:
     return f"{name} ({seconds}s)"
 
 
+def set_paused(api: AirflowClient, backfill_ids: Iterable[int], paused: bool) -> None:
+    """Pause or unpause the backfills that have not completed (Airflow answers 409 for a completed one)."""
+    for backfill_id in backfill_ids:
+        if api.request("GET", f"/backfills/{backfill_id}").get("completed_at") is None:
+            api.request("PUT", f"/backfills/{backfill_id}/{'pause' if paused else 'unpause'}")
+
+
 def _pause(api: AirflowClient, state: YearState) -> None:
-    for backfill_id in [*state.backfills.values(), *state.weekly.values()]:
-        api.request("PUT", f"/backfills/{backfill_id}/pause")
+    set_paused(api, [*state.backfills.values(), *state.weekly.values()], paused=True)
 
 
 def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | None = None,

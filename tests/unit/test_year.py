@@ -215,3 +215,33 @@ def test_a_weekly_training_waits_while_the_last_one_still_runs(settings: Setting
     api.completed.add(1)
     year.start_weekly_training(api, state, settings, days, say=lambda _: None)  # type: ignore[arg-type]
     assert [made[1] for made in api.made] == [date(2013, 7, 8), date(2013, 7, 15)]
+
+
+class BackfillsApi:
+    """Answers GET /backfills/{id} (completed or not) and records the PUTs."""
+
+    def __init__(self, completed: set[int]) -> None:
+        self.completed, self.puts = completed, []
+
+    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        backfill_id = int(path.split("/")[2])
+        if method == "PUT":
+            if backfill_id in self.completed:
+                raise AirflowApiError(f"PUT {path}: 409 Backfill is already completed.")
+            self.puts.append(path)
+            return {}
+        return {"id": backfill_id, "completed_at": "2026-12-05T20:32:00Z" if backfill_id in self.completed else None}
+
+
+def test_resuming_the_year_unpauses_only_the_backfills_still_running(settings: Settings) -> None:
+    # A bug, found by make year: resuming unpaused every backfill it had made, and Airflow answers 409 for one that
+    # completed (the ingestion backfill ends first), so the year could not be resumed.
+    state = year.YearState(history=True, backfills={"flights_ingest": 1, "flight_delay_monitoring": 2},
+                           weekly={"2013-04-08": 3, "2013-04-15": 4})
+    api = BackfillsApi(completed={1, 3})
+    year.start_backfills(api, state, settings, (date(2013, 4, 1), date(2013, 6, 30)),  # type: ignore[arg-type]
+                         say=lambda _: None)
+    assert api.puts == ["/backfills/2/unpause", "/backfills/4/unpause"]
+    api.puts.clear()
+    year.set_paused(api, [1, 2, 3, 4], paused=True)  # type: ignore[arg-type]
+    assert api.puts == ["/backfills/2/pause", "/backfills/4/pause"]
