@@ -31,6 +31,7 @@ form's default, now, is past 2013) is refused with the feed's dates.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -42,6 +43,8 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from pipelines.core.dates import LOCAL_TZ
 from pipelines.core.names import ONLINE_STORE_POOL
+
+log = logging.getLogger(__name__)
 
 
 @dag(
@@ -96,11 +99,9 @@ def flight_delay_monitoring() -> None:
 
     @task(outlets=[RETRAIN_REQUESTED])
     def request_retraining(summary: dict) -> dict:
-        import logging
-
         retrain: dict[str, Any] = summary["retrain"]
         if not retrain["requested"]:
-            logging.getLogger(__name__).info("no retraining: %s", "; ".join(retrain["reasons"]))
+            log.info("no retraining: %s", "; ".join(retrain["reasons"]))
             return {"requested": False, "reasons": retrain["reasons"]}
         extra = dict(retrain["window"]) | {"monitored_day": summary["date"], "reasons": retrain["reasons"],
                                            "trials": retrain.get("trials")}

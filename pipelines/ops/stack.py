@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import requests
 
@@ -145,6 +145,12 @@ def _start(settings: Settings, process: Process, env: Mapping[str, str], say: Ca
     return {"name": process.name, "pid": started.pid, "started": True}
 
 
+def _local_postgres(url: str) -> SplitResult | None:
+    """The parts of ``url`` when it names a database on this machine's PostgreSQL, else None."""
+    parts = urlsplit(url.removeprefix("db+"))
+    return parts if parts.scheme.startswith("postgresql") and _is_local(url) and parts.path.strip("/") else None
+
+
 def ensure_databases(env: Mapping[str, str]) -> list[str]:
     """Create the PostgreSQL roles and databases that the profile's URLs name on this machine, when missing: each
     role with the profile's password (``PGPASSWORD``, or the URL's), each database owned by its URL's role,
@@ -155,8 +161,7 @@ def ensure_databases(env: Mapping[str, str]) -> list[str]:
 
     targets = set()
     for value in env.values():
-        parts = urlsplit(value.removeprefix("db+"))
-        if parts.scheme.startswith("postgresql") and _is_local(value) and parts.path.strip("/"):
+        if parts := _local_postgres(value):
             targets.add((parts.hostname, parts.port or 5432, parts.username or "postgres",
                          unquote(parts.password or env.get("PGPASSWORD", "")), parts.path.strip("/")))
     admin_user = env.get("STACK_POSTGRES_ADMIN", "postgres")
@@ -181,9 +186,10 @@ def drop_database(url: str, admin_user: str = "postgres") -> bool:
     import psycopg
     from psycopg import sql
 
-    parts = urlsplit(url.removeprefix("db+"))
-    if not (parts.scheme.startswith("postgresql") and _is_local(url) and parts.path.strip("/")):
-        raise StackError(f"not a local PostgreSQL database: {parts.scheme}://{parts.hostname}{parts.path}")
+    parts = _local_postgres(url)
+    if parts is None:
+        shown = urlsplit(url)  # without the credentials
+        raise StackError(f"not a local PostgreSQL database: {shown.scheme}://{shown.hostname}{shown.path}")
     name = parts.path.strip("/")
     with psycopg.connect(host=parts.hostname, port=parts.port or 5432, user=admin_user, dbname="postgres",
                          autocommit=True, connect_timeout=10) as admin:
