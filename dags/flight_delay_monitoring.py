@@ -103,8 +103,8 @@ def flight_delay_monitoring() -> None:
         if not retrain["requested"]:
             log.info("no retraining: %s", "; ".join(retrain["reasons"]))
             return {"requested": False, "reasons": retrain["reasons"]}
-        extra = dict(retrain["window"]) | {"monitored_day": summary["date"], "reasons": retrain["reasons"],
-                                           "trials": retrain.get("trials")}
+        extra = dict(retrain["window"]) | dict(retrain["tuning"]) | {"monitored_day": summary["date"],
+                                                                     "reasons": retrain["reasons"]}
         get_current_context()["outlet_events"][RETRAIN_REQUESTED].add(RETRAIN_REQUESTS, extra=extra)
         return {"requested": True} | extra
 

@@ -2,8 +2,8 @@
 ### flight_delay_training: tune and train the disruption model, and judge it against baselines
 
 Weekly (Mondays 06:00 America/New_York; no catchup, a replay of 2013 is a backfill), on a retrain request (the Asset
-`flight_delay_retrain_requests`, emitted by monitoring; its extra carries `start_date` / `end_date` and `trials`),
-or by hand.
+`flight_delay_retrain_requests`, emitted by monitoring; its extra carries `start_date` / `end_date` and the tuning
+it asks for, which wins over the params: `trials`, `max_epochs`, `time_budget_minutes`), or by hand.
 The training window is **start_date** .. **end_date** when given, else the **window_days** days before the run's
 New York date. A window the feed does not hold (a manual run with the form's default logical date, now, is years
 past 2013) is refused with the feed's dates.
@@ -41,7 +41,6 @@ lake folders, so a retried task resumes what it started.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from _assets import RETRAIN_REQUESTS, TRAINED_MODEL
 from _notifiers import notify_owners_on_failure
@@ -50,14 +49,6 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, g
 from airflow.sdk.exceptions import AirflowSkipException
 
 from pipelines.core.dates import LOCAL_TZ
-
-
-def _trials(context: Any) -> int:
-    """The trials to run: a retrain request says how many it wants (MonitoringPolicy.request_trials); otherwise the
-    param."""
-    from pipelines.core.runs import announced
-
-    return int(next(iter(announced(context, "trials")), context["params"]["trials"]))
 
 
 @dag(
@@ -123,24 +114,25 @@ def flight_delay_training() -> None:
     # The time budget (at most a day) is checked between trials: a day and an hour bounds a hung one.
     @task(queue="training", execution_timeout=timedelta(hours=25))
     def tune_hyperparameters(worker: int) -> dict:
-        from pipelines.core.runs import run_key
+        from pipelines.core.runs import run_key, training_tuning
         from pipelines.training.steps import tune_hyperparameters
 
         context = get_current_context()
-        params = context["params"]
-        return tune_hyperparameters(run_key(context), trials=_trials(context), worker=worker,
-                                    time_budget_s=float(params["time_budget_minutes"]) * 60,
-                                    max_epochs=int(params["max_epochs"]))
+        tuning = training_tuning(context)
+        return tune_hyperparameters(run_key(context), trials=int(tuning["trials"]), worker=worker,
+                                    time_budget_s=float(tuning["time_budget_minutes"]) * 60,
+                                    max_epochs=int(tuning["max_epochs"]))
 
     @task(queue="training")
     def train_final_model() -> dict:
-        from pipelines.core.runs import run_key
+        from pipelines.core.runs import run_key, training_tuning
         from pipelines.registry.register import champion_params
         from pipelines.training.steps import train_final_model
 
         context = get_current_context()
-        untuned = champion_params() if _trials(context) == 0 else None
-        return train_final_model(run_key(context), max_epochs=int(context["params"]["max_epochs"]), untuned=untuned)
+        tuning = training_tuning(context)
+        untuned = champion_params() if int(tuning["trials"]) == 0 else None
+        return train_final_model(run_key(context), max_epochs=int(tuning["max_epochs"]), untuned=untuned)
 
     @task
     def evaluate_model() -> dict:

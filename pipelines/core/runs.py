@@ -73,6 +73,16 @@ def training_run_window(context: Mapping[str, Any]) -> list[date]:
     return training_window(run_day(context), start, end, int(params["window_days"]))
 
 
+TUNING_PARAMS = ("trials", "max_epochs", "time_budget_minutes")
+
+
+def training_tuning(context: Mapping[str, Any]) -> dict[str, Any]:
+    """A training run's tuning (``TUNING_PARAMS``): as the retrain request that started it asks
+    (``MonitoringPolicy.request_tuning``; the first request's when Airflow folded several into one run), else its
+    params."""
+    return {name: next(iter(announced(context, name)), context["params"][name]) for name in TUNING_PARAMS}
+
+
 def monitored_day(context: Mapping[str, Any]) -> date:
     """The day a monitoring run watches: its **day** param, else its own day."""
     day = context["params"].get("day")

@@ -18,12 +18,12 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 FEATURE_SERVICE = "flight_delay_v1"
@@ -269,6 +270,30 @@ def flight_entities(flights: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+COMPACTION_READ_ATTEMPTS = 3
+_GONE = ("No such file", "No files found", "404")
+"""What DuckDB says of a file that was listed and then was not there (local disk; S3 over httpfs)."""
+
+
+def read_through_compaction(read: Callable[[], T], what: str) -> T:
+    """``read`` of the offline store, tried again when a file it listed was gone when opened. A day's operations
+    pushes are compacted into one file (``pipelines.features.steps.write_operations``, the next day's replay) while
+    other tasks read the same folders: in the July slice a drift training's retrieval failed on a July 8 push file
+    the replay of July 10 had just compacted. The next listing finds the compacted file, which holds the same
+    rows."""
+    import duckdb
+
+    for attempt in range(1, COMPACTION_READ_ATTEMPTS + 1):
+        try:
+            return read()
+        except (duckdb.IOException, duckdb.HTTPException) as error:
+            if attempt == COMPACTION_READ_ATTEMPTS or not any(text in str(error) for text in _GONE):
+                raise
+            log.warning("%s: a file of the offline store went away while it was read (%s); reading again, try %d "
+                        "of %d", what, str(error)[:300], attempt + 1, COMPACTION_READ_ATTEMPTS)
+    raise AssertionError("unreachable")
+
+
 def training_set(days: Iterable[date], settings: Settings | None = None, *, stock: bool = False) -> pd.DataFrame:
     """Point-in-time correct features for every validated flight of ``days`` (prediction time = scheduled
     departure minus two hours), with its label. ``stock=True``: through Feast's own offline store (comparisons)."""
@@ -279,7 +304,8 @@ def training_set(days: Iterable[date], settings: Settings | None = None, *, stoc
     entities = flight_entities(flights)
     store = open_store(settings, stock=stock)
     service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
-    frame = store.get_historical_features(entity_df=entities, features=service).to_df()
+    frame = read_through_compaction(
+        lambda: store.get_historical_features(entity_df=entities, features=service).to_df(), "training_set")
     return frame.sort_values("flight_id").reset_index(drop=True)
 
 

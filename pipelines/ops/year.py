@@ -6,8 +6,8 @@
 3. Production, April 1 to December 31, as backfills the scheduler runs in date order (Airflow's own backfills, as
    the UI's *Backfill* creates them): ``flights_ingest`` and ``flight_delay_monitoring`` every New York day,
    ``flight_delay_training`` each Monday with lighter tuning (``WEEKLY``), a backfill of its own once monitoring
-   has watched the Sunday; drift and quality requests start more trainings through the Asset, with the trials
-   the request names (``MonitoringPolicy.request_trials``).
+   has watched the Sunday; drift and quality requests start more trainings through the Asset, with the tuning
+   the request names (``MonitoringPolicy.request_tuning``).
    Ingestion runs ahead; monitoring waits for each day's validated flights; the online store's writers take turns.
 4. Faults: the days of ``BROKEN_DAYS`` arrive broken (kinds from the corruption catalogue), are quarantined and
    emailed, and the year goes on. Once their ingest run has failed, the fixed feed is re-landed and the run is
@@ -49,7 +49,7 @@ REPORT_DAG = "flight_delay_year_report"
 # The first champion: tuned as make run tunes it.
 FIRST_TRAINING = {"trials": 6, "time_budget_minutes": 5, "max_epochs": 20}
 # A scheduled weekly retrain: no search, the champion's hyperparameters on the new window (``trials`` 0); a drift or
-# quality request runs 6 trials (MonitoringPolicy.request_trials). The week's data moved, the best settings rarely
+# quality request runs a short search (MonitoringPolicy.request_tuning). The week's data moved, the best settings rarely
 # do, and the search was the largest step of a weekly training (tune_hyperparameters, 2 trials).
 WEEKLY = {"trials": 0, "time_budget_minutes": 5, "max_epochs": 20, "after_monitoring": True}
 # Days whose flights feed arrives broken, and how (pipelines.simulation.corruption): each is quarantined.

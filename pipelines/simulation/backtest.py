@@ -38,9 +38,9 @@ Cost, measured on 2 cores while another process (an Airflow replay) kept them bu
 lake 589 s (GX validation of 730 partitions 476 s, the features 72 s), about 10 s on a prepared one; the backtest
 35 minutes: the year's training set 128 s, 72 trainings 922 s (8-30 epochs, 13 s on average), the gate's paired
 bootstrap about 4 s a training, the 28 monitoring references of the drift policy's champions 634 s (scipy's
-Wasserstein distance in ``reference.calibrate_thresholds``), the 275 monitored days about 100 s. Torch runs one
-thread (``BacktestConfig.torch_threads``). The same inputs give the same table: a second process replaying April
-from a training set built by another process reproduced April's rows and every training to the digit.
+Wasserstein distance in ``reference.calibrate_thresholds``), the 275 monitored days about 100 s. Torch trains on one
+thread (``pipelines.training.network.CPU_THREADS``). The same inputs give the same table: a second process replaying
+April from a training set built by another process reproduced April's rows and every training to the digit.
 
 No model ever serves a day inside or before its own training window: a scored day after the window's end is checked
 before every day's scoring (``LookAheadError``). The results go to ``reports/backtest/`` in the lake:
@@ -56,8 +56,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -101,10 +100,6 @@ class BacktestConfig:
     seed: int = 0
     retrain_weekday: int = 0
     """The weekly policy's day (Monday, as the training DAG's cron ``0 6 * * 1``): trained before its flights."""
-    torch_threads: int | None = 1
-    """PyTorch's intra-op threads during the backtest (None: leave torch's default, one per core). The network's
-    steps are tiny (1,024 rows through a 64-32 MLP): on 2 cores one thread trained the first window's 3 epochs in
-    3.6 s, two threads in 17.3 s while another process kept the cores busy (spinning threads wait on each other)."""
 
     @property
     def start(self) -> date:
@@ -618,19 +613,6 @@ def write_results(result: dict[str, Any], settings: Settings | None = None) -> d
 
 # --- the whole backtest -------------------------------------------------------------------------------------------
 
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    import torch
-
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def run_backtest(settings: Settings | None = None, config: BacktestConfig | None = None, *,
                  policies: Sequence[str] = POLICIES, prepare: bool = True) -> dict[str, Any]:
     """Prepare the lake (``prepare_year``, when ``prepare``), build the year's training set, train the first
@@ -649,22 +631,21 @@ def run_backtest(settings: Settings | None = None, config: BacktestConfig | None
     mark = time.perf_counter()
     by_day = flights_by_day(year_training_set(settings, config.first_window[0], config.end))
     seconds["training_set"] = round(time.perf_counter() - mark, 1)
-    with _torch_threads(config.torch_threads):
-        train = shared(network_trainer(by_day, config))
+    train = shared(network_trainer(by_day, config))
+    mark = time.perf_counter()
+    first = train(date_range(*config.first_window))
+    floor_ok, reasons = gate(first, first)
+    log.info("first champion %s: test ROC AUC %.4f, Brier %.4f in %.1fs (%s)", first.name,
+             first.metrics["roc_auc"], first.metrics["brier"], time.perf_counter() - mark, "; ".join(reasons))
+    if not floor_ok:
+        raise RuntimeError(f"the first model does not clear the gate's floor: {'; '.join(reasons)}")
+    seconds["first_champion"] = round(time.perf_counter() - mark, 1)
+    scorer = Scorer(by_day)
+    runs = []
+    for policy in policies:
         mark = time.perf_counter()
-        first = train(date_range(*config.first_window))
-        floor_ok, reasons = gate(first, first)
-        log.info("first champion %s: test ROC AUC %.4f, Brier %.4f in %.1fs (%s)", first.name,
-                 first.metrics["roc_auc"], first.metrics["brier"], time.perf_counter() - mark, "; ".join(reasons))
-        if not floor_ok:
-            raise RuntimeError(f"the first model does not clear the gate's floor: {'; '.join(reasons)}")
-        seconds["first_champion"] = round(time.perf_counter() - mark, 1)
-        scorer = Scorer(by_day)
-        runs = []
-        for policy in policies:
-            mark = time.perf_counter()
-            runs.append(replay_policy(policy, first, by_day, train, config=config, scorer=scorer))
-            seconds[policy] = round(time.perf_counter() - mark, 1)
+        runs.append(replay_policy(policy, first, by_day, train, config=config, scorer=scorer))
+        seconds[policy] = round(time.perf_counter() - mark, 1)
     table = policy_table(runs, by_day)
     seconds["total"] = round(time.perf_counter() - started, 1)
     result: dict[str, Any] = {

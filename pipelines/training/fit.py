@@ -23,7 +23,7 @@ from torch import nn
 from pipelines.core.dates import LOCAL_TZ
 from pipelines.core.names import LABEL, TIME_COLUMN
 from pipelines.training.model import TrainedModel
-from pipelines.training.network import Network, build_net, pick_device
+from pipelines.training.network import Network, build_net, cpu_threads, pick_device
 from pipelines.training.preprocessing import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -102,42 +102,43 @@ def train_model(train_frame: pd.DataFrame, valid_frame: pd.DataFrame, params: di
     """
     params = {**DEFAULT_PARAMS, **(params or {})}
     device = device or pick_device()
-    _seed_everything(seed)
-    preprocessor = (preprocessor or Preprocessor()).fit(train_frame)
-    cat_train, num_train = (t.to(device) for t in preprocessor.transform(train_frame))
-    cat_valid, num_valid = (t.to(device) for t in preprocessor.transform(valid_frame))
-    y_train, y_valid = _labels(train_frame).to(device), _labels(valid_frame).to(device)
+    with cpu_threads(device):
+        _seed_everything(seed)
+        preprocessor = (preprocessor or Preprocessor()).fit(train_frame)
+        cat_train, num_train = (t.to(device) for t in preprocessor.transform(train_frame))
+        cat_valid, num_valid = (t.to(device) for t in preprocessor.transform(valid_frame))
+        y_train, y_valid = _labels(train_frame).to(device), _labels(valid_frame).to(device)
 
-    net, optimizer, criterion = training_parts(preprocessor, train_frame, params, device)
-    batch_size = int(params["batch_size"])
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+        net, optimizer, criterion = training_parts(preprocessor, train_frame, params, device)
+        batch_size = int(params["batch_size"])
+        generator = torch.Generator(device="cpu").manual_seed(seed)
 
-    # Validation, early stopping and the kept state see the moving average of the weights, not the last step's.
-    averaged = WeightAverage(net, float(params["ema_decay"]))
-    best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(averaged.net.state_dict())
-    best_calibration = (1.0, 0.0)
-    history: list[dict[str, float]] = []
-    for epoch in range(max_epochs):
-        order = torch.randperm(len(y_train), generator=generator).to(device)
-        train_loss = train_epoch(net, optimizer, criterion,
-                                 sliced_batches(cat_train, num_train, y_train, order, batch_size),
-                                 averaged.update)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = _logits(averaged.net, cat_valid, num_valid, batch_size * 8)
-        calibration = fit_platt(logits, y_valid)
-        valid_loss = _log_loss(logits, y_valid, calibration)
-        history.append({"epoch": float(epoch), "train_loss": train_loss,
-                        "valid_log_loss": valid_loss, "valid_log_loss_uncalibrated": _log_loss(logits, y_valid)})
-        log.info("epoch %d: train loss %.4f, valid log loss %.4f (uncalibrated %.4f)", epoch, train_loss, valid_loss,
-                 history[-1]["valid_log_loss_uncalibrated"])
-        if on_epoch is not None:
-            on_epoch(epoch, valid_loss)
-        if valid_loss < best_loss - 1e-6:
-            best_loss, best_epoch, best_calibration = valid_loss, epoch, calibration
-            best_state = copy.deepcopy(averaged.net.state_dict())
-        elif epoch - best_epoch >= patience:
-            log.info("early stop at epoch %d (best %d, %.4f)", epoch, best_epoch, best_loss)
-            break
+        # Validation, early stopping and the kept state see the moving average of the weights, not the last step's.
+        averaged = WeightAverage(net, float(params["ema_decay"]))
+        best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(averaged.net.state_dict())
+        best_calibration = (1.0, 0.0)
+        history: list[dict[str, float]] = []
+        for epoch in range(max_epochs):
+            order = torch.randperm(len(y_train), generator=generator).to(device)
+            train_loss = train_epoch(net, optimizer, criterion,
+                                     sliced_batches(cat_train, num_train, y_train, order, batch_size),
+                                     averaged.update)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = _logits(averaged.net, cat_valid, num_valid, batch_size * 8)
+            calibration = fit_platt(logits, y_valid)
+            valid_loss = _log_loss(logits, y_valid, calibration)
+            history.append({"epoch": float(epoch), "train_loss": train_loss,
+                            "valid_log_loss": valid_loss, "valid_log_loss_uncalibrated": _log_loss(logits, y_valid)})
+            log.info("epoch %d: train loss %.4f, valid log loss %.4f (uncalibrated %.4f)", epoch, train_loss,
+                     valid_loss, history[-1]["valid_log_loss_uncalibrated"])
+            if on_epoch is not None:
+                on_epoch(epoch, valid_loss)
+            if valid_loss < best_loss - 1e-6:
+                best_loss, best_epoch, best_calibration = valid_loss, epoch, calibration
+                best_state = copy.deepcopy(averaged.net.state_dict())
+            elif epoch - best_epoch >= patience:
+                log.info("early stop at epoch %d (best %d, %.4f)", epoch, best_epoch, best_loss)
+                break
 
     state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
     return TrainedModel(preprocessor=preprocessor, state_dict=state, params=params, history=history,

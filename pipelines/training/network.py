@@ -5,6 +5,8 @@ networks (``FlightDelayEnsemble``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -185,6 +187,28 @@ class NumpyForward:
 def pick_device() -> torch.device:
     """CUDA when there is a GPU, else CPU: the same code trains on a laptop and on the GPU worker."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+CPU_THREADS = 1
+"""PyTorch's intra-op threads while training on the CPU. The network's steps are small (1,024-row batches through a
+64-32 MLP): on 2 cores, 6 epochs of a 90-day window took 3.0 s with one thread and 3.0-3.2 s with two, and beside
+one other busy process 3.6-4.2 s with one against 10.5-12.6 s with two (torch's threads spin waiting for each
+other). A pipeline host is rarely idle: the daily runs, the model service and other trainings share its cores."""
+
+
+@contextmanager
+def cpu_threads(device: torch.device, threads: int = CPU_THREADS) -> Iterator[None]:
+    """``threads`` intra-op threads while training on ``device`` when it is the CPU (a GPU is left alone); the
+    process's setting is restored afterwards."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def build_net(preprocessor: Preprocessor, params: dict[str, Any]) -> Network:

@@ -23,7 +23,15 @@ from pipelines.training.fit import (
     training_parts,
 )
 from pipelines.training.model import TrainedModel
-from pipelines.training.network import EMBEDDING_DIM, Dropout, FlightDelayEnsemble, FlightDelayNet, _lookup, pick_device
+from pipelines.training.network import (
+    CPU_THREADS,
+    EMBEDDING_DIM,
+    Dropout,
+    FlightDelayEnsemble,
+    FlightDelayNet,
+    _lookup,
+    pick_device,
+)
 from pipelines.training.preprocessing import UNKNOWN_INDEX, Preprocessor
 
 FAST = {"hidden_sizes": [32, 16], "dropout": 0.0, "lr": 3e-3, "batch_size": 256}
@@ -134,6 +142,21 @@ def test_on_epoch_called_once_per_epoch(splits: tuple[pd.DataFrame, pd.DataFrame
     assert [epoch for epoch, _ in calls] == [0, 1, 2, 3] == list(range(len(result.history)))
     assert all(np.isfinite(metric) for _, metric in calls)
     assert [m for _, m in calls] == [h["valid_log_loss"] for h in result.history]
+
+
+def test_training_on_the_cpu_uses_one_thread_and_gives_the_process_its_setting_back(
+        splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> None:
+    train, valid, _ = splits
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        during: list[int] = []
+        train_model(train, valid, FAST, seed=0, max_epochs=2, device=torch.device("cpu"),
+                    on_epoch=lambda epoch, metric: during.append(torch.get_num_threads()))
+        assert during == [CPU_THREADS, CPU_THREADS] and CPU_THREADS == 1
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_validation_log_loss_is_unweighted(trained: TrainedModel,

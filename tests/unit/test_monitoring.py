@@ -385,8 +385,9 @@ def test_decide_retrain_thresholds(summary: dict[str, Any], triggers: list[str])
     assert decision["triggers"] == triggers and decision["requested"] == bool(triggers)
     assert decision["reasons"] and all(isinstance(r, str) for r in decision["reasons"])
     assert (decision["window"] is not None) == bool(triggers)
-    # a request names the tuning it wants: the policy's trials, not the training DAG's default
-    assert decision["trials"] == (MonitoringPolicy().request_trials if triggers else None)
+    # a request names the tuning it wants (the policy's, not the training DAG's defaults), by the DAG's param names
+    tuning = {"trials": 6, "max_epochs": 20, "time_budget_minutes": 5}
+    assert decision["tuning"] == (tuning if triggers else None)
 
 
 def test_decide_retrain_says_why_it_does_nothing() -> None:

@@ -10,7 +10,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pipelines.core.runs import monitored_day, partition_window, run_day, run_key, run_slug, training_run_window
+from pipelines.core.runs import (
+    monitored_day,
+    partition_window,
+    run_day,
+    run_key,
+    run_slug,
+    training_run_window,
+    training_tuning,
+)
 
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -50,6 +58,19 @@ def test_training_takes_the_window_a_retrain_request_names_unless_params_set_one
     assert (days[0], days[-1]) == (date(2013, 5, 2), date(2013, 5, 31))
     with pytest.raises(ValueError, match="before start"):
         training_run_window(_context({"window_days": 30, "start_date": "2013-06-01", "end_date": "2013-05-01"}))
+
+
+def test_training_tunes_as_the_retrain_request_asks_else_as_its_params() -> None:
+    params = {"trials": 20, "max_epochs": 30, "time_budget_minutes": 30}
+    assert training_tuning(_context(params)) == params
+    first = {"start_date": "2013-04-01", "end_date": "2013-04-30", "trials": 6, "max_epochs": 20,
+             "time_budget_minutes": 5}
+    folded = {"flight_delay_retrain_requests": [first, first | {"trials": 3}]}
+    assert training_tuning(_context(params, events=folded)) == {"trials": 6, "max_epochs": 20,
+                                                                 "time_budget_minutes": 5}
+    # an older request that named only its trials
+    older = {"flight_delay_retrain_requests": [{"trials": 6}]}
+    assert training_tuning(_context(params, events=older)) == params | {"trials": 6}
 
 
 def test_monitoring_watches_the_day_param_else_its_own_day() -> None:
