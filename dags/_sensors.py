@@ -1,9 +1,11 @@
 """The sensors the DAGs wait with. Not a DAG file: ``.airflowignore`` keeps the dag-processor from parsing it; DAG
 files import it (Airflow puts the DAG folder on ``sys.path``).
 
-Both reschedule between pokes, so a waiting run holds no worker slot. Subclasses of the Task SDK's sensor rather
-than ``@task.sensor``: that decorator imports the standard provider's PythonSensor, whose module warns on import
-with this Airflow. Each first refuses a day the simulated feed does not hold (``_refusals.refuse``), then waits.
+The feed and window sensors reschedule between pokes, so a waiting run holds no worker slot; each first refuses a
+day the simulated feed does not hold (``_refusals.refuse``), then waits. The previous-day sensor pokes every second
+in its slot: its wait is the length of one replay. Subclasses of the Task SDK's sensor rather than
+``@task.sensor``: that decorator imports the standard provider's PythonSensor, whose module warns on import with
+this Airflow.
 """
 
 from __future__ import annotations
@@ -62,3 +64,35 @@ class WindowMonitoredSensor(BaseSensorOperator):
             return True
         self.log.info("waiting until monitoring has watched %s, the window's last day", days[-1])
         return open_lake(get_settings()).exists(monitoring_report_key(days[-1], REPORT_FILES["summary"]))
+
+
+# A task instance's states that end it (Airflow's TerminalTIState, and ``removed``).
+ENDED = frozenset({"success", "skipped", "failed", "upstream_failed", "removed"})
+
+
+class PreviousRunEndedSensor(BaseSensorOperator):
+    """Waits until ``task``'s try in the run before this one (by logical date) has ended, however it ended. Days
+    are replayed in order (the online store keeps the newest row per key), and two monitoring runs overlap: the next
+    day's replay starts as soon as this day's has ended, while this day's labels, report and email are made.
+    Airflow's ``depends_on_past`` would keep a run waiting for good after a failed or refused run before it (a
+    person's run dated today after a refused one, say); this sensor waits only while the earlier try is unfinished.
+    No earlier run, or one that has ended without the task: nothing to wait for."""
+
+    def __init__(self, *, task: str, **kwargs: Any) -> None:
+        super().__init__(mode="poke", poke_interval=1, timeout=WAIT.total_seconds(), **kwargs)
+        self.task = task
+
+    def poke(self, context: Any) -> bool:
+        ti = context["ti"]
+        previous = ti.get_previous_dagrun()
+        if previous is None:
+            return True
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[previous.run_id], task_ids=[self.task])
+        state = states.get(previous.run_id, {}).get(self.task)
+        if state in ENDED or (state is None and str(previous.state) in ("success", "failed")):
+            return True
+        if not getattr(self, "_said", False):  # once per try, not every second
+            self.log.info("waiting for %s of the run before, %s (%s)", self.task, previous.run_id,
+                          state or "not started")
+            self._said = True
+        return False

@@ -2,13 +2,17 @@
 ### flight_delay_monitoring: the served model, checked every day, with its owners told
 
 One run per New York day from 2013-04-01 (the first day after the demo window), when the day has ended (midnight
-America/New_York; the run's data interval is the day), one run at a time (traffic is replayed in order); no catchup:
+America/New_York; the run's data interval is the day), two runs at a time, overlapping: a day's traffic is replayed
+once the day before's replay has ended, while that day's labels, report and email are made; no catchup:
 a stretch of days is a backfill (the UI's *Backfill*, or `make year`), which runs them in order. A manual run
 watches the **day** param, else the New York date of its **Logical date**; a day the feed does not hold (the
 form's default, now, is past 2013) is refused with the feed's dates.
 
 0. `wait_for_feed`: the day's flights validated (`flights_ingest`); waits (rescheduling, no worker held) while the
-   day's feed is late, or quarantined until it is re-landed and its ingest run cleared.
+   day's feed is late, or quarantined until it is re-landed and its ingest run cleared. Then
+   `wait_for_previous_replay` and `wait_for_previous_report`: the run before (by logical date) has ended its replay
+   (days are replayed in order), and its report before this day's report is built (the retrain cooldown counts the
+   earlier requests); however it ended, so a failed or refused run before does not hold this one for good.
 1. `replay_traffic`: the simulated production traffic. The day's scheduled flights go to the live service over
    HTTP at their prediction times, minute by minute, with the day's departures pushed to Feast as operations state
    before each minute's requests and the batch views materialized hour by hour (after a rewind of the online store
@@ -37,7 +41,7 @@ from typing import Any
 
 from _assets import RETRAIN_REQUESTED, RETRAIN_REQUESTS
 from _notifiers import notify_owners_on_failure, send_monitoring_email
-from _sensors import DayValidatedSensor
+from _sensors import DayValidatedSensor, PreviousRunEndedSensor
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, timezone
 from airflow.sdk.exceptions import AirflowSkipException
 
@@ -55,7 +59,7 @@ log = logging.getLogger(__name__)
     # No end date (a manual run dated after it would be marked successful without running a task): the feed's own
     # dates decide (wait_for_features). No catchup: a replay of the year is an explicit backfill.
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=2,
     default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1),
                   "execution_timeout": timedelta(hours=1),  # a hung task fails and is retried
                   "on_failure_callback": notify_owners_on_failure},
@@ -108,11 +112,13 @@ def flight_delay_monitoring() -> None:
         get_current_context()["outlet_events"][RETRAIN_REQUESTED].add(RETRAIN_REQUESTS, extra=extra)
         return {"requested": True} | extra
 
-    summary = build_drift_report()
     feed = DayValidatedSensor(task_id="wait_for_feed")
+    replay = replay_traffic()
     labels = label_predictions()
-    feed >> replay_traffic() >> labels >> summary
-    feed >> labels
+    summary = build_drift_report()
+    feed >> PreviousRunEndedSensor(task_id="wait_for_previous_replay", task="replay_traffic") >> replay >> labels
+    feed >> labels >> summary
+    feed >> PreviousRunEndedSensor(task_id="wait_for_previous_report", task="build_drift_report") >> summary
     email_report(summary)
     request_retraining(summary)
 

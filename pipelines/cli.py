@@ -11,6 +11,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from pipelines.core.dates import DEFAULT_WINDOW_DAYS
+
 log = logging.getLogger(__name__)
 
 
@@ -85,8 +87,8 @@ def _ablation(args: argparse.Namespace) -> dict[str, Any]:
 def _backtest(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.simulation.backtest import BacktestConfig, format_policy_table, run_backtest
 
-    result = run_backtest(config=BacktestConfig(max_epochs=args.max_epochs), policies=args.policies,
-                          prepare=not args.no_prepare)
+    config = BacktestConfig(max_epochs=args.max_epochs, window_days=args.window_days)
+    result = run_backtest(config=config, policies=args.policies, prepare=not args.no_prepare)
     print(format_policy_table(result["table"]))  # noqa: T201 - the command's output
     return {"report_paths": result["report_paths"], "seconds": result["seconds"],
             "trainings": len(result["trainings"])}
@@ -292,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--no-prepare", action="store_true",
                           help="use the lake as it is (default: land, ingest, validate and build what it lacks)")
     backtest.add_argument("--max-epochs", type=int, default=30, help="epochs per training at most (default 30)")
+    backtest.add_argument("--window-days", type=int, default=DEFAULT_WINDOW_DAYS,
+                          help=f"the weekly policy's training window, days before each Monday (default "
+                               f"{DEFAULT_WINDOW_DAYS}, the training DAG's; 365: every day since January 1)")
     deploy = command("deploy", _deploy, "Serve the champion (or --version) at 127.0.0.1:$SERVICE_PORT: build its "
                      "Bento, "
                      "start it beside the live one, smoke-test, switch traffic", window=False)

@@ -75,8 +75,9 @@ def airflow_env(settings: Settings, profile: Mapping[str, str] | None = None) ->
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         # Tasks at once on this machine (the LocalExecutor keeps that many worker processes; Airflow's 32 are
-        # idle weight on a laptop). The production profile sets its own for all its workers.
-        "AIRFLOW__CORE__PARALLELISM": "4",
+        # idle weight on a laptop): a training, two ingest runs, the features, and two monitoring runs (one of
+        # them mostly a sensor waiting for the other's replay). The production profile sets its own.
+        "AIRFLOW__CORE__PARALLELISM": "6",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         # The UI and REST API: authentication on, one user (admin) whose password is in passwords_file.

@@ -183,12 +183,13 @@ def land_broken_days(settings: Settings, state: YearState, days: tuple[date, dat
 
 def start_backfills(api: AirflowClient, state: YearState, settings: Settings, days: tuple[date, date],
                     say: Callable[[str], None]) -> None:
-    """The year's daily backfills, once: ingestion (two days at once) and monitoring (one at a time, in order).
+    """The year's daily backfills, once: ingestion (two days at once) and monitoring (two days at once,
+    overlapping: a day's replay waits for the day before's, its report for the day before's report).
     The weekly trainings are not one backfill: Airflow queues all of a backfill's runs at once, and while a DAG
     has ``max_active_runs`` queued or running runs it defers every Asset-triggered run, so a year-long training
     backfill starved every drift request (``start_weekly_training`` makes them one Monday at a time)."""
     first, last = days
-    for dag_id, at_once in (("flights_ingest", 2), ("flight_delay_monitoring", 1)):
+    for dag_id, at_once in (("flights_ingest", 2), ("flight_delay_monitoring", 2)):
         if dag_id in state.backfills:
             set_paused(api, [state.backfills[dag_id]], paused=False)
             continue

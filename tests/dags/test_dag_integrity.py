@@ -262,12 +262,20 @@ def test_flight_delay_training_chain_fans_tuning_out(dagbag: Any) -> None:
 def test_flight_delay_monitoring_runs_daily_in_order_and_requests_retraining(dagbag: Any) -> None:
     monitoring = _dag(dagbag, DAGS_DIR / "flight_delay_monitoring.py")
     training = _dag(dagbag, DAGS_DIR / "flight_delay_training.py")
-    assert monitoring.max_active_runs == 1, "replays must run one day at a time, in order"
+    assert monitoring.max_active_runs == 2, "a day's replay overlaps the day before's report, never its replay"
     assert not monitoring.catchup and not training.catchup, "history is replayed by backfills, not on unpausing"
     assert monitoring.start_date == datetime(2013, 4, 1, tzinfo=NEW_YORK) and monitoring.end_date is None
-    assert [t.task_id for t in monitoring.topological_sort()] == [
-        "wait_for_feed", "replay_traffic", "label_predictions", "build_drift_report", "email_report",
-        "request_retraining"]
+    upstream = {t.task_id: t.upstream_task_ids for t in monitoring.tasks}
+    assert upstream == {
+        "wait_for_feed": set(), "wait_for_previous_replay": {"wait_for_feed"},
+        "replay_traffic": {"wait_for_previous_replay"}, "label_predictions": {"wait_for_feed", "replay_traffic"},
+        "wait_for_previous_report": {"wait_for_feed"},
+        "build_drift_report": {"label_predictions", "wait_for_previous_report"},
+        "email_report": {"build_drift_report"}, "request_retraining": {"build_drift_report"}}
+    # Days in order: a replay after the run before's replay, a report after its report.
+    for sensor, task in {"wait_for_previous_replay": "replay_traffic",
+                         "wait_for_previous_report": "build_drift_report"}.items():
+        assert monitoring.get_task(sensor).task == task and sensor in monitoring.get_task(task).upstream_task_ids
     # The retrain request goes out through an alias (an event only on the days that ask for one), as the very
     # Asset the training DAG is scheduled on.
     from _assets import RETRAIN_REQUESTED, RETRAIN_REQUESTS
@@ -276,7 +284,6 @@ def test_flight_delay_monitoring_runs_daily_in_order_and_requests_retraining(dag
     assert outlet == RETRAIN_REQUESTED and RETRAIN_REQUESTS == training.timetable.asset_condition
     labels = monitoring.get_task("label_predictions")
     assert labels.trigger_rule == "none_failed_min_one_success", "runs when the replay is off, not past the feed"
-    assert labels.upstream_task_ids == {"wait_for_feed", "replay_traffic"}
     assert monitoring.params.get_param("replay_traffic").value is True
     assert monitoring.params.get_param("day").value is None and monitoring.params.get_param("day").description
     # The replay and the features' materialization write the online store: never both at once.
@@ -286,6 +293,34 @@ def test_flight_delay_monitoring_runs_daily_in_order_and_requests_retraining(dag
     from pipelines.ops.airflow_config import POOLS
 
     assert POOLS["online_store"][0] == 1
+
+
+@pytest.mark.parametrize(("previous", "state", "ends"), [
+    (None, None, True),  # the first run: nothing before it
+    ("running", "running", False), ("running", "up_for_retry", False), ("queued", None, False),
+    ("running", "success", True), ("failed", "failed", True), ("failed", "upstream_failed", True),
+    ("success", "skipped", True), ("success", None, True),  # a run before the task existed
+])
+def test_a_run_waits_only_while_the_run_before_has_not_ended_the_task(dagbag: Any, previous: str | None,
+                                                                      state: str | None, ends: bool) -> None:
+    """A failed or refused run before (a person's run, say) does not hold the next one for good, as Airflow's
+    depends_on_past would; an unfinished one does. The Task SDK's answers are stood in for (no scheduler here)."""
+    from types import SimpleNamespace
+
+    sensor = _dag(dagbag, DAGS_DIR / "flight_delay_monitoring.py").get_task("wait_for_previous_replay")
+    before = None if previous is None else SimpleNamespace(run_id="backfill__day_before", state=previous)
+    asked: list[dict[str, Any]] = []
+
+    def task_states(**query: Any) -> dict[str, dict[str, str | None]]:
+        asked.append(query)
+        return {"backfill__day_before": {"replay_traffic": state}} if state else {}
+
+    ti = SimpleNamespace(dag_id="flight_delay_monitoring", get_previous_dagrun=lambda: before,
+                         get_task_states=task_states)
+    assert sensor.poke({"ti": ti}) is ends
+    if before is not None:
+        assert asked == [{"dag_id": "flight_delay_monitoring", "run_ids": ["backfill__day_before"],
+                          "task_ids": ["replay_traffic"]}]
 
 
 @pytest.mark.parametrize(("run_type", "outcome"), [

@@ -47,8 +47,8 @@ DAYS = [date(2013, 3, 1), date(2013, 3, 2)]
 # in New York (00:00 UTC that day is still March 31 there, and Airflow would run no task).
 LOGICAL_DATES = ["2013-04-01T04:00:00+00:00", "2013-04-02T04:00:00+00:00"]
 OWNERS = "monitoring-owners@example.com"
-CHAIN = ["wait_for_feed", "replay_traffic", "label_predictions", "build_drift_report", "email_report",
-         "request_retraining"]
+CHAIN = ["wait_for_feed", "wait_for_previous_replay", "replay_traffic", "label_predictions",
+         "wait_for_previous_report", "build_drift_report", "email_report", "request_retraining"]
 
 
 def _query(env: dict[str, str], sql: str, *args: Any) -> list[sqlite3.Row]:
