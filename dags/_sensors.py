@@ -53,11 +53,10 @@ class WindowMonitoredSensor(BaseSensorOperator):
         from pipelines.core.lake import REPORT_FILES, monitoring_report_key, open_lake
         from pipelines.core.runs import training_run_window
         from pipelines.core.settings import get_settings
-        from pipelines.simulation.feed import FeedUnavailable, check_feed_days
+        from pipelines.simulation.feed import FeedUnavailable, feed_window
 
-        days = training_run_window(context)
         try:
-            check_feed_days(days)
+            days = feed_window(training_run_window(context))
         except FeedUnavailable as error:
             refuse(context, error)
         if not context["params"]["after_monitoring"]:

@@ -5,8 +5,9 @@ Weekly (Mondays 06:00 America/New_York; no catchup, a replay of 2013 is a backfi
 `flight_delay_retrain_requests`, emitted by monitoring; its extra carries `start_date` / `end_date` and the tuning
 it asks for, which wins over the params: `trials`, `max_epochs`, `time_budget_minutes`), or by hand.
 The training window is **start_date** .. **end_date** when given, else the **window_days** days before the run's
-New York date. A window the feed does not hold (a manual run with the form's default logical date, now, is years
-past 2013) is refused with the feed's dates.
+New York date (a year: the backtest found a 90-day window forgetting the seasons; one starting before the feed
+trains on what the feed holds). A window ending outside the feed (a manual run with the form's default logical date,
+now, is years past 2013) is refused with the feed's dates.
 
 0. `wait_for_window`: checks the window; with **after_monitoring** (the year's backfill sets it), waits until
    monitoring has watched the window's last day, so a model never goes live before the days it was trained on
@@ -48,7 +49,7 @@ from _sensors import WindowMonitoredSensor
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task, timezone
 from airflow.sdk.exceptions import AirflowSkipException
 
-from pipelines.core.dates import LOCAL_TZ
+from pipelines.core.dates import DEFAULT_WINDOW_DAYS, LOCAL_TZ
 
 
 @dag(
@@ -71,7 +72,7 @@ from pipelines.core.dates import LOCAL_TZ
                             description="First day of the training window (YYYY-MM-DD). Empty: window_days back."),
         "end_date": Param(None, type=["null", "string"], format="date", title="End date",
                           description="Last day of the training window, inclusive. Empty: the day before the run."),
-        "window_days": Param(90, type="integer", minimum=21, maximum=366, title="Window days",
+        "window_days": Param(DEFAULT_WINDOW_DAYS, type="integer", minimum=21, maximum=366, title="Window days",
                              description="Length of the default window, ending the day before the run."),
         "valid_days": Param(14, type="integer", minimum=1, maximum=60, title="Validation days",
                             description="Days before the test window used for tuning and early stopping."),
@@ -96,10 +97,11 @@ def flight_delay_training() -> None:
     @task
     def build_training_set() -> dict:
         from pipelines.core.runs import run_key, training_run_window
+        from pipelines.simulation.feed import feed_window
         from pipelines.training.datasets import build_training_set
 
         context = get_current_context()
-        return build_training_set(training_run_window(context), run_key(context),
+        return build_training_set(feed_window(training_run_window(context)), run_key(context),
                                   valid_days=int(context["params"]["valid_days"]),
                                   test_days=int(context["params"]["test_days"]))
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from pipelines.core.dates import DEFAULT_WINDOW_DAYS
+
 
 @dataclass(frozen=True)
 class MonitoringPolicy:
@@ -34,7 +36,7 @@ class MonitoringPolicy:
     """No new request within this many days of the previous one."""
     quality_window_days: int = 7
     """The trailing window of matured labels the caller joins for the quality part."""
-    training_window_days: int = 90
+    training_window_days: int = DEFAULT_WINDOW_DAYS
     """The window of the training run a request asks for: this many days before the monitored day."""
     request_trials: int = 6
     """Optuna trials of the training a request starts (the default hyperparameters first, then TPE). Not the DAG's

