@@ -7,13 +7,13 @@ policies are compared month by month: ROC AUC, Brier score, flights, trainings a
 * **frozen**: the first champion, trained on January to March (the demo window: train / validation / test split by
   ``pipelines.training.fit.time_split`` as the training DAG splits it), serves the whole year. It never trains.
 * **weekly**: every Monday from April 1 (the training DAG's cron, ``0 6 * * 1``, before the day's flights) a model
-  is trained on the 90 days before (the DAG's ``window_days``) and judged by the promotion gate
+  is trained on the year before (the DAG's ``window_days``, ``DEFAULT_WINDOW_DAYS``) and judged by the promotion gate
   (``pipelines.registry.gate.decide``) on its own test window against the current champion; it serves from that
   Monday only when the gate promotes it.
 * **drift**: after each day, the day's monitoring summary feeds ``pipelines.monitoring.retrain.decide_retrain`` with
   the default ``MonitoringPolicy``: data drift of the day's served features against the current champion's training
   reference, and quality on the trailing 7 days of matured labels against the champion's test-window figures, with
-  the 7-day cooldown between requests. A request trains on the window it names (the 90 days before the monitored
+  the 7-day cooldown between requests. A request trains on the window it names (the year before the monitored
   day) and the model, once through the gate, serves from the next day.
 
 All three start from the same first champion and train with the same function (``pipelines.training.fit
