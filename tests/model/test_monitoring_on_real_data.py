@@ -99,4 +99,4 @@ def test_a_july_like_day_drifts_and_asks_for_retraining(reference: pd.DataFrame,
     drifted = {f["feature"] for f in summary["drifted_features"] if f["drifted"]}
     assert {"temp", "dewp", "carrier_mean_arr_delay_28d"} <= drifted
     assert summary["drift_detected"] and summary["retrain"]["requested"]
-    assert summary["retrain"]["window"] == {"start_date": "2012-11-30", "end_date": "2013-02-27"}
+    assert summary["retrain"]["window"] == {"start_date": "2012-02-29", "end_date": "2013-02-27"}

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.core.dates import date_range
+from pipelines.core.dates import DEFAULT_WINDOW_DAYS, date_range
 from pipelines.core.names import LABEL
 from pipelines.monitoring.retrain import MonitoringPolicy
 from pipelines.registry.gate import GatePolicy
@@ -114,17 +114,17 @@ def test_frozen_policy_never_trains_and_serves_the_first_model_every_day() -> No
     assert set(run.served.values()) == {FIRST.name}
 
 
-def test_weekly_policy_trains_every_monday_on_the_90_days_before() -> None:
+def test_weekly_policy_trains_every_monday_on_the_window_before() -> None:
     trainer = FakeTrainer()
     run = replay_policy("weekly", FIRST, BY_DAY, trainer, config=CONFIG, gate_policy=FAST_GATE)
     mondays = [d for d in CONFIG.scored_days() if d.weekday() == 0]
     assert len(mondays) == 6
     assert [date.fromisoformat(t["day"]) for t in run.trainings] == mondays
-    assert trainer.windows == [(m - timedelta(days=90), m - timedelta(days=1)) for m in mondays]
+    assert trainer.windows == [(m - timedelta(days=DEFAULT_WINDOW_DAYS), m - timedelta(days=1)) for m in mondays]
     assert all(t["adopted"] for t in run.trainings)
     for day, name in run.served.items():  # each Monday's model serves from that Monday to the Sunday after
         monday = day - timedelta(days=day.weekday())
-        assert name == f"{monday - timedelta(days=90)}..{monday - timedelta(days=1)}"
+        assert name == f"{monday - timedelta(days=DEFAULT_WINDOW_DAYS)}..{monday - timedelta(days=1)}"
 
 
 def test_weekly_policy_adopts_only_what_passes_the_gate() -> None:
@@ -135,9 +135,9 @@ def test_weekly_policy_adopts_only_what_passes_the_gate() -> None:
     assert [day for day, ok in adopted.items() if not ok] == ["2013-04-15", "2013-04-29"]
     assert any("below the floor" in reason for t in run.trainings if not t["adopted"] for reason in t["reasons"])
     # The week after a rejection is served by the model adopted the Monday before.
-    assert run.served[date(2013, 4, 15)] == run.served[date(2013, 4, 21)] == "2013-01-08..2013-04-07"
-    assert run.served[date(2013, 4, 22)] == "2013-01-22..2013-04-21"
-    assert run.served[date(2013, 4, 29)] == "2013-01-22..2013-04-21"
+    assert run.served[date(2013, 4, 15)] == run.served[date(2013, 4, 21)] == "2012-04-08..2013-04-07"
+    assert run.served[date(2013, 4, 22)] == "2012-04-22..2013-04-21"
+    assert run.served[date(2013, 4, 29)] == "2012-04-22..2013-04-21"
     table = {row["month"]: row for row in policy_table([run], BY_DAY)}
     assert (table["2013-04"]["trainings"], table["2013-04"]["adopted"]) == (5, 3)
     assert (table["all"]["trainings"], table["all"]["adopted"]) == (6, 4)
@@ -156,11 +156,11 @@ def test_drift_policy_requests_at_most_once_per_cooldown_and_serves_the_new_mode
     for decision in run.decisions:  # drift on the days between requests, but within the cooldown: not requested
         if date.fromisoformat(decision["date"]) in drifting and date.fromisoformat(decision["date"]) not in requests:
             assert decision["triggers"] == ["data_drift"] and not decision["requested"]
-    # Each request trains on the 90 days before the monitored day; the model serves from the day after.
-    assert trainer.windows == [(r - timedelta(days=90), r - timedelta(days=1)) for r in requests]
+    # Each request trains on the window before the monitored day; the model serves from the day after.
+    assert trainer.windows == [(r - timedelta(days=DEFAULT_WINDOW_DAYS), r - timedelta(days=1)) for r in requests]
     assert [t["day"] for t in run.trainings] == [(r + timedelta(days=1)).isoformat() for r in requests]
     for request in requests:
-        new = f"{request - timedelta(days=90)}..{request - timedelta(days=1)}"
+        new = f"{request - timedelta(days=DEFAULT_WINDOW_DAYS)}..{request - timedelta(days=1)}"
         assert run.served[request] != new and run.served[request + timedelta(days=1)] == new
         assert (request + timedelta(days=1), new) in watched  # monitoring follows the new champion
     assert set(run.served.values()) - {FIRST.name} == {t["model"] for t in run.trainings}
