@@ -9,6 +9,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,31 @@ def slot_health(settings: Settings) -> dict[str, str]:
     except OSError:
         return {}
     return {row["svname"]: row.get("status", "") for row in rows if row.get("pxname") == _backend(row["svname"])}
+
+
+@contextmanager
+def held_out_of_traffic(settings: Settings, slot: str, drain_s: float = 10) -> Iterator[None]:
+    """``slot`` in maintenance on both backends while the block runs: the front door sends it no new request, and
+    reuses none of its idle connections, so a process ended meanwhile (an orphaned worker, by the keeper) finishes
+    the requests it holds and closes the rest unused; entered once those in flight have ended (at most
+    ``drain_s``). Without this, a request sent on an idle connection the ending worker was closing got no answer
+    (``tests/integration/test_deployment.py``, a lone slot killed under load). Nothing happens when the front
+    door does not answer (stopped: nothing to hold)."""
+    servers = [f"{_backend(backend_slot)}/{slot}" for backend_slot in SLOTS]
+    try:
+        for server in servers:
+            haproxy(settings, f"set server {server} state maint")
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + drain_s
+        while _front_sessions(settings, slot) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield
+    finally:
+        for server in servers:  # back in rotation; the health checks take it back once it answers
+            haproxy(settings, f"set server {server} state ready")
 
 
 def start_front(settings: Settings, live: str | None) -> dict[str, Any]:

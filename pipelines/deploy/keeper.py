@@ -22,7 +22,7 @@ from typing import Any
 from pipelines.core.files import LockHeld, file_lock
 from pipelines.core.processes import running, start_process, stop_process
 from pipelines.core.settings import Settings, get_settings
-from pipelines.deploy.front_door import FRONT, deploy_dir
+from pipelines.deploy.front_door import FRONT, deploy_dir, held_out_of_traffic
 from pipelines.deploy.service import service_env, start_service
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def restart_dead_slots(settings: Settings) -> list[dict[str, Any]]:
                                           "model_version": info.get("model_version"), "bento": info.get("bento"),
                                           "live": slot == state.get("live")}
                 try:
-                    start_service(settings, int(info["port"]), name=f"slot-{slot}", target=str(info["bento"]))
+                    with held_out_of_traffic(settings, slot):  # a worker orphaned by a dead supervisor ends cleanly
+                        start_service(settings, int(info["port"]), name=f"slot-{slot}", target=str(info["bento"]))
                     record.update(status="restarted", restart_s=round(time.perf_counter() - started, 2))
                 except Exception as error:  # tried again next round; the log and the history say why
                     record.update(status="restart_failed", reason=str(error))
