@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pipelines.core.runs import (
+    TUNING_PARAMS,
     monitored_day,
     partition_window,
     run_day,
@@ -71,6 +72,12 @@ def test_training_tunes_as_the_retrain_request_asks_else_as_its_params() -> None
     # an older request that named only its trials
     older = {"flight_delay_retrain_requests": [{"trials": 6}]}
     assert training_tuning(_context(params, events=older)) == params | {"trials": 6}
+
+
+def test_a_retrain_request_names_exactly_the_tuning_a_training_reads() -> None:
+    from pipelines.monitoring.retrain import MonitoringPolicy
+
+    assert set(MonitoringPolicy().request_tuning()) == set(TUNING_PARAMS)
 
 
 def test_monitoring_watches_the_day_param_else_its_own_day() -> None:
