@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.core.settings import PROJECT_ROOT, Settings, read_env_file
-from pipelines.ops.airflow_config import admin_password, airflow_env, passwords_file
+from pipelines.ops.airflow_config import NUMERIC_THREADS, admin_password, airflow_env, passwords_file
 from pipelines.ops.stack import airflow_processes, celery_queues, names, service_processes
 
 EXAMPLE = PROJECT_ROOT / "infra" / "prod.env.example"
@@ -189,3 +189,13 @@ def test_the_tracking_server_runs_basic_auth_with_the_profiles_user(tmp_path: Pa
     assert config["mlflow"]["default_permission"] == "NO_PERMISSIONS"
     without = _process_env(settings, {k: v for k, v in profile.items() if k != "MLFLOW_TRACKING_PASSWORD"})
     assert "--app-name" not in next(p for p in service_processes(settings, without) if p.name == "mlflow").command
+
+
+def test_task_processes_run_numeric_libraries_on_one_thread_unless_told_otherwise(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in NUMERIC_THREADS:
+        monkeypatch.delenv(name, raising=False)
+    assert {name: airflow_env(settings)[name] for name in NUMERIC_THREADS} == dict.fromkeys(NUMERIC_THREADS, "1")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    assert airflow_env(settings)["OPENBLAS_NUM_THREADS"] == "4"
+    assert airflow_env(settings, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"
