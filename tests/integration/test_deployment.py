@@ -283,6 +283,9 @@ def test_failed_smoke_test_rolls_back_by_itself_and_says_why(deployment: dict[st
 
 # --- a slot dies under load ------------------------------------------------------------------------------------------
 
+# How a client sees a request cut off by its worker's death: the connection closed before the answer's headers,
+# or after them with the body missing.
+CUT_OFF = ("Connection aborted", "IncompleteRead")
 RECOVERY_BOUND_S = 120  # a hang bound, not a target: a restart takes ~10-20 s here (bentoml serve loading the model)
 
 
@@ -361,9 +364,11 @@ def test_the_live_slot_crashing_under_load_fails_over_to_the_other_slot(deployme
     ended = pd.Timestamp.now(tz="UTC")
     assert degraded is not None and "(version 1) serves meanwhile" in degraded, degraded
     # A request inside the worker when it dies is answered by nobody: its client sees the connection closed
-    # (HAProxy resends no POST). At most the one each client had in flight; every other is answered 200.
+    # (HAProxy resends no POST), before the answer's headers or, when the kill falls between the worker's two
+    # writes, after them (an incomplete body: a CI run saw one). At most the one each client had in flight;
+    # every other is answered 200.
     assert len(traffic.failures) <= len(traffic.answers), traffic.failures
-    assert all("Connection aborted" in failure for failure in traffic.failures), traffic.failures
+    assert all(any(cut in failure for cut in CUT_OFF) for failure in traffic.failures), traffic.failures
     assert set(traffic.answered) == {200}, sorted(set(traffic.answered))
     for client in range(len(traffic.answers)):
         assert traffic.versions(client) == ["2", "1", "2"], traffic.versions(client)
