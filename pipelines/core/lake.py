@@ -9,13 +9,14 @@ single PUT is atomic by itself (the object appears whole or not at all), so ``S3
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.core.files import create_exclusively, write_atomically
 
@@ -74,6 +75,18 @@ class Lake(ABC):
         """Every key under ``prefix`` (as ``list_keys``) with its size in bytes. Backends override it with one
         listing; this fallback reads each object."""
         return {key: len(self.read_bytes(key)) for key in self.list_keys(prefix)}
+
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        """Every key under ``prefix`` (as ``list_keys``) with a version: a string that changes when the object's
+        content changes and stays when it is written again unchanged (what a cache of derived data can be keyed on;
+        a time of writing cannot). A content hash here; S3 overrides it with the ETags of one listing."""
+        versions = {}
+        for key in self.list_keys(prefix):
+            try:
+                versions[key] = hashlib.sha256(self.read_bytes(key)).hexdigest()
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+        return versions
 
     def delete_keys(self, keys: Iterable[str]) -> int:
         """Delete many keys (as ``delete``: a missing key is not an error, so a retry after a partial run deletes
@@ -230,29 +243,28 @@ class S3Lake(Lake):
         return True
 
     def list_keys(self, prefix: str) -> list[str]:
-        # A prefix names a folder, as on the local lake: "raw/flights" must not match "raw/flights_v2/...".
-        folder = prefix.strip("/")
-        full = self._key(f"{folder}/") if folder else (f"{self.prefix}/" if self.prefix else "")
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        keys: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-            # ``.tmp`` keys are hidden as on the local lake (strays of writers that used temporary keys).
-            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []) if not obj["Key"].endswith(".tmp"))
-        return sorted(keys)
+        return sorted(key for key, _ in self._listing(prefix))
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
-    def list_sizes(self, prefix: str) -> dict[str, int]:
-        # The sizes come with the listing: one request per 1,000 keys, as list_keys.
+    def _listing(self, prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The objects under ``prefix`` as (key, S3's entry), one request per 1,000. A prefix names a folder, as on
+        the local lake ("raw/flights" must not match "raw/flights_v2/..."); ``.tmp`` keys are hidden as there
+        (strays of writers that used temporary keys)."""
         folder = prefix.strip("/")
         full = self._key(f"{folder}/") if folder else (f"{self.prefix}/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
-        sizes: dict[str, int] = {}
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-            sizes.update((obj["Key"][strip:], int(obj["Size"])) for obj in page.get("Contents", [])
-                         if not obj["Key"].endswith(".tmp"))
-        return dict(sorted(sizes.items()))
+            yield from ((obj["Key"][strip:], obj) for obj in page.get("Contents", [])
+                        if not obj["Key"].endswith(".tmp"))
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        return dict(sorted((key, int(obj["Size"])) for key, obj in self._listing(prefix)))
+
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        # An ETag is the MD5 of the content for a single PUT (every write here is one); it changes with the content.
+        return dict(sorted((key, str(obj["ETag"])) for key, obj in self._listing(prefix)))
 
     def delete_keys(self, keys: Iterable[str]) -> int:
         # DeleteObjects: up to 1,000 keys a request. S3 reports a key that is already gone as deleted, so a retry

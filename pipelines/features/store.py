@@ -296,10 +296,22 @@ def read_through_compaction(read: Callable[[], T], what: str) -> T:
 
 def training_set(days: Iterable[date], settings: Settings | None = None, *, stock: bool = False) -> pd.DataFrame:
     """Point-in-time correct features for every validated flight of ``days`` (prediction time = scheduled
-    departure minus two hours), with its label. ``stock=True``: through Feast's own offline store (comparisons)."""
+    departure minus two hours), with its label, sorted by flight id. Days retrieved before with the same inputs
+    come from the lake's cache (``pipelines.features.training_rows``). ``stock=True``: all retrieved through
+    Feast's own offline store (comparisons)."""
+    from pipelines.features.training_rows import read_through
+
     settings = settings or get_settings()
+    if stock:
+        return _retrieve(sorted(days), settings, stock=True)
+    return read_through(open_lake(settings), sorted(days), FEATURE_SERVICE,
+                        lambda missing: _retrieve(missing, settings))
+
+
+def _retrieve(days: list[date], settings: Settings, *, stock: bool = False) -> pd.DataFrame:
+    """``training_set`` from Feast, no cache."""
     lake = open_lake(settings)
-    keys = [partition_key("validated", "flights", d, "data.parquet") for d in sorted(days)]
+    keys = [partition_key("validated", "flights", d, "data.parquet") for d in days]
     flights = pd.concat([lake.read_parquet(k) for k in keys if lake.exists(k)], ignore_index=True)
     entities = flight_entities(flights)
     store = open_store(settings, stock=stock)

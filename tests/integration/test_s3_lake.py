@@ -233,6 +233,22 @@ def test_list_sizes_pages_and_delete_keys_batches(s3_lake: S3Lake, s3_server: S3
     assert s3_lake.list_sizes("") == {"labels/flight_delay/date=2013-01-02/data.parquet": 4}
 
 
+def test_versions_come_with_the_listing_and_change_with_the_content(s3_lake: S3Lake) -> None:
+    """The ETags of one listing: the same bytes written again keep the version, other bytes change it."""
+    s3_lake.write_bytes("features/weather_hourly/date=2013-01-02/data.parquet", b"rows")
+    s3_lake.write_bytes("features/weather_hourly/date=2013-01-03/data.parquet", b"rows")
+    before = s3_lake.list_versions("features/")
+    s3_lake.write_bytes("features/weather_hourly/date=2013-01-02/data.parquet", b"rows")
+    s3_lake.write_bytes("features/weather_hourly/date=2013-01-03/data.parquet", b"other rows")
+    after = s3_lake.list_versions("features/")
+    assert list(after) == list(before) == ["features/weather_hourly/date=2013-01-02/data.parquet",
+                                           "features/weather_hourly/date=2013-01-03/data.parquet"]
+    assert after["features/weather_hourly/date=2013-01-02/data.parquet"] == before[
+        "features/weather_hourly/date=2013-01-02/data.parquet"]
+    assert after["features/weather_hourly/date=2013-01-03/data.parquet"] != before[
+        "features/weather_hourly/date=2013-01-03/data.parquet"]
+
+
 def test_delete_keys_names_the_keys_s3_refused(s3_lake: S3Lake, monkeypatch: pytest.MonkeyPatch) -> None:
     """A per-key error in a DeleteObjects answer (S3 answers 200 with an Errors list) fails the call by name."""
     answer = {"Errors": [{"Key": "lake/predictions/a", "Code": "AccessDenied", "Message": "Access Denied"}]}

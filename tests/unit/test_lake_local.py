@@ -345,6 +345,22 @@ def test_list_sizes_gives_each_key_its_size_and_hides_temporary_files(local: Loc
     assert local.list_sizes("labels/") == {}
 
 
+def test_a_version_changes_with_the_content_not_with_a_rewrite(local: LocalLake) -> None:
+    """What the training rows' cache is keyed on: a rewrite of the same bytes keeps the version."""
+    local.write_bytes("features/weather_hourly/date=2013-01-02/data.parquet", b"rows")
+    local.write_bytes("features/weather_hourly/date=2013-01-03/data.parquet", b"rows")
+    (local.root / "features/weather_hourly/date=2013-01-02/.data.parquet.abc.tmp").write_bytes(b"half")
+    before = local.list_versions("features/")
+    local.write_bytes("features/weather_hourly/date=2013-01-02/data.parquet", b"rows")
+    assert local.list_versions("features/") == before and len(before) == 2
+    local.write_bytes("features/weather_hourly/date=2013-01-03/data.parquet", b"other rows")
+    after = local.list_versions("features/")
+    assert after["features/weather_hourly/date=2013-01-02/data.parquet"] == before[
+        "features/weather_hourly/date=2013-01-02/data.parquet"]
+    assert after["features/weather_hourly/date=2013-01-03/data.parquet"] != before[
+        "features/weather_hourly/date=2013-01-03/data.parquet"]
+
+
 def test_delete_keys_deletes_many_skips_missing_ones_and_drops_empty_folders(local: LocalLake) -> None:
     """A retry after a partial delete passes keys that are gone already: no error, the rest deleted."""
     keys = [f"predictions/flight_delay/date=2013-01-0{d}/part-{i}.parquet" for d in (2, 3) for i in range(2)]
