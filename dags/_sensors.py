@@ -15,6 +15,7 @@ from typing import Any
 
 from _refusals import refuse
 from airflow.sdk import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowSkipException
 
 # The feed of a day may be quarantined and re-landed by a person: wait for hours, not minutes.
 WAIT = timedelta(hours=6)
@@ -42,9 +43,15 @@ class DayValidatedSensor(BaseSensorOperator):
         return open_lake(get_settings()).exists(partition_key("validated", "flights", day, "data.parquet"))
 
 
+# Runs the scheduler makes from the DAG's timetable (the weekly retrain), or a backfill of it.
+SCHEDULED = frozenset({"scheduled", "backfill"})
+
+
 class WindowMonitoredSensor(BaseSensorOperator):
     """Checks a training run's window; with the run's ``after_monitoring`` param, waits until monitoring has
-    watched the window's last day."""
+    watched the window's last day. A scheduled run with ``skip_if_trained_within_days`` then waits while another
+    training runs (two trainings never share the cores) and skips when the registry holds a version trained on data
+    that recent (a drift request retrained the model this week: the weekly retrain would repeat it)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(mode="reschedule", poke_interval=30, timeout=WAIT.total_seconds(), **kwargs)
@@ -59,10 +66,30 @@ class WindowMonitoredSensor(BaseSensorOperator):
             days = feed_window(training_run_window(context))
         except FeedUnavailable as error:
             refuse(context, error)
-        if not context["params"]["after_monitoring"]:
-            return True
-        self.log.info("waiting until monitoring has watched %s, the window's last day", days[-1])
-        return open_lake(get_settings()).exists(monitoring_report_key(days[-1], REPORT_FILES["summary"]))
+        if context["params"]["after_monitoring"]:
+            self.log.info("waiting until monitoring has watched %s, the window's last day", days[-1])
+            if not open_lake(get_settings()).exists(monitoring_report_key(days[-1], REPORT_FILES["summary"])):
+                return False
+        fresh_days = int(context["params"].get("skip_if_trained_within_days") or 0)
+        run_type = context["dag_run"].run_type
+        if fresh_days and getattr(run_type, "value", run_type) in SCHEDULED:  # an enum in a task
+            return self._no_fresher_model(context, days[-1], fresh_days)
+        return True
+
+    def _no_fresher_model(self, context: Any, last_day: Any, fresh_days: int) -> bool:
+        from pipelines.registry.register import freshest_version
+
+        ti = context["ti"]
+        if ti.get_dr_count(dag_id=ti.dag_id, states=["running"]) > 1:
+            self.log.info("waiting: another run of %s is training", ti.dag_id)
+            return False
+        freshest = freshest_version()
+        if freshest is not None and (last_day - freshest[0]).days < fresh_days:
+            raise AirflowSkipException(
+                f"version {freshest[1]} was trained on data through {freshest[0]}, {(last_day - freshest[0]).days} "
+                f"days before this window's last day {last_day} (under skip_if_trained_within_days = {fresh_days}): "
+                "nothing to retrain")
+        return True
 
 
 # A task instance's states that end it (Airflow's TerminalTIState, and ``removed``).

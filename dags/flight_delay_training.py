@@ -11,7 +11,10 @@ now, is years past 2013) is refused with the feed's dates.
 
 0. `wait_for_window`: checks the window; with **after_monitoring** (the year's backfill sets it), waits until
    monitoring has watched the window's last day, so a model never goes live before the days it was trained on
-   were served (a replayed year runs faster than its calendar; live, the calendar does this by itself).
+   were served (a replayed year runs faster than its calendar; live, the calendar does this by itself). A
+   scheduled run (the weekly retrain) then waits while another training runs and is skipped, with the reason,
+   when a version was trained on a window ending within **skip_if_trained_within_days** (7) of its own: a drift
+   request retrained the model this week, and the weekly run would repeat it on nearly the same days.
 
 1. `build_training_set`: point-in-time features from Feast (`flight_delay_v1`) for the window's validated flights,
    split by time: train, validation (**valid_days**, for tuning and early stopping), test (the last **test_days**).
@@ -88,6 +91,12 @@ from pipelines.core.dates import DEFAULT_WINDOW_DAYS, LOCAL_TZ
                             description="Upper bound per training; early stopping usually ends sooner."),
         "tuning_workers": Param(1, type="integer", minimum=1, maximum=32, title="Tuning workers",
                                 description="Mapped tuning tasks sharing the study (needs PostgreSQL storage)."),
+        "skip_if_trained_within_days": Param(
+            7, type="integer", minimum=0, maximum=366, title="Skip if trained within days",
+            description="A scheduled run (the weekly retrain, or its backfill) first waits while another training "
+                        "runs, then is skipped when a registered version was trained on a window ending fewer than "
+                        "this many days before its own (a drift request retrained this week). 0: never skipped. "
+                        "Manual and requested runs always train."),
         "after_monitoring": Param(False, type="boolean", title="After monitoring",
                                   description="Wait until flight_delay_monitoring has watched the window's last day "
                                               "(a replayed year: no model goes live before its window was served)."),

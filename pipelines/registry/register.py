@@ -14,7 +14,7 @@ import hashlib
 import logging
 import shutil
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +135,21 @@ def alias_version(alias: str, settings: Settings | None = None) -> str | None:
     use_tracking(settings or get_settings())
     version = version_by_alias(alias)
     return None if version is None else str(version.version)
+
+
+def freshest_version(settings: Settings | None = None) -> tuple[date, str] | None:
+    """The registered version trained on the most recent data: the last day of its window, and its number (None
+    when nothing is registered)."""
+    from mlflow import MlflowClient
+
+    use_tracking(settings or get_settings())
+    found = []
+    for version in MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'"):
+        _, _, last = version.tags.get("lineage.window", "").partition("..")
+        if last:
+            found.append((date.fromisoformat(last), int(version.version)))
+    freshest = max(found, default=None)
+    return None if freshest is None else (freshest[0], str(freshest[1]))
 
 
 def champion_params(settings: Settings | None = None) -> dict[str, Any] | None:
