@@ -8,7 +8,6 @@ for it by test_dag_integrity.py. The task's body runs in this process with a tas
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -19,8 +18,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pipelines.core.lake import LocalLake
-from pipelines.core.settings import PROJECT_ROOT, Settings
-from pipelines.ops.airflow_config import airflow_env
+from pipelines.core.settings import PROJECT_ROOT
+from tests.helpers.dag_files import parsed_dag
 
 DAGS_DIR = PROJECT_ROOT / "dags"
 NEW_YORK = ZoneInfo("America/New_York")
@@ -31,16 +30,8 @@ KEPT = "predictions/flight_delay/date=2013-06-01/part-0.parquet"
 @pytest.fixture(scope="module")
 def retention_dag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The DAG, parsed from its file with the embedded Airflow environment on a throwaway home."""
-    env = airflow_env(Settings(pipeline_home=tmp_path_factory.mktemp("lake_retention") / "home"))
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            if os.environ.get(name) != value:
-                patch.setenv(name, value)
-        from airflow.dag_processing.dagbag import BundleDagBag
-
-        bag = BundleDagBag(dag_folder=str(DAGS_DIR / "lake_retention.py"), bundle_path=DAGS_DIR)
-        assert bag.import_errors == {}
-        yield bag.dags["lake_retention"]
+    with parsed_dag(tmp_path_factory.mktemp("lake_retention") / "home", "lake_retention") as dag:
+        yield dag
 
 
 def test_runs_daily_after_the_new_york_day_without_catchup(retention_dag: Any) -> None:

@@ -9,7 +9,6 @@ no scheduler runs here).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -20,9 +19,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pipelines.core.names import MODEL_NAME
-from pipelines.core.settings import PROJECT_ROOT, Settings, get_settings
-from pipelines.ops.airflow_config import airflow_env
+from pipelines.core.settings import PROJECT_ROOT, get_settings
 from pipelines.training.tracking import use_tracking
+from tests.helpers.dag_files import parsed_dag
 
 DAGS_DIR = PROJECT_ROOT / "dags"
 NEW_YORK = ZoneInfo("America/New_York")
@@ -31,16 +30,7 @@ MONDAY = datetime(2013, 7, 15, 6, tzinfo=NEW_YORK)  # its window ends Sunday Jul
 
 @pytest.fixture(scope="module")
 def sensor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    env = airflow_env(Settings(pipeline_home=tmp_path_factory.mktemp("training_dag") / "home"))
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            if os.environ.get(name) != value:
-                patch.setenv(name, value)
-        from airflow.dag_processing.dagbag import BundleDagBag
-
-        bag = BundleDagBag(dag_folder=str(DAGS_DIR / "flight_delay_training.py"), bundle_path=DAGS_DIR)
-        assert bag.import_errors == {}
-        dag = bag.dags["flight_delay_training"]
+    with parsed_dag(tmp_path_factory.mktemp("training_dag") / "home", "flight_delay_training") as dag:
         yield SimpleNamespace(task=dag.get_task("wait_for_window"), params=dag.params)
 
 
