@@ -435,11 +435,13 @@ def _online_content(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
         return {table: sorted(connection.execute(f'SELECT * FROM "{table}"').fetchall()) for table in tables}
 
 
-def test_loading_only_the_views_with_rows_each_hour_serves_what_loading_every_view_serves(built: Built) -> None:
-    """The replay loads, hour by hour, only the views with rows stamped in the hour's window (read once for the
-    day: ``offline_stamps``, ``views_with_rows``). After every hour the online store must hold exactly what loading
-    every windowed view each hour leaves in it."""
-    from pipelines.features.store import offline_stamps, windowed_views
+def test_loading_the_days_rows_hour_by_hour_serves_what_materializing_every_view_each_hour_serves(
+        built: Built) -> None:
+    """The replay reads a day's rows of the windowed views once and loads, hour by hour, only the views with rows
+    stamped in the hour's window (``WindowLoads``, ``views_with_rows``). After every hour the online store must hold
+    exactly what Feast's ``materialize`` of every windowed view each hour leaves in it, and the registry records the
+    window loaded."""
+    from pipelines.features.store import WindowLoads, windowed_views
     from pipelines.simulation.replay import views_with_rows
 
     every, only = built.on_same_lake("every_view_hourly"), built.on_same_lake("views_with_rows_hourly")
@@ -451,17 +453,19 @@ def test_loading_only_the_views_with_rows_each_hour_serves_what_loading_every_vi
     views = windowed_views(every_store.list_feature_views())
     start = pd.Timestamp(run_window([DAY])[0]).tz_convert("UTC")
     hours = [start.floor("h") + pd.Timedelta(hours=n, seconds=1) for n in range(1, 31)]
-    stamps = offline_stamps(only_store, views, start.to_pydatetime(), hours[-1].to_pydatetime())
-    assert sorted(stamps) == sorted(views) and all(len(times) for times in stamps.values())
+    loads = WindowLoads(only_store, views, start.to_pydatetime(), hours[-1].to_pydatetime())
+    assert sorted(loads.stamps) == sorted(views) and all(len(times) for times in loads.stamps.values())
 
-    loaded, skipped = start, 0
+    loaded, skipped, written = start, 0, 0
     for until in hours:
         every_store.materialize(start_date=loaded.to_pydatetime(), end_date=until.to_pydatetime(),
                                 feature_views=views)
-        if due := views_with_rows(stamps, loaded, until):
-            only_store.materialize(start_date=loaded.to_pydatetime(), end_date=until.to_pydatetime(),
-                                   feature_views=due)
+        if due := views_with_rows(loads.stamps, loaded, until):
+            written += loads.load(due, loaded, until)
         skipped += len(views) - len(due)
         assert _online_content(only) == _online_content(every), f"after the hour ending {until}"
         loaded = until
-    assert skipped > len(hours)  # most hours load the weather alone
+    assert skipped > len(hours) and written > 0  # most hours load the weather alone
+    loads.record()
+    weather = open_store(only).get_feature_view("weather_hourly")
+    assert weather.materialization_intervals[-1] == (start.to_pydatetime(), hours[-1].to_pydatetime())

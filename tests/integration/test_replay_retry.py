@@ -42,7 +42,7 @@ def retried(champion_settings: Settings, real_days: list, tmp_path_factory: pyte
     port = free_port()
     start_service(settings, port=port)
     url = f"http://127.0.0.1:{port}"
-    real_send = replay._Clients.send
+    real_send = replay._Client.send
     batches = 0
 
     def send_then_stop(self: Any, bodies: list[dict[str, Any]]) -> tuple[int, int]:
@@ -53,7 +53,7 @@ def retried(champion_settings: Settings, real_days: list, tmp_path_factory: pyte
         return real_send(self, bodies)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(replay._Clients, "send", send_then_stop)
+        patch.setattr(replay._Client, "send", send_then_stop)
         with pytest.raises(replay.ReplayError) as first:
             replay.replay_traffic(DAY, settings, url=url)
     lake = open_lake(settings)
