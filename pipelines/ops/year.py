@@ -351,8 +351,11 @@ def year_summary(api: AirflowClient, settings: Settings, state: YearState, first
     for run in api.every("/dags/flight_delay_training/dagRuns", "dag_runs", {"start_date_gte": since.isoformat()}):
         if run["run_type"] == "scheduled":  # the scheduler's own runs are for today, past the feed: skipped
             continue
+        tasks = {ti["task_id"]: ti["state"] for ti in api.task_instances("flight_delay_training", run["dag_run_id"])}
         trainings.append({"run_id": run["dag_run_id"], "type": run["run_type"], "state": run["state"],
-                          "logical_date": run.get("logical_date"), "window": run.get("conf") or {}})
+                          "logical_date": run.get("logical_date"), "window": run.get("conf") or {},
+                          # A weekly run skipped by its first task: a version trained this week already.
+                          "skipped": tasks.get("wait_for_window") == "skipped"})
     costs = {dag_id: dag_costs(api, dag_id, since) for dag_id in DAG_IDS}
     served = served_against_feed(settings, first, last)
     summary: dict[str, Any] = {"days": f"{first}..{last}", "wall_s": round(time.time() - state.started_at),
@@ -367,7 +370,8 @@ def year_summary(api: AirflowClient, settings: Settings, state: YearState, first
                       for dag_id, cost in costs.items()},
         "tasks_mean_s": {dag_id: cost["tasks_mean_s"] for dag_id, cost in costs.items()},
         "served": {k: v for k, v in served.items() if k != "problems"},
-        "trainings": len(trainings)})
+        "trainings": sum(not t["skipped"] for t in trainings),
+        "weekly_runs_skipped": sum(t["skipped"] for t in trainings)})
     return summary
 
 
@@ -451,7 +455,9 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
     say(f"Flights: {served['feed_flights']:,} in the feed of {served['days']} days, {served['logged_flights']:,} "
         f"predicted and logged, {served['missing']} missing, {served['duplicates']} logged twice")
     say(f"Faults: {len(state.broken)} broken days, {len(state.repaired)} re-landed and re-run")
-    say(f"Trainings: {len(summary['trainings'])}")
+    skipped = sum(t["skipped"] for t in summary["trainings"])
+    say(f"Trainings: {len(summary['trainings']) - skipped} (and {skipped} weekly runs skipped: a version trained "
+        "that week already)")
     for dag_id, cost in summary["costs"].items():
         say(f"  {dag_id}: {cost['runs']} runs, median {cost['median_s']}s a run; slowest tasks "
             + ", ".join(f"{task} {seconds}s" for task, seconds in list(cost["tasks_mean_s"].items())[:3]))
