@@ -417,6 +417,24 @@ def test_cooldown_keeps_one_bad_week_from_retraining_every_day() -> None:
     assert decide_retrain(drifting, [earlier(3)], MonitoringPolicy(cooldown_days=0))["requested"]
 
 
+def test_a_request_searches_the_hyperparameters_once_in_four_weeks() -> None:
+    policy = MonitoringPolicy(cooldown_days=7, search_every_days=28)
+
+    def earlier(days_before: int, trials: int) -> dict[str, Any]:
+        return {"date": (DAY - timedelta(days=days_before)).isoformat(),
+                "retrain": {"requested": True, "tuning": policy.request_tuning(trials > 0)}}
+
+    drifting = _summary(0.5)
+    assert decide_retrain(drifting, [], policy)["tuning"]["trials"] == 6  # none asked for before
+    kept = decide_retrain(drifting, [earlier(21, 6), earlier(14, 0), earlier(7, 0)], policy)
+    assert kept["requested"] and kept["tuning"] == {"trials": 0, "max_epochs": 20, "time_budget_minutes": 5}
+    assert any(f"a search was asked for on {DAY - timedelta(days=21)}, 21 days ago" in r for r in kept["reasons"])
+    searched = decide_retrain(drifting, [earlier(28, 6), earlier(7, 0)], policy)
+    assert searched["tuning"]["trials"] == 6 and "with a search of the hyperparameters (6 trials)" in searched[
+        "reasons"]
+    assert decide_retrain(drifting, [earlier(-3, 6)], policy)["tuning"]["trials"] == 6  # a later day does not count
+
+
 def test_build_drift_report_reads_the_day_from_the_lake(reference: pd.DataFrame, flights: Flights, settings: Settings,
                                                         lake: Lake) -> None:
     """The DAG's step: the day's prediction log (two objects, one flight asked twice), the labelled predictions of
