@@ -49,8 +49,9 @@ REPORT_DAG = "flight_delay_year_report"
 # The first champion: tuned as make run tunes it.
 FIRST_TRAINING = {"trials": 6, "time_budget_minutes": 5, "max_epochs": 20}
 # A scheduled weekly retrain: no search, the champion's hyperparameters on the new window (``trials`` 0); a drift or
-# quality request runs a short search once in four weeks (MonitoringPolicy.request_tuning, search_every_days). The week's data moved, the best settings rarely
-# do, and the search was the largest step of a weekly training (tune_hyperparameters, 2 trials).
+# quality request runs a short search once in four weeks (MonitoringPolicy.request_tuning, search_every_days). The
+# week's data moved, the best settings rarely do, and the search was the largest step of a weekly training
+# (tune_hyperparameters, 2 trials).
 WEEKLY = {"trials": 0, "time_budget_minutes": 5, "max_epochs": 20, "after_monitoring": True}
 # Days whose flights feed arrives broken, and how (pipelines.simulation.corruption): each is quarantined.
 BROKEN_DAYS = {date(2013, 5, 14): "truncated", date(2013, 8, 20): "missing_columns",
