@@ -177,7 +177,7 @@ class WindowLoads:
         import numpy as np
 
         offline = store._get_provider().offline_store  # type: ignore[attr-defined]
-        self.store, self.start, self.end = store, start, end
+        self.store = store
         self.loaded: dict[str, tuple[datetime, datetime]] = {}
         self._rows: dict[str, Any] = {}
         self._keys: dict[str, pd.DataFrame] = {}
