@@ -35,6 +35,7 @@ with stock by comparing the raw stored bytes and by reading both back through ``
 from __future__ import annotations
 
 import logging
+import sqlite3
 import struct
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -339,6 +340,7 @@ def sqlite_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
     if config.online_store.vector_enabled or getattr(config.online_store, "enable_openai_compatible_store", False):
         raise Unsupported("vector or value_num columns")
     conn = online_store._get_conn(config)
+    _write_ahead_log(conn)
     versioning = config.registry.enable_online_feature_view_versioning
 
     def write(table: pa.Table | pa.RecordBatch, feature_view: FeatureView, join_keys: dict[str, ValueType],
@@ -370,6 +372,19 @@ def sqlite_writer(online_store: Any, config: RepoConfig) -> Callable[..., int]:
         return len(keys)
 
     return write
+
+
+def _write_ahead_log(conn: sqlite3.Connection) -> None:
+    """The online database in WAL mode with ``synchronous = NORMAL``: a commit appends to the log without an fsync
+    (3.6 ms each here, and a replayed day commits about a thousand times, a push per minute per view), and the
+    service's reads never wait for a write. Committed rows survive a crashed process; a power cut may lose the last
+    commits, which the offline store holds (the online store is rebuilt from it). Best effort: a database another
+    connection holds locked keeps its mode."""
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.OperationalError as error:
+        log.warning("online store: WAL mode not set (%s); commits fsync", error)
 
 
 def delete_keys(online_store: Any, config: RepoConfig, feature_view: FeatureView, join_keys: dict[str, ValueType],

@@ -190,6 +190,7 @@ def _replay_day(day: date, settings: Settings, url: str | None, wait_for_log_s: 
     recorded_until = tracker.clock
 
     ids = flight_id(flights)
+    bodies = requests_from_flights(flights)  # once for the day (by row position): 5 ms a minute when built per minute
     if done:
         # A retry: what the first try sent reaches the lake within the service's batch age; then it is not sent again.
         time.sleep(min(settings.prediction_log_max_age_s + 1, 60))
@@ -226,7 +227,7 @@ def _replay_day(day: date, settings: Settings, url: str | None, wait_for_log_s: 
                 requests_now = requests_now[~ids.loc[requests_now.index].isin(already)]
                 if requests_now.empty:
                     continue
-                ok, bad = sender.send(requests_from_flights(requests_now))
+                ok, bad = sender.send([bodies[row] for row in requests_now.index])
                 sent += ok
                 if bad:  # the hour is not recorded as done: a retry resumes it with what was not logged
                     state["days"][day.isoformat()] = {"sent": sent, "failed": bad, "finished": False}
