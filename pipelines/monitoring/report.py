@@ -91,9 +91,7 @@ def served_frame(predictions: pd.DataFrame) -> pd.DataFrame:
     if predictions.empty:
         empty = feature_frame(pd.DataFrame({ID_COLUMN: pd.Series([], dtype=str)}), np.array([], dtype="float64"))
         return empty.assign(model_version=pd.Series([], dtype=str), predictions=pd.Series([], dtype="int64"))
-    ordered = predictions.sort_values("served_at", kind="stable")
-    counts = ordered.groupby(ID_COLUMN, sort=False)[ID_COLUMN].transform("size")
-    latest = ordered.assign(predictions=counts).drop_duplicates(ID_COLUMN, keep="last").reset_index(drop=True)
+    latest = _latest_answers(predictions)
     features = pd.DataFrame([json.loads(text) for text in latest["features"]], index=latest.index)
     # The request's own fields (carrier, origin, dest, ...) fill whatever the feature JSON does not name.
     request = latest.drop(columns=[c for c in ("features", PREDICTION) if c in latest.columns])
@@ -105,28 +103,43 @@ def served_frame(predictions: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _latest_answers(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The latest served row of each flight, in the order they were served, with ``predictions`` (how many)."""
+    ordered = predictions.sort_values("served_at", kind="stable")
+    counts = ordered.groupby(ID_COLUMN, sort=False)[ID_COLUMN].transform("size")
+    return ordered.assign(predictions=counts).drop_duplicates(ID_COLUMN, keep="last").reset_index(drop=True)
+
+
+def labelled_scores(labels: pd.DataFrame) -> pd.DataFrame:
+    """Labelled prediction-log rows -> the flight id, score ``prediction`` and label of each flight's latest answer:
+    ``served_frame``'s rows and values of those columns, all the quality part reads. Parsing the ``features`` JSON
+    of a week of flights for nothing was the slowest step of a day's report after Evidently (0.25 s)."""
+    latest = _latest_answers(labels)
+    return pd.DataFrame({ID_COLUMN: latest[ID_COLUMN].astype(str),
+                         PREDICTION: latest["probability"].astype("float64"), LABEL: latest[LABEL].astype("int64")})
+
+
 # --- the report ---------------------------------------------------------------------------------------------------
 
 def _drift_report(columns: list[str], thresholds: dict[str, float], policy: MonitoringPolicy) -> Report:
     """Evidently's data drift of ``columns`` and the drift of the score, with their tests.
 
-    The metrics are those ``DataDriftPreset`` generates (``DriftedColumnsCount``, then one ``ValueDrift`` per
-    column, same configuration: the same results and tests), listed here instead of through the preset. The
-    preset's own page (the legacy ``DatasetDriftMetric`` and ``DataDriftTable``) computes every column's drift
-    again and draws every column's two plots a second time, while the ``ValueDrift`` widgets already drawn are
-    discarded: 1.3 of the 3.7 s of a day's report. The features' drift is ``LeanValueDrift``
-    (``pipelines.monitoring.drift_metric``: the same computation, plots only for a column that drifted); the
-    score's keeps the stock metric, so its distribution is always drawn. The tests section lists every column's
-    verdict, score and threshold on one screen."""
+    The metrics are those ``DataDriftPreset`` generates (the drifted-columns count, then one value drift per
+    column, same configuration: the same results and tests), listed here instead of through the preset, whose own
+    page (the legacy ``DatasetDriftMetric`` and ``DataDriftTable``) computes every column's drift again and draws
+    every column's two plots a second time. The count and the features' drift are the lean metrics of
+    ``pipelines.monitoring.drift_metric`` (the same values, verdicts and tests; the count read from the columns'
+    verdicts, plots only for a column that drifted); the score's keeps the stock metric, so its distribution is
+    always drawn. The tests section lists every column's verdict, score and threshold on one screen."""
     from evidently import Report
-    from evidently.metrics import DriftedColumnsCount, ValueDrift
+    from evidently.metrics import ValueDrift
 
-    from pipelines.monitoring.drift_metric import LeanValueDrift
+    from pipelines.monitoring.drift_metric import LeanDriftedColumnsCount, LeanValueDrift
 
     methods = {c: method_of(c) for c in columns}
     return Report([
-        DriftedColumnsCount(columns=columns, drift_share=policy.drift_share, per_column_method=methods,
-                            per_column_threshold={c: thresholds[c] for c in columns}),
+        LeanDriftedColumnsCount(columns=columns, drift_share=policy.drift_share, per_column_method=methods,
+                                per_column_threshold={c: thresholds[c] for c in columns}),
         *(LeanValueDrift(column=c, method=methods[c], threshold=thresholds[c]) for c in columns),
         ValueDrift(column=PREDICTION, method=method_of(PREDICTION), threshold=thresholds[PREDICTION]),
     ], include_tests=True)
@@ -157,7 +170,7 @@ def _read_drift(snapshot: Snapshot, columns: list[str]) -> tuple[dict[str, Any],
     scores: dict[str, dict[str, Any]] = {}
     for metric in result["metrics"]:
         config = metric["config"]
-        if config["type"].endswith(":DriftedColumnsCount"):
+        if config["type"].endswith("DriftedColumnsCount"):
             count = {"count": int(metric["value"]["count"]), "share": float(metric["value"]["share"])}
         elif config["type"].endswith("ValueDrift"):
             scores[config["column"]] = {"score": float(metric["value"]), "method": config["method"],
@@ -205,8 +218,8 @@ def _number(value: Any, digits: int = 4) -> float | None:
 def _quality(reference: pd.DataFrame, labelled: pd.DataFrame, training_metrics: dict[str, Any], day: date,
              metadata: dict[str, Any]) -> tuple[dict[str, Any], Snapshot | None]:
     from evidently import Report
-    from evidently.presets import ClassificationQuality
 
+    from pipelines.monitoring.drift_metric import LeanClassificationQuality
     from pipelines.serving.predictor import DEFAULT_THRESHOLD
     from pipelines.training.evaluation import classification_metrics
 
@@ -221,8 +234,8 @@ def _quality(reference: pd.DataFrame, labelled: pd.DataFrame, training_metrics: 
                "training_roc_auc": _number(training.get("roc_auc")), "training_brier": _number(training.get("brier"))}
     snapshot = None
     if 0 < y.sum() < len(y) and 0 < reference[LABEL].sum() < len(reference):  # ranking needs both classes
-        report = Report([ClassificationQuality(probas_threshold=DEFAULT_THRESHOLD, conf_matrix=True, pr_curve=True)],
-                        include_tests=False)
+        report = Report([LeanClassificationQuality(probas_threshold=DEFAULT_THRESHOLD, conf_matrix=True,
+                                                   pr_curve=True)], include_tests=False)
         snapshot = report.run(evidently_dataset(labelled, [PREDICTION], labelled=True),
                               evidently_dataset(reference, [PREDICTION], labelled=True),
                               timestamp=datetime(day.year, day.month, day.day), metadata=metadata)
@@ -246,6 +259,11 @@ def build_report(reference: pd.DataFrame, current: pd.DataFrame, labelled: pd.Da
                     "feature, which day-level features exceed on ordinary days", THRESHOLD_FLOOR)
     thresholds = {c: float((calibration or {}).get("thresholds", {}).get(c, THRESHOLD_FLOOR))
                   for c in (*DRIFT_FEATURES, PREDICTION)}
+    model_run_key = reference.attrs.get("monitoring", {}).get("run_key")
+    # pandas deep-copies ``attrs`` (the calibration: every training day's scores) into every frame and column
+    # derived from the reference, a hundred times a report; everything read from them is read above.
+    reference = reference.copy(deep=False)
+    reference.attrs = {}
     versions = current["model_version"].astype(str).value_counts() if "model_version" in current.columns \
         else pd.Series(dtype="int64")
     model_version = str(versions.index[0]) if len(versions) else None
@@ -265,7 +283,7 @@ def build_report(reference: pd.DataFrame, current: pd.DataFrame, labelled: pd.Da
 
     snapshots: list[Snapshot] = []
     summary: dict[str, Any] = {"date": day.isoformat(), "model_version": model_version,
-                               "model_run_key": reference.attrs.get("monitoring", {}).get("run_key"),
+                               "model_run_key": model_run_key,
                                "traffic": {"predictions": predictions, "flights": flights,
                                            "model_versions": {str(k): int(v) for k, v in versions.items()},
                                            **({"scheduled": scheduled} if scheduled is not None else {})}}
@@ -380,7 +398,7 @@ def build_drift_report(day: date, settings: Settings | None = None, policy: Moni
     reference = load_reference(run_key, settings)
     window = date_range(day - timedelta(days=policy.quality_window_days - 1), day)
     labels = read_labels(window, settings)
-    labelled = served_frame(labels) if not labels.empty else None
+    labelled = labelled_scores(labels) if not labels.empty else None
     feed = partition_key("validated", "flights", day, "data.parquet")
     scheduled = len(lake.read_parquet(feed)) if lake.exists(feed) else None
     return build_report(reference, current, labelled, read_evaluation(run_key, settings), day, settings, policy,

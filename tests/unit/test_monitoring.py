@@ -25,6 +25,7 @@ from pipelines.monitoring.report import (
     build_drift_report,
     build_report,
     evidently_dataset,
+    labelled_scores,
     monitoring_history,
     read_summary,
     served_frame,
@@ -161,7 +162,7 @@ def test_reports_land_in_the_lake(calm: tuple[dict[str, Any], Lake]) -> None:
     assert lake.read_text(summary["report_keys"]["html"]).lstrip().lower().startswith("<!doctype html")
     evidently = json.loads(lake.read_text(summary["report_keys"]["json"]))
     types = {m["config"]["type"].rsplit(":", 1)[1] for m in evidently["metrics"]}
-    assert {"DriftedColumnsCount", "ValueDrift", "RocAuc"} <= types  # drift and quality in one report
+    assert {"LeanDriftedColumnsCount", "LeanValueDrift", "ValueDrift", "RocAuc"} <= types  # drift and quality in one
     assert not [k for k in lake.list_keys("reports/") if k.endswith(".tmp")]
 
 
@@ -216,8 +217,8 @@ def test_drift_report_holds_what_the_data_drift_preset_computes(reference: pd.Da
     ], include_tests=True).run(*data).dict()
     ours = _drift_report(columns, thresholds, policy).run(*data).dict()
 
-    def stock(config: dict[str, Any]) -> dict[str, Any]:  # LeanValueDrift is ValueDrift under another name
-        return config | {"type": config["type"].replace(":LeanValueDrift", ":ValueDrift")}
+    def stock(config: dict[str, Any]) -> dict[str, Any]:  # the lean metrics are the stock ones under other names
+        return config | {"type": config["type"].replace(":Lean", ":")}
 
     assert [stock(m["config"]) for m in ours["metrics"]] == [m["config"] for m in preset["metrics"]]
     assert ours["metrics"][0]["value"] == preset["metrics"][0]["value"]  # DriftedColumnsCount: count and share
@@ -354,6 +355,47 @@ def test_served_frame_expands_the_log_and_keeps_the_latest_answer(reference: pd.
         pd.testing.assert_series_equal(by_id.loc[expected.index, column], expected[column], check_names=False)
     assert by_id.loc[drawn["flight_id"].head(10), "wind_gust"].isna().all()  # null in the JSON -> NaN
     assert by_id.loc[repeated, "dest"].notna().all()  # from the request (the feature JSON has only the route)
+
+
+def test_labelled_scores_are_the_served_frames(flights: Flights) -> None:
+    """The quality part's light reading of the labels: ``served_frame``'s rows (the latest answer of each flight, in
+    its order) and values of the id, the score and the label, without parsing the features."""
+    drawn = flights(300, 2, seed=5, first=DAY - timedelta(days=2))
+    first = prediction_log_rows(drawn, _scores(drawn), "3", pd.Timestamp("2013-07-14T08:00Z"))
+    again = prediction_log_rows(drawn.head(7), np.full(7, 0.9), "4", pd.Timestamp("2013-07-14T09:00Z"))
+    labels = pd.concat([again, first], ignore_index=True)
+    labels[LABEL] = np.tile(drawn[LABEL].to_numpy(), 2)[:len(labels)]
+    light = labelled_scores(labels)
+    pd.testing.assert_frame_equal(light, served_frame(labels)[["flight_id", PREDICTION, LABEL]])
+    assert (light.set_index("flight_id").loc[drawn["flight_id"].head(7), PREDICTION] == 0.9).all()
+
+
+def test_lean_quality_preset_is_the_stock_preset(reference: pd.DataFrame, labelled: pd.DataFrame) -> None:
+    """``LeanClassificationQuality`` has the preset's metrics, values and page; only the discarded pages of its
+    metrics are switched off (in their configs)."""
+    from evidently import Report
+    from evidently.presets import ClassificationQuality
+
+    from pipelines.monitoring.drift_metric import LeanClassificationQuality
+
+    data = (evidently_dataset(labelled, [PREDICTION], labelled=True),
+            evidently_dataset(reference, [PREDICTION], labelled=True))
+    runs = [Report([preset(probas_threshold=0.5, conf_matrix=True, pr_curve=True)], include_tests=False).run(*data)
+            for preset in (ClassificationQuality, LeanClassificationQuality)]
+    stock, lean = (run.dict()["metrics"] for run in runs)
+    assert [(m["config"]["type"], m["value"]) for m in lean] == [(m["config"]["type"], m["value"]) for m in stock]
+    switched = {k: v for m, n in zip(lean, stock, strict=True) for k, v in m["config"].items()
+                if n["config"].get(k) != v}
+    assert set(switched.values()) == {False} and set(switched) <= {"conf_matrix", "roc_curve", "pr_curve", "pr_table"}
+
+    def page(run: Any) -> Any:  # the widgets without their random ids and the metric ids they link to
+        def strip(node: Any) -> Any:
+            if isinstance(node, dict):
+                return {k: strip(v) for k, v in node.items() if k not in ("id", "linked_metrics")}
+            return [strip(v) for v in node] if isinstance(node, list) else node
+        return strip(json.loads(json.dumps(run.dump_dict()["widgets"], default=str)))
+
+    assert page(runs[1]) == page(runs[0])
 
 
 def _summary(share: float | None = 0.0, flights: int = 1000, quality: dict[str, Any] | None = None,
