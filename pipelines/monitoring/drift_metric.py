@@ -15,7 +15,7 @@ inside the metric's calculation (no public switch), and ``DriftedColumnsCount`` 
 ``DatasetDriftMetric``, which computes every column's drift again (with the same plots' data) and renders a page
 that is discarded. A reader of the morning report opens the plots of the columns that drifted. Measured on
 2013-04-03 (1 of 47 drifted), plots only for drifted columns: 3.3 s -> 1.4 s; on 2013-07-15 (9 of 47 drifted), the
-plots' data only for drifted columns and the count from the verdicts: the drift part 2.6 s -> 1.0 s.
+plots' data only for drifted columns and the count from the verdicts: Evidently's drift run 2.2 s -> 0.7 s.
 
 Built on Evidently's extension points (a metric class and the calculation it names; a preset's generated
 metrics). A drifted column goes through the stock ``get_one_column_drift`` (on that column alone: nothing else of
@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 
 
 class LeanValueDrift(ValueDrift):
-    """``ValueDrift`` that computes and plots only a drifted column's plots (``evidently:metric_v2:LeanValueDrift``)."""
+    """``ValueDrift`` whose plots are computed and drawn only for a column that drifted
+    (``evidently:metric_v2:LeanValueDrift``)."""
 
 
 class LeanDriftedColumnsCount(DriftedColumnsCount):

@@ -163,16 +163,14 @@ def evidently_dataset(frame: pd.DataFrame, columns: list[str], labelled: bool = 
     return Dataset.from_pandas(data, data_definition=definition)
 
 
-def _read_drift(snapshot: Snapshot, columns: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Evidently's drifted-columns count and, per column, its score, method, threshold and test verdict."""
+def _read_drift(snapshot: Snapshot, columns: list[str]) -> dict[str, dict[str, Any]]:
+    """Per column, Evidently's score, method, threshold and test verdict (its drifted-columns count is counted from
+    these verdicts: ``LeanDriftedColumnsCount``)."""
     result = snapshot.dict()
-    count: dict[str, Any] = {}
     scores: dict[str, dict[str, Any]] = {}
     for metric in result["metrics"]:
         config = metric["config"]
-        if config["type"].endswith("DriftedColumnsCount"):
-            count = {"count": int(metric["value"]["count"]), "share": float(metric["value"]["share"])}
-        elif config["type"].endswith("ValueDrift"):
+        if config["type"].endswith("ValueDrift"):
             scores[config["column"]] = {"score": float(metric["value"]), "method": config["method"],
                                         "threshold": float(config["threshold"])}
     for test in result["tests"]:
@@ -182,7 +180,7 @@ def _read_drift(snapshot: Snapshot, columns: list[str]) -> tuple[dict[str, Any],
     missing = [c for c in [*columns, PREDICTION] if "drifted" not in scores.get(c, {})]
     if missing:
         raise RuntimeError(f"Evidently returned no drift verdict for {', '.join(missing)}")
-    return count, scores
+    return scores
 
 
 def _combined(snapshots: list[Snapshot]) -> Snapshot:
@@ -292,12 +290,10 @@ def build_report(reference: pd.DataFrame, current: pd.DataFrame, labelled: pd.Da
             evidently_dataset(current, [*columns, PREDICTION]), evidently_dataset(reference, [*columns, PREDICTION]),
             timestamp=datetime(day.year, day.month, day.day), metadata=metadata)
         snapshots.append(snapshot)
-        count, scores = _read_drift(snapshot, columns)
+        scores = _read_drift(snapshot, columns)
         features = sorted(({"feature": c, **scores[c]} for c in columns),
                           key=lambda f: (-f["score"] / f["threshold"], f["feature"]))
         drifted = sum(f["drifted"] for f in features)
-        if count and count["count"] != drifted:
-            log.warning("Evidently counts %d drifted columns, its per-column tests %d", count["count"], drifted)
         share = drifted / len(columns) if columns else 0.0
         prediction = scores[PREDICTION]
         summary |= {
