@@ -380,19 +380,22 @@ def names(settings: Settings, profile: Mapping[str, str] | None = None) -> list[
 
 
 def down(profile: Mapping[str, str] | None = None, settings: Settings | None = None) -> list[str]:
-    """Stop what ``up`` started, by process id, last started first; the names of those that were running."""
+    """Stop what ``up`` started, by process id, last started first (Airflow, with the tasks it runs, before the model
+    service: a deploy task still running after the service was stopped started a slot again); the names of those
+    that were running."""
     from pipelines.deploy.blue_green import stop_all
 
     settings = settings or get_settings()
-    stop_all(settings)
-    stopped = []
-    known = names(settings, profile)
+    airflow = [p.name for p in airflow_processes(settings, _process_env(settings, airflow_env(settings, profile)))]
     # Workers the pid files know of beyond the profile's count (the profile changed since) are stopped too.
     workers = sorted(path.stem for path in (settings.pipeline_home / "run").glob("airflow-worker-*.pid"))
-    for name in [*dict.fromkeys([*reversed(known), *workers])]:
-        if stop_process(settings, name, timeout_s=60):
-            stopped.append(name)
-    return stopped
+    stopped = [name for name in dict.fromkeys([*workers, *reversed(airflow)])
+               if stop_process(settings, name, timeout_s=60)]
+    # The slots, front door and keeper a deployment started (also by hand), while the lake and the registry they
+    # flush to are still up; then the mail server and the stand-ins of the managed services.
+    stop_all(settings)
+    rest = [name for name in reversed(names(settings, profile)) if name not in airflow]
+    return stopped + [name for name in rest if stop_process(settings, name, timeout_s=60)]
 
 
 def status(profile: Mapping[str, str] | None = None, settings: Settings | None = None) -> dict[str, Any]:

@@ -199,3 +199,20 @@ def test_task_processes_run_numeric_libraries_on_one_thread_unless_told_otherwis
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
     assert airflow_env(settings)["OPENBLAS_NUM_THREADS"] == "4"
     assert airflow_env(settings, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"
+
+
+def test_down_stops_airflow_and_its_tasks_before_the_model_service(settings: Settings,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deploy task still running when ``make down`` had stopped the service started a slot again. The order is
+    what this checks (stops are recorded, not done: tests/unit/test_processes.py stops real ones): Airflow
+    with its tasks first, then the slots while the lake and registry they flush to are up, then the rest."""
+    import pipelines.deploy.blue_green as blue_green
+    import pipelines.ops.stack as stack
+
+    calls: list[str] = []
+    monkeypatch.setattr(stack, "stop_process", lambda _settings, name, timeout_s: calls.append(name) or True)
+    monkeypatch.setattr(blue_green, "stop_all", lambda _settings: calls.append("model service"))
+    stopped = stack.down(None, settings)
+    assert calls == ["airflow-triggerer", "airflow-dag-processor", "airflow-scheduler", "airflow-api-server",
+                     "model service", "mail"]
+    assert stopped == [name for name in calls if name != "model service"]
