@@ -77,14 +77,14 @@ class WindowMonitoredSensor(BaseSensorOperator):
         return True
 
     def _no_fresher_model(self, context: Any, last_day: Any, fresh_days: int) -> bool:
-        from pipelines.registry.register import freshest_version
+        from pipelines.registry.register import fresher_version
 
         ti = context["ti"]
         if ti.get_dr_count(dag_id=ti.dag_id, states=["running"]) > 1:
             self.log.info("waiting: another run of %s is training", ti.dag_id)
             return False
-        freshest = freshest_version()
-        if freshest is not None and (last_day - freshest[0]).days < fresh_days:
+        freshest = fresher_version(last_day, fresh_days)
+        if freshest is not None:
             raise AirflowSkipException(
                 f"version {freshest[1]} was trained on data through {freshest[0]}, {(last_day - freshest[0]).days} "
                 f"days before this window's last day {last_day} (under skip_if_trained_within_days = {fresh_days}): "

@@ -52,7 +52,7 @@ from _sensors import WindowMonitoredSensor
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task, timezone
 from airflow.sdk.exceptions import AirflowSkipException
 
-from pipelines.core.dates import DEFAULT_WINDOW_DAYS, LOCAL_TZ
+from pipelines.core.dates import DEFAULT_WINDOW_DAYS, LOCAL_TZ, SKIP_IF_TRAINED_WITHIN_DAYS
 
 
 @dag(
@@ -92,7 +92,7 @@ from pipelines.core.dates import DEFAULT_WINDOW_DAYS, LOCAL_TZ
         "tuning_workers": Param(1, type="integer", minimum=1, maximum=32, title="Tuning workers",
                                 description="Mapped tuning tasks sharing the study (needs PostgreSQL storage)."),
         "skip_if_trained_within_days": Param(
-            7, type="integer", minimum=0, maximum=366, title="Skip if trained within days",
+            SKIP_IF_TRAINED_WITHIN_DAYS, type="integer", minimum=0, maximum=366, title="Skip if trained within days",
             description="A scheduled run (the weekly retrain, or its backfill) first waits while another training "
                         "runs, then is skipped when a registered version was trained on a window ending fewer than "
                         "this many days before its own (a drift request retrained this week). 0: never skipped. "

@@ -38,6 +38,10 @@ DEFAULT_WINDOW_DAYS = 365
 side) found a 90-day window forgetting the seasons it had seen; a year's window beat the frozen January-March model
 in 8 of 9 months (README, "What retraining is worth")."""
 
+SKIP_IF_TRAINED_WITHIN_DAYS = 7
+"""A scheduled (weekly) retrain is skipped when a registered version was trained on a window ending fewer than this
+many days before its own: a drift request retrained the model this week already."""
+
 
 def training_window(logical_date: date, start: str | date | None = None, end: str | date | None = None,
                     window_days: int = DEFAULT_WINDOW_DAYS) -> list[date]:

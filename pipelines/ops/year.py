@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.bench_results import results_file, write_results
-from pipelines.core.dates import local_midnight
+from pipelines.core.dates import SKIP_IF_TRAINED_WITHIN_DAYS, local_midnight
 from pipelines.core.lake import open_lake, partition_key
 from pipelines.core.settings import Settings, get_settings
 from pipelines.ops.airflow_api import AirflowClient
@@ -78,6 +78,9 @@ class YearState:
     backfills: dict[str, int] = field(default_factory=dict)
     weekly: dict[str, int] = field(default_factory=dict)
     """Monday (ISO date) -> the backfill of that Monday's training, created once monitoring watched the Sunday."""
+    weekly_not_run: dict[str, str] = field(default_factory=dict)
+    """Monday (ISO date) -> why its training was not made: a later Monday's was due too, or a fresher version was
+    registered (what the weekly run's own first task would have found)."""
     broken: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
@@ -212,19 +215,39 @@ def mondays(days: tuple[date, date]) -> list[date]:
 
 def start_weekly_training(api: AirflowClient, state: YearState, settings: Settings, days: tuple[date, date],
                           say: Callable[[str], None]) -> None:
-    """The next Monday's training as a backfill of that one day (``WEEKLY``: the scheduler's weekly run, with lighter
-    tuning), once monitoring has watched the Sunday before it and the last Monday's training has ended: a model
-    never goes live before the days it was trained on were served, and no training run waits queued in front of
-    the drift requests."""
-    pending = [monday for monday in mondays(days) if monday.isoformat() not in state.weekly]
-    if not pending:
+    """The weekly training due now, as a backfill of its Monday (``WEEKLY``: the scheduler's weekly run, with lighter
+    tuning), once monitoring has watched the Sunday before it and no training runs: a model never goes live before
+    the days it was trained on were served, no training run waits queued in front of the drift requests, and two
+    trainings never share the cores. Monitoring runs ahead of training: when several Mondays are due at once only
+    the latest trains (the DAG's ``catchup=False``: a scheduler that missed weeks runs the last one; the others
+    would train older windows to be replaced at once), and a Monday whose window a registered version covers
+    already (a drift request retrained that week) is not made (its run would skip itself after waiting its turn)."""
+    pending = [monday for monday in mondays(days)
+               if monday.isoformat() not in state.weekly and monday.isoformat() not in state.weekly_not_run]
+    due = []
+    for monday in pending:
+        sunday = _run_of_day(api, "flight_delay_monitoring", monday - timedelta(days=1))
+        if sunday is None or sunday["state"] != "success":
+            break
+        due.append(monday)
+    if not due:
         return
-    monday = pending[0]
-    sunday = _run_of_day(api, "flight_delay_monitoring", monday - timedelta(days=1))
-    if sunday is None or sunday["state"] != "success":
+    # Airflow runs one backfill of a DAG at a time (409 otherwise), and a running training may register a fresher
+    # version: decide once none runs.
+    if any(backfill["completed_at"] is None for backfill in api.backfills("flight_delay_training")) or \
+            _active_runs(api, "flight_delay_training"):
         return
-    # Airflow runs one backfill of a DAG at a time (409 otherwise): the last Monday's training must have ended.
-    if any(backfill["completed_at"] is None for backfill in api.backfills("flight_delay_training")):
+    *older, monday = due
+    for earlier in older:
+        state.weekly_not_run[earlier.isoformat()] = f"the training of {monday}, due too, trains a later window"
+        say(f"  {earlier}: no weekly training, {state.weekly_not_run[earlier.isoformat()]}")
+    from pipelines.registry.register import fresher_version
+
+    fresher = fresher_version(monday - timedelta(days=1), SKIP_IF_TRAINED_WITHIN_DAYS, settings)
+    if fresher is not None:
+        state.weekly_not_run[monday.isoformat()] = f"version {fresher[1]} was trained on data through {fresher[0]}"
+        say(f"  {monday}: no weekly training, {state.weekly_not_run[monday.isoformat()]}")
+        state.save(settings)
         return
     # The backfill spans the New York Monday, midnight to midnight: the 06:00 run is inside it.
     backfill = api.backfill("flight_delay_training", monday, monday + timedelta(days=1), WEEKLY, max_active_runs=1)
@@ -365,7 +388,8 @@ def year_summary(api: AirflowClient, settings: Settings, state: YearState, first
     summary: dict[str, Any] = {"days": f"{first}..{last}", "wall_s": round(time.time() - state.started_at),
                "served": served,
                "faults": {"broken": state.broken, "repaired": state.repaired},
-               "trainings": trainings, "costs": costs, "slowest_step": slowest_daily_step(costs)}
+               "trainings": trainings, "weekly_not_run": state.weekly_not_run, "costs": costs,
+               "slowest_step": slowest_daily_step(costs)}
     path = settings.pipeline_home / "year" / "summary.json"
     path.write_text(json.dumps(summary, indent=2, default=str))
     write_results(results_file(settings), "year", {
@@ -375,7 +399,7 @@ def year_summary(api: AirflowClient, settings: Settings, state: YearState, first
         "tasks_mean_s": {dag_id: cost["tasks_mean_s"] for dag_id, cost in costs.items()},
         "served": {k: v for k, v in served.items() if k != "problems"},
         "trainings": sum(not t["skipped"] for t in trainings),
-        "weekly_runs_skipped": sum(t["skipped"] for t in trainings)})
+        "weekly_runs_skipped": sum(t["skipped"] for t in trainings), "weekly_not_run": len(state.weekly_not_run)})
     return summary
 
 
@@ -439,7 +463,7 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
             repair_broken_days(api, state, settings, say)
             start_weekly_training(api, state, settings, (first, last), say)
             counts = progress(api, state)
-            if counts["finished"] and len(state.weekly) == len(mondays((first, last))):
+            if counts["finished"] and len(state.weekly) + len(state.weekly_not_run) == len(mondays((first, last))):
                 break
             if deadline is not None and time.monotonic() > deadline:
                 _pause(api, state)
@@ -462,7 +486,8 @@ def run_year(first: date = YEAR[0], last: date = YEAR[1], settings: Settings | N
     say(f"Faults: {len(state.broken)} broken days, {len(state.repaired)} re-landed and re-run")
     skipped = sum(t["skipped"] for t in summary["trainings"])
     say(f"Trainings: {len(summary['trainings']) - skipped} (and {skipped} weekly runs skipped: a version trained "
-        "that week already)")
+        f"that week already; {len(state.weekly_not_run)} weekly trainings not made, a later one or a fresher version "
+        "covering their week)")
     for dag_id, cost in summary["costs"].items():
         say(f"  {dag_id}: {cost['runs']} runs, median {cost['median_s']}s a run; slowest tasks "
             + ", ".join(f"{task} {seconds}s" for task, seconds in list(cost["tasks_mean_s"].items())[:3]))

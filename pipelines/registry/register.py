@@ -152,6 +152,14 @@ def freshest_version(settings: Settings | None = None) -> tuple[date, str] | Non
     return None if freshest is None else (freshest[0], str(freshest[1]))
 
 
+def fresher_version(last_day: date, within_days: int, settings: Settings | None = None) -> tuple[date, str] | None:
+    """The registered version a retrain on a window ending ``last_day`` would repeat: one trained on data through
+    fewer than ``within_days`` days before it (its window's last day and its number), else None (also when
+    ``within_days`` is 0). The weekly run's sensor and ``make year`` skip a weekly retrain by it."""
+    freshest = freshest_version(settings) if within_days > 0 else None
+    return freshest if freshest is not None and (last_day - freshest[0]).days < within_days else None
+
+
 def champion_params(settings: Settings | None = None) -> dict[str, Any] | None:
     """The training parameters the ``champion`` was trained with (its final run's logged params), None when there
     is no champion yet. A scheduled retrain without a search trains the week's data with them."""

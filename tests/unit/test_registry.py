@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -66,3 +67,15 @@ def torch_equal(a: tuple, b: tuple) -> bool:
     import torch
 
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_retrain_repeats_a_version_trained_through_fewer_than_the_days_before_its_window_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.registry import register
+
+    monkeypatch.setattr(register, "freshest_version", lambda settings=None: (date(2013, 7, 4), "6"))
+    assert register.fresher_version(date(2013, 7, 7), 7) == (date(2013, 7, 4), "6")  # three days older
+    assert register.fresher_version(date(2013, 7, 11), 7) is None  # seven days: a week's new data
+    assert register.fresher_version(date(2013, 7, 5), 0) is None  # 0: never skipped
+    monkeypatch.setattr(register, "freshest_version", lambda settings=None: None)
+    assert register.fresher_version(date(2013, 7, 7), 7) is None  # nothing registered
