@@ -122,9 +122,16 @@ def run_benchmarks(start: date | None = None, end: date | None = None) -> dict[s
     monitoring = bench_monitoring(scratch)
     write_results(results_file(settings), "monitoring", monitoring)
     print_monitoring(monitoring)
+
+    from benchmarks.targets import print_targets, target_rows
+
+    results = {"ingestion": figures, "features": features, "training": training, "serving": serving,
+               "monitoring": monitoring}
+    targets = target_rows(results)
+    write_results(results_file(settings), "targets", {"rows": targets})
+    print_targets(targets)
     say(f"Results written to {results_file(settings)}")
-    return {"ingestion": figures, "features": features, "training": training, "serving": serving,
-            "monitoring": monitoring}
+    return results | {"targets": targets}
 
 
 def _print_ingestion(figures: dict[str, Any]) -> None:
