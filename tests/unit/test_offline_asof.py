@@ -40,6 +40,8 @@ def _features() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         ("JFK", _at(99), None),     # the latest for both JFK rows: a null value is the value, not the older 3.0
         ("LGA", _at(3599), 5.0),    # 3,601 s before LGA's row: expired
         ("LGA", _at(86400 * 5 - 10), 6.0),
+        ("EWR", _at(-99999 - 3600), 0.5),  # at the TTL's edge for the earliest entity row: the oldest row usable
+        ("EWR", _at(-99999 - 3601), 0.4),  # a second older: no entity row can use it
     ], columns=["origin", "event_timestamp", "temp"])
     carrier = pd.DataFrame([  # key (origin, carrier), TTL 1 day
         ("EWR", "B6", _at(-86400), 10.0), ("EWR", "B6", _at(-86401), 11.0), ("JFK", "AA", _at(3600), 12.0),
@@ -83,6 +85,7 @@ def test_asof_join_returns_what_feasts_join_returns() -> None:
     assert pd.isna(by_flight.loc["f6", "temp"]) and pd.isna(by_flight.loc["f6", "share"])  # null value; expired
     assert by_flight.loc["f0", "share"] == 10.0 and by_flight.loc["f0", "seats"] == 7  # TTL 0: any age
     assert pd.isna(by_flight.loc["f7", "seats"])  # stamped after the entity row
+    assert by_flight.loc["f5", "temp"] == 0.5  # the earliest entity row takes the row at its TTL's edge
 
 
 def test_what_the_asof_join_does_not_cover_goes_to_feast(monkeypatch: pytest.MonkeyPatch) -> None:
