@@ -214,6 +214,7 @@ def plot_scale(figures: dict[str, Any], path: Path) -> Path:
                title="Peak memory per stage (its own process)")
     for axis in (times, memory):
         axis.set_xticks(flights, [f"{k}\n{f:.2f} M" for k, f in zip(keys, flights, strict=True)])
+        axis.set_xticks([], minor=True)  # the log scale's own minor labels overprinted the sizes
         axis.grid(True, which="both", alpha=0.3)
     times.legend(fontsize=8)
     memory.legend(fontsize=8)
