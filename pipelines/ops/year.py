@@ -238,15 +238,17 @@ def start_weekly_training(api: AirflowClient, state: YearState, settings: Settin
             _active_runs(api, "flight_delay_training"):
         return
     *older, monday = due
+    def not_run(day: date, why: str) -> None:
+        state.weekly_not_run[day.isoformat()] = why
+        say(f"  {day}: no weekly training, {why}")
+
     for earlier in older:
-        state.weekly_not_run[earlier.isoformat()] = f"the training of {monday}, due too, trains a later window"
-        say(f"  {earlier}: no weekly training, {state.weekly_not_run[earlier.isoformat()]}")
+        not_run(earlier, f"the training of {monday}, due too, trains a later window")
     from pipelines.registry.register import fresher_version
 
     fresher = fresher_version(monday - timedelta(days=1), SKIP_IF_TRAINED_WITHIN_DAYS, settings)
     if fresher is not None:
-        state.weekly_not_run[monday.isoformat()] = f"version {fresher[1]} was trained on data through {fresher[0]}"
-        say(f"  {monday}: no weekly training, {state.weekly_not_run[monday.isoformat()]}")
+        not_run(monday, f"version {fresher[1]} was trained on data through {fresher[0]}")
         state.save(settings)
         return
     # The backfill spans the New York Monday, midnight to midnight: the 06:00 run is inside it.
