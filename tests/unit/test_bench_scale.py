@@ -29,7 +29,16 @@ def test_a_shifted_copy_is_the_same_day_moved_with_new_flight_numbers(copy: int)
     assert not moved.duplicated(["carrier", "flight", "origin"]).any()
     assert (moved.drop(columns=["year", "month", "day", "time_hour", "flight"])
             == flights.drop(columns=["year", "month", "day", "time_hour", "flight"])).all().all()
-    assert S.shifted_copy(flights, "flights", 0) is flights
+
+
+@pytest.mark.parametrize("table", ["flights", "weather"])
+def test_copy_zero_goes_through_the_same_steps_and_changes_nothing(table: str) -> None:
+    # Landing costs the same per day at every size only if the year itself is not passed through untouched.
+    rows = pd.read_csv(io.BytesIO(feed_csv(table, date(2013, 11, 3))), dtype=str, keep_default_na=False)
+    same = S.shifted_copy(rows, table, 0)
+    assert same is not rows
+    pd.testing.assert_frame_equal(same, rows)
+    assert same.to_csv(index=False) == rows.to_csv(index=False)
 
 
 def test_growth_calls_linear_and_worse_than_linear() -> None:
