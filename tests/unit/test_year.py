@@ -308,3 +308,37 @@ def test_resuming_the_year_unpauses_only_the_backfills_still_running(settings: S
     api.puts.clear()
     year.set_paused(api, [1, 2, 3, 4], paused=True)  # type: ignore[arg-type]
     assert api.puts == ["/backfills/2/pause", "/backfills/4/pause"]
+
+
+def test_the_years_line_counts_the_trainings_a_request_started(settings: Settings) -> None:
+    # A bug, found by make year: the line said "trainings 5 done" while 15 had run. It counted the runs with a
+    # logical date in 2013, and those a drift or quality request starts through the Asset have none.
+    runs = [{"run_type": "manual", "logical_date": "2013-03-31T04:00:00Z", "start_date": "2026-12-06T17:01:20Z"},
+            {"run_type": "backfill", "logical_date": "2013-06-03T04:00:00Z", "start_date": "2026-12-06T17:30:38Z"},
+            *[{"run_type": "asset_triggered", "logical_date": None, "start_date": f"2026-12-06T17:{m}:00Z"}
+              for m in range(10, 22)],
+            {"run_type": "scheduled", "logical_date": "2026-11-30T11:00:00Z", "start_date": "2026-12-06T17:00:39Z"}]
+
+    class RunsApi:
+        """GET /dags/{id}/dagRuns filtered as Airflow filters them (logical dates, run types, start)."""
+
+        def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+            if path.startswith("/backfills/"):
+                return {"completed_at": None}
+            params = kwargs["params"]
+            if "success" not in params["state"]:
+                return {"total_entries": 0}
+            kept = [run for run in runs
+                    if (not params.get("run_type") or run["run_type"] in params["run_type"])
+                    and (not params.get("start_date_gte")
+                         or datetime.fromisoformat(run["start_date"]) >= datetime.fromisoformat(
+                             params["start_date_gte"]))
+                    and (not params.get("logical_date_gte") or (
+                        run["logical_date"] and params["logical_date_gte"] <= run["logical_date"] <= params[
+                            "logical_date_lte"]))]
+            return {"total_entries": len(kept)}
+
+    state = year.YearState(started_at=datetime.fromisoformat("2026-12-06T17:00:06+00:00").timestamp())
+    counts = year.progress(RunsApi(), state)  # type: ignore[arg-type]
+    assert counts["flight_delay_training"]["success"] == 14
+    assert "trainings 14 done" in year._line(counts, state.started_at, date(2013, 4, 1), date(2013, 12, 31))
