@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--max-epochs", type=int, default=20, help="epochs per retraining at most (default 20)")
     backtest = command("backtest", _backtest, "What retraining is worth: the frozen, weekly and drift-triggered "
                        "policies replayed on 2013 (no tuning); per month ROC AUC, Brier and trainings, written to "
-                       "reports/backtest/ (about 35 minutes on 2 cores, plus 10 to prepare a fresh lake)", window=False)
+                       "reports/backtest/ (about 40 minutes on 2 cores, plus 3 to prepare a fresh lake)", window=False)
     backtest.add_argument("--policies", type=lambda text: [p for p in text.split(",") if p],
                           default=["frozen", "weekly", "drift"], help="comma-separated (default frozen,weekly,drift)")
     backtest.add_argument("--no-prepare", action="store_true",

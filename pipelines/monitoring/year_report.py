@@ -83,9 +83,10 @@ BACKTEST_PREFIX = "reports/backtest"
 """Where ``python -m pipelines backtest`` writes (``pipelines.simulation.backtest.REPORT_PREFIX``; monitoring sits
 below simulation in the import layers, so the name is repeated, not imported)."""
 BACKTEST_FILES = {"json": "policies.json", "png": "roc_auc.png"}
-BACKTEST_HOW = ("The backtest has not been run on this lake: `python -m pipelines backtest` (about 15 minutes, plus "
-                "10 to prepare a fresh lake) replays the frozen, weekly and drift-triggered policies on 2013 and "
-                f"writes {BACKTEST_PREFIX}/; build this report again afterwards.")
+BACKTEST_HOW = ("The backtest has not been run on this lake: `python -m pipelines backtest --no-prepare` (about 40 "
+                "minutes on 2 cores; without --no-prepare it prepares a fresh lake first) replays the frozen, weekly "
+                f"and drift-triggered policies on 2013 and writes {BACKTEST_PREFIX}/; build this report again "
+                "afterwards.")
 TRAINING_DAG = "flight_delay_training"
 TRIGGERS = {"scheduled": "weekly schedule", "backfill": "weekly schedule",
             "asset_triggered": "drift or quality request", "manual": "manual"}
