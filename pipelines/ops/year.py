@@ -85,6 +85,10 @@ class YearState:
     repaired: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
 
+    def start_time(self) -> datetime:
+        """When the year was first started, with this machine's time zone (what Airflow's run filters compare)."""
+        return datetime.fromtimestamp(self.started_at).astimezone()
+
     @staticmethod
     def path(settings: Settings) -> Path:
         return settings.pipeline_home / "year" / "state.json"
@@ -238,6 +242,7 @@ def start_weekly_training(api: AirflowClient, state: YearState, settings: Settin
             _active_runs(api, "flight_delay_training"):
         return
     *older, monday = due
+
     def not_run(day: date, why: str) -> None:
         state.weekly_not_run[day.isoformat()] = why
         say(f"  {day}: no weekly training, {why}")
@@ -292,7 +297,7 @@ def _the_years_runs(dag_id: str, state: YearState) -> dict[str, Any]:
     are told by when they ran and how they were started: those a drift or quality request started through the
     Asset have no logical date (counted by it, the year's line said "5 done" while 15 had run)."""
     if dag_id == "flight_delay_training":
-        return {"start_date_gte": datetime.fromtimestamp(state.started_at).astimezone().isoformat(),
+        return {"start_date_gte": state.start_time().isoformat(),
                 "run_type": ["manual", "backfill", "asset_triggered"]}
     return {"logical_date_gte": local_midnight(HISTORY[0]).isoformat(),
             "logical_date_lte": local_midnight(YEAR[1]).isoformat()}
@@ -384,7 +389,7 @@ def served_against_feed(settings: Settings, first: date, last: date) -> dict[str
 def year_summary(api: AirflowClient, settings: Settings, state: YearState, first: date,
                  last: date) -> dict[str, Any]:
     """The year in figures: flights served against the feed, faults, trainings and what each DAG cost."""
-    since = datetime.fromtimestamp(state.started_at).astimezone()
+    since = state.start_time()
     trainings = []
     for run in api.every("/dags/flight_delay_training/dagRuns", "dag_runs", {"start_date_gte": since.isoformat()}):
         if run["run_type"] == "scheduled":  # the scheduler's own runs are for today, past the feed: skipped
