@@ -5,8 +5,9 @@ serves it beside the model service to show what the feature store, validation an
 
 ``POST /predict`` takes each flight's model input as already computed (its online features, name -> value, as
 ``pipelines.features.store.online_feature_columns`` returns them) and answers one probability per row: no feature
-store, no checks beyond JSON, no prediction log. The BentoML settings (workers, traffic) are the model service's
-own, copied from it, so the two services differ only in what happens inside the request.
+store, no checks beyond JSON, no prediction log. Its BentoML settings are the model service's own
+(``services.service_config``); it runs BentoML as shipped, without the model service's server tuning
+(``services.server_tuning``: asyncio's event loop, request timers cancelled), which is the service's own work.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pydantic import Field
 from pipelines.core.settings import get_settings
 from pipelines.registry.model_files import load_registered
 from pipelines.serving.predictor import freeze_heap
-from services.flight_delay_service import MAX_FLIGHTS, FlightDelayService
+from services.service_config import MAX_FLIGHTS, SERVICE_CONFIG
 
 
-@bentoml.service(name="flight_delay_bare", **copy.deepcopy(FlightDelayService.config))
+@bentoml.service(name="flight_delay_bare", **copy.deepcopy(SERVICE_CONFIG))
 class BareModelService:
     def __init__(self) -> None:
         version = getattr(bentoml.use_arguments(), "model_version", None)

@@ -37,8 +37,9 @@ from pipelines.registry.model_files import load_model_files, load_registered
 from pipelines.serving.contract import SMOKE_TEST_HEADER, FeaturesUnavailable, FlightRequest, RequestError
 from pipelines.serving.predictor import Predictor
 from services.middleware import MIDDLEWARE
+from services.server_tuning import cancel_request_timers, use_asyncio_event_loop
+from services.service_config import MAX_FLIGHTS, SERVICE_CONFIG
 
-MAX_FLIGHTS = 1000
 JSON = ContentType("application/json")
 """Declared on each endpoint's answer: without it BentoML derives the media type from the answer's JSON schema,
 generating that schema anew for every response (a sixth of a one-flight request's CPU)."""
@@ -46,6 +47,8 @@ PACKED_MODEL: str | None = getattr(bentoml.use_arguments(), "packed_model", None
 """The BentoML model a built Bento serves (its argument, ``flight_delay_classifier:v<version>-<run>``); None for
 the service run from source, which loads the registry's champion."""
 log = logging.getLogger(__name__)
+use_asyncio_event_loop()  # before BentoML's worker starts its server (services.server_tuning says why)
+cancel_request_timers()
 
 
 def prediction_log_counter() -> Any:
@@ -62,7 +65,7 @@ def prediction_log_counter() -> Any:
     return counter
 
 
-@bentoml.service(name="flight_delay", traffic={"timeout": 10}, http={"port": 3000})
+@bentoml.service(name="flight_delay", **SERVICE_CONFIG)
 class FlightDelayService:
     # The model a built Bento carries (packed by pipelines.deploy.bento before the build): the Bento names it, BentoML
     # keeps it in the home's model store and puts it in any export or image of the Bento, so a slot (re)starts

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from pipelines.core.settings import Settings, get_settings
 from pipelines.features.tables import PREDICTION_LEAD
 from pipelines.registry.model_files import ChampionModel, load_registered
 from pipelines.serving.contract import FeaturesUnavailable, FlightRequest, RequestError, entity_columns
+from pipelines.serving.freshness import FeatureFreshness
 from pipelines.serving.prediction_log import PredictionLog, feature_json
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ ONLINE_READ_ATTEMPTS = 2
 """A failed online read is tried once more at once before the request gets its 503."""
 INLINE_MAX_FLIGHTS = 100
 """The largest request ``can_answer_inline`` lets the service answer on its event loop (~5 ms of CPU)."""
-FRESHNESS_CACHE_S = 30.0
 
 
 GC_THRESHOLDS = (700, 10, 100)
@@ -71,8 +70,7 @@ class Predictor:
                                  on_count=on_log_count)
         self.store = open_store(self.settings)
         self.store_failing = False  # the last online read failed (set and cleared by _online_features)
-        self._freshness: str | None = None
-        self._freshness_read = -1e9
+        self.freshness = FeatureFreshness(self._materialized_until)
         self.known_dests = set(self.champion.model.preprocessor.vocabularies.get("dest", [])) | self._airports(lake)
         freeze_heap()  # a service worker has loaded all it needs by now
 
@@ -86,21 +84,19 @@ class Predictor:
     def can_answer_inline(self, flights: int) -> bool:
         """Whether ``predict`` for ``flights`` flights is short CPU work that waits on nothing: a small request,
         the online store answering (its last read did not fail, so no read is expected to wait out the client's
-        timeouts) and the freshness cached (its refresh reads the registry). The service answers those on its
-        event loop and hands the rest to a thread, so a store outage or a large batch never holds up the probes and
-        the other requests."""
-        return (flights <= INLINE_MAX_FLIGHTS and not self.store_failing
-                and time.monotonic() - self._freshness_read <= FRESHNESS_CACHE_S)
+        timeouts). The service answers those on its event loop and hands the rest to a thread, so a store outage
+        or a large batch never holds up the probes and the other requests."""
+        return flights <= INLINE_MAX_FLIGHTS and not self.store_failing
 
     def features_as_of(self) -> str | None:
-        """How fresh the online store is: the earliest end of the views' materialized windows (cached 30 s)."""
-        now = time.monotonic()
-        if now - self._freshness_read > FRESHNESS_CACHE_S:
-            ends = [view.materialization_intervals[-1][1] for view in self.store.list_feature_views(allow_cache=False)
-                    if view.materialization_intervals and view.name != "plane_attributes"]
-            self._freshness = min(ends).isoformat() if ends else None
-            self._freshness_read = now
-        return self._freshness
+        """How fresh the online store is (``FeatureFreshness``: read at start, refreshed off the request path)."""
+        return self.freshness.value()
+
+    def _materialized_until(self) -> str | None:
+        """The earliest end of the views' materialized windows, from the registry."""
+        ends = [view.materialization_intervals[-1][1] for view in self.store.list_feature_views(allow_cache=False)
+                if view.materialization_intervals and view.name != "plane_attributes"]
+        return min(ends).isoformat() if ends else None
 
     def model_info(self) -> dict[str, Any]:
         return {"name": "flight_delay_classifier", "version": self.champion.version,
