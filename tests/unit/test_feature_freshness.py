@@ -1,6 +1,6 @@
 """The freshness every answer states is read from Feast's registry off the request path, once per refresh however
-many requests find it old. Reproduces the service's p99 stall at concurrency 32 (make bench, stop 35): every
-request that found the cached value old read the registry itself, 32 reads under the GIL, ~440 ms.
+many requests find it old. Before, every request that found the cached value old read the registry itself: up to
+32 reads at concurrency 32, each with a rebuild of the online reader.
 
 The registry read is a function here (counting its calls, held until the test lets it go): what is under test is
 who calls it and who waits for it, not Feast. The Predictor's own read runs on a real registry in
